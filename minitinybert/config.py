@@ -31,6 +31,9 @@ class BertConfig:
     id2label: dict[int, str] = field(default_factory=dict)
     # TinyBERT's projections (student hidden -> teacher hidden); 0 = none
     fit_size: int = 0
+    fit_shared: bool = False     # one projection for all layers (the official code) or one per layer
+    # a masked-language-model head (cls.predictions.*) came with the checkpoint
+    mlm_head: bool = False
     do_lower_case: bool = True
 
     @property
@@ -95,8 +98,10 @@ class BertConfig:
         else:
             d["architectures"] = ["BertModel"]
             d.pop("id2label")
+        d.pop("mlm_head")  # deduced from the tensors at load
         if not self.fit_size:
             d.pop("fit_size")
+            d.pop("fit_shared")
         return d
 
     def save(self, path: str | Path) -> None:

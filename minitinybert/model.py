@@ -1,0 +1,346 @@
+"""The BERT encoder with its pooler and task head: forward and backward written by hand.
+
+`Bert.forward` returns every hidden state ([embedding output, layer 1, ..., layer L]) and every
+layer's masked pre-softmax attention scores, the two things TinyBERT distills. `Bert.backward`
+returns gradients for every parameter in one flat buffer and accepts extra upstream gradients on
+any hidden state and any layer's scores: that is where the distillation losses inject.
+
+Post-LN BERT layer, as Hugging Face's BertLayer:
+    a = LN(x + dropout(Attention(x) W_o + b_o))
+    y = LN(a + dropout(GELU(a W_i + b_i) W_2 + b_2))
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels, ops
+from .config import BertConfig
+from .params import ParamSet
+
+
+def parameter_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The flat buffer's layout, in Hugging Face BERT names (unprefixed)."""
+    C, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    shapes = {
+        "embeddings.word_embeddings.weight": (V, C),
+        "embeddings.position_embeddings.weight": (cfg.max_position_embeddings, C),
+        "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, C),
+        "embeddings.LayerNorm.weight": (C,),
+        "embeddings.LayerNorm.bias": (C,),
+    }
+    for layer in range(cfg.num_hidden_layers):
+        p = f"encoder.layer.{layer}."
+        # query, key, value weights then biases back to back: viewed as one (3C, C) matrix
+        for part in ("query", "key", "value"):
+            shapes[p + f"attention.self.{part}.weight"] = (C, C)
+        for part in ("query", "key", "value"):
+            shapes[p + f"attention.self.{part}.bias"] = (C,)
+        shapes.update({
+            p + "attention.output.dense.weight": (C, C),
+            p + "attention.output.dense.bias": (C,),
+            p + "attention.output.LayerNorm.weight": (C,),
+            p + "attention.output.LayerNorm.bias": (C,),
+            p + "intermediate.dense.weight": (F, C),
+            p + "intermediate.dense.bias": (F,),
+            p + "output.dense.weight": (C, F),
+            p + "output.dense.bias": (C,),
+            p + "output.LayerNorm.weight": (C,),
+            p + "output.LayerNorm.bias": (C,),
+        })
+    shapes["pooler.dense.weight"] = (C, C)
+    shapes["pooler.dense.bias"] = (C,)
+    if cfg.num_labels:
+        shapes["classifier.weight"] = (cfg.num_labels, C)
+        shapes["classifier.bias"] = (cfg.num_labels,)
+    if cfg.fit_size:
+        names = ["fit_dense"] if cfg.fit_shared else [f"fit_denses.{i}" for i in range(cfg.num_hidden_layers + 1)]
+        for name in names:
+            shapes[name + ".weight"] = (cfg.fit_size, C)
+            shapes[name + ".bias"] = (cfg.fit_size,)
+    if cfg.mlm_head:
+        shapes.update({
+            "cls.predictions.transform.dense.weight": (C, C),
+            "cls.predictions.transform.dense.bias": (C,),
+            "cls.predictions.transform.LayerNorm.weight": (C,),
+            "cls.predictions.transform.LayerNorm.bias": (C,),
+            "cls.predictions.bias": (V,),
+        })
+    return shapes
+
+
+@dataclass
+class BertOutput:
+    hidden_states: list          # L + 1 arrays (B, T, C): embedding output, then each layer's output
+    attention_scores: list       # L arrays (B, H, T, T): scaled QK^T plus the key mask, before softmax
+    pooled: np.ndarray           # (B, C)
+    logits: np.ndarray | None    # (B, num_labels), or None without a head
+    cache: dict | None = field(default=None, repr=False)
+
+    @property
+    def sequence_output(self) -> np.ndarray:
+        return self.hidden_states[-1]
+
+
+class Bert:
+    def __init__(self, config: BertConfig, dtype=np.float32, seed: int | None = 0, use_kernels: bool = True):
+        self.config = config.validate()
+        self.params = ParamSet(parameter_shapes(config), dtype=dtype)
+        self.grads: ParamSet | None = None
+        # The Numba kernels or their NumPy twins: same signatures, same results.
+        self.ops = kernels if use_kernels else ops
+        if seed is not None:
+            self.init_weights(seed)
+
+    # --- parameters -----------------------------------------------------------------------
+
+    def init_weights(self, seed: int) -> None:
+        """BERT's initialisation: N(0, initializer_range) weights and embeddings, zero biases, unit LN."""
+        rng = np.random.default_rng(seed)
+        std = self.config.initializer_range
+        for name, view in self.params.views.items():
+            if name.endswith("LayerNorm.weight"):
+                view[...] = 1.0
+            elif name.endswith(".bias"):
+                view[...] = 0.0
+            else:
+                view[...] = rng.normal(0.0, std, view.shape)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return dict(self.params.views)
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
+        from .weights import assign_tensors
+        assign_tensors(self.params, tensors, source)
+
+    @property
+    def num_parameters(self) -> int:
+        return self.params.size
+
+    def _fused_qkv(self, P: ParamSet, layer: int):
+        p = f"encoder.layer.{layer}.attention.self."
+        C = self.config.hidden_size
+        w = P.span(p + "query.weight", p + "value.weight").reshape(3 * C, C)
+        b = P.span(p + "query.bias", p + "value.bias")
+        return w, b
+
+    # --- forward --------------------------------------------------------------------------
+
+    def check_inputs(self, input_ids, token_type_ids, attention_mask):
+        cfg = self.config
+        input_ids = np.asarray(input_ids)
+        if input_ids.ndim != 2 or not np.issubdtype(input_ids.dtype, np.integer):
+            raise ValueError(f"input_ids must be a (batch, tokens) integer array, got {input_ids.dtype} "
+                             f"of shape {input_ids.shape}")
+        B, T = input_ids.shape
+        if T == 0 or B == 0:
+            raise ValueError(f"input_ids is empty: shape {input_ids.shape}")
+        if T > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        if input_ids.min() < 0 or input_ids.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}), got range "
+                             f"[{input_ids.min()}, {input_ids.max()}]")
+        token_type_ids = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids)
+        attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
+        for name, arr in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):
+            if arr.shape != (B, T):
+                raise ValueError(f"{name} has shape {arr.shape}, input_ids has {(B, T)}")
+        if token_type_ids.min() < 0 or token_type_ids.max() >= cfg.type_vocab_size:
+            raise ValueError(f"token_type_ids must lie in [0, {cfg.type_vocab_size})")
+        return input_ids, token_type_ids, attention_mask
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, rng=None,
+                keep_cache: bool = False, params: ParamSet | None = None) -> BertOutput:
+        """(B, T) ids -> BertOutput. `rng` (a numpy Generator) switches dropout on; None is eval mode.
+        `keep_cache` keeps what backward needs; without it each layer's intermediates are freed at once."""
+        cfg, K = self.config, self.ops
+        P = params or self.params
+        input_ids, token_type_ids, attention_mask = self.check_inputs(input_ids, token_type_ids, attention_mask)
+        dtype = P.dtype
+        mask_bias = ops.key_mask_bias(attention_mask, dtype)
+        p_hidden = cfg.hidden_dropout_prob if rng is not None else 0.0
+
+        x, emb_cache = ops.embeddings_sum_forward(
+            input_ids, token_type_ids, P["embeddings.word_embeddings.weight"],
+            P["embeddings.position_embeddings.weight"], P["embeddings.token_type_embeddings.weight"])
+        x, emb_ln = K.layernorm_forward(x, P["embeddings.LayerNorm.weight"], P["embeddings.LayerNorm.bias"],
+                                        cfg.layer_norm_eps)
+        x, emb_drop = ops.dropout_forward(x, p_hidden, rng)
+
+        hidden_states, scores_all, layer_caches = [x], [], []
+        for layer in range(cfg.num_hidden_layers):
+            x, scores, cache = self._layer_forward(P, layer, x, mask_bias, rng)
+            hidden_states.append(x)
+            scores_all.append(scores)
+            if keep_cache:
+                layer_caches.append(cache)
+
+        pooled, pool_cache = ops.pooler_forward(x, P["pooler.dense.weight"], P["pooler.dense.bias"])
+        logits = head_cache = None
+        if cfg.num_labels:
+            dropped, head_drop = ops.dropout_forward(pooled, p_hidden, rng)
+            logits, head_cache = ops.linear_forward(dropped, P["classifier.weight"], P["classifier.bias"])
+            head_cache = (head_cache, head_drop)
+        cache = None
+        if keep_cache:
+            cache = dict(emb=emb_cache, emb_ln=emb_ln, emb_drop=emb_drop, layers=layer_caches,
+                         pool=pool_cache, head=head_cache, shape=x.shape, params=P)
+        return BertOutput(hidden_states, scores_all, pooled, logits, cache)
+
+    def _layer_forward(self, P, layer, x, mask_bias, rng):  # (B, T, C) -> (B, T, C)
+        cfg, K = self.config, self.ops
+        B, T, C = x.shape
+        H, D = cfg.num_attention_heads, cfg.head_size
+        p = f"encoder.layer.{layer}."
+        p_hidden = cfg.hidden_dropout_prob if rng is not None else 0.0
+        p_attn = cfg.attention_probs_dropout_prob if rng is not None else 0.0
+
+        w_qkv, b_qkv = self._fused_qkv(P, layer)
+        qkv = x @ w_qkv.T                                       # (B, T, 3C): one product for q, k, v
+        qkv += b_qkv
+        heads = qkv.reshape(B, T, 3, H, D)
+        q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (B, H, T, D) views
+        scale = 1.0 / math.sqrt(D)
+        scores, probs = K.masked_softmax_forward(q @ k.swapaxes(-1, -2), mask_bias, scale)  # (B, H, T, T)
+        dropped, attn_drop = ops.dropout_forward(probs, p_attn, rng)
+        context = (dropped @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
+
+        attn_out = context @ P[p + "attention.output.dense.weight"].T
+        attn_out += P[p + "attention.output.dense.bias"]
+        attn_out, drop1 = ops.dropout_forward(attn_out, p_hidden, rng)
+        attn_out += x
+        a, ln1 = K.layernorm_forward(attn_out, P[p + "attention.output.LayerNorm.weight"],
+                                     P[p + "attention.output.LayerNorm.bias"], cfg.layer_norm_eps)
+
+        inter, gelu_cache = K.bias_gelu_forward(a @ P[p + "intermediate.dense.weight"].T,
+                                                P[p + "intermediate.dense.bias"])   # (B, T, F)
+        out = inter @ P[p + "output.dense.weight"].T
+        out += P[p + "output.dense.bias"]
+        out, drop2 = ops.dropout_forward(out, p_hidden, rng)
+        out += a
+        y, ln2 = K.layernorm_forward(out, P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"],
+                                     cfg.layer_norm_eps)
+        cache = (x, q, k, v, probs, dropped, attn_drop, scale, context, drop1, ln1, a, gelu_cache, inter,
+                 drop2, ln2)
+        return y, scores, cache
+
+    # --- backward -------------------------------------------------------------------------
+
+    def backward(self, out: BertOutput, dlogits=None, dpooled=None, dhidden=None, dscores=None) -> ParamSet:
+        """Gradients of all parameters, given upstream gradients on any of the outputs.
+
+        dlogits (B, num_labels); dpooled (B, C); dhidden {i: (B, T, C)} on hidden_states[i];
+        dscores {layer: (B, H, T, T)} on attention_scores[layer]. Returns `self.grads` (overwritten)."""
+        cfg, K = self.config, self.ops
+        cache = out.cache
+        if cache is None:
+            raise ValueError("backward needs the forward's cache: call forward(..., keep_cache=True)")
+        P = cache["params"]
+        if self.grads is None or self.grads.dtype != P.dtype:
+            self.grads = P.zeros_like()
+        G = self.grads
+        G.data.fill(0.0)
+        dhidden = dict(dhidden or {})
+        dscores = dict(dscores or {})
+        L = cfg.num_hidden_layers
+        for i in dhidden:
+            if not 0 <= i <= L:
+                raise ValueError(f"dhidden index {i} out of range 0..{L}")
+
+        if dlogits is not None:
+            if not cfg.num_labels:
+                raise ValueError("dlogits given but the model has no classifier head")
+            lin_cache, head_drop = cache["head"]
+            ddropped, G["classifier.weight"][...], G["classifier.bias"][...] = ops.linear_backward(
+                dlogits, lin_cache, P["classifier.weight"])
+            dpooled = ops.dropout_backward(ddropped, head_drop) + (0 if dpooled is None else dpooled)
+        dx = dhidden.get(L)
+        if dpooled is not None:
+            dfrom_pool, G["pooler.dense.weight"][...], G["pooler.dense.bias"][...] = ops.pooler_backward(
+                dpooled, cache["pool"], P["pooler.dense.weight"], cache["shape"])
+            dx = dfrom_pool if dx is None else dx + dfrom_pool
+        if dx is None:
+            dx = np.zeros(cache["shape"], dtype=P.dtype)
+
+        for layer in reversed(range(L)):
+            dx = self._layer_backward(P, G, layer, dx, cache["layers"][layer], dscores.get(layer))
+            if layer in dhidden:
+                dx = dx + dhidden[layer]
+
+        dx = ops.dropout_backward(dx, cache["emb_drop"])
+        dx, G["embeddings.LayerNorm.weight"][...], G["embeddings.LayerNorm.bias"][...] = K.layernorm_backward(
+            dx, cache["emb_ln"])
+        K.embeddings_sum_backward(dx, cache["emb"], G["embeddings.word_embeddings.weight"],
+                                  G["embeddings.position_embeddings.weight"],
+                                  G["embeddings.token_type_embeddings.weight"])
+        return G
+
+    def _layer_backward(self, P, G, layer, dy, cache, dscores_extra):  # (B, T, C) -> (B, T, C)
+        cfg, K = self.config, self.ops
+        (x, q, k, v, probs, dropped, attn_drop, scale, context, drop1, ln1, a, gelu_cache, inter,
+         drop2, ln2) = cache
+        B, T, C = x.shape
+        H, D = cfg.num_attention_heads, cfg.head_size
+        p = f"encoder.layer.{layer}."
+
+        # FFN block
+        dsum2, G[p + "output.LayerNorm.weight"][...], G[p + "output.LayerNorm.bias"][...] = K.layernorm_backward(
+            dy, ln2)
+        dout = ops.dropout_backward(dsum2, drop2)
+        _dense_backward(dout, inter, P[p + "output.dense.weight"], G[p + "output.dense.weight"],
+                        G[p + "output.dense.bias"])
+        dinter = dout @ P[p + "output.dense.weight"]                              # (B, T, F)
+        du, G[p + "intermediate.dense.bias"][...] = K.bias_gelu_backward(dinter, gelu_cache)
+        _dense_backward(du, a, P[p + "intermediate.dense.weight"], G[p + "intermediate.dense.weight"], None)
+        da = du @ P[p + "intermediate.dense.weight"]
+        da += dsum2                                                               # residual
+
+        # attention block
+        dsum1, G[p + "attention.output.LayerNorm.weight"][...], G[p + "attention.output.LayerNorm.bias"][...] = \
+            K.layernorm_backward(da, ln1)
+        dattn = ops.dropout_backward(dsum1, drop1)
+        _dense_backward(dattn, context, P[p + "attention.output.dense.weight"],
+                        G[p + "attention.output.dense.weight"], G[p + "attention.output.dense.bias"])
+        dcontext = (dattn @ P[p + "attention.output.dense.weight"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)
+
+        dqkv = np.empty((B, T, 3, H, D), dtype=x.dtype)
+        dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))    # (B, H, T, D) views
+        np.matmul(dropped.swapaxes(-1, -2), dcontext, out=dv)
+        dprobs = ops.dropout_backward(dcontext @ v.swapaxes(-1, -2), attn_drop)
+        dsc = K.softmax_backward(dprobs, probs)
+        if dscores_extra is not None:
+            dsc += dscores_extra
+        dsc *= scale
+        np.matmul(dsc, k, out=dq)
+        np.matmul(dsc.swapaxes(-1, -2), q, out=dk)
+
+        w_qkv, _ = self._fused_qkv(P, layer)
+        gw_qkv, gb_qkv = self._fused_qkv(G, layer)
+        dqkv = dqkv.reshape(B, T, 3 * C)
+        _dense_backward(dqkv, x, w_qkv, gw_qkv, gb_qkv)
+        dx = dqkv @ w_qkv
+        dx += dsum1                                                               # residual
+        return dx
+
+    # --- masked-language-model head (teacher only, inference: for data augmentation) ---------
+
+    def mlm_logits(self, hidden: np.ndarray) -> np.ndarray:
+        """(N, C) hidden states -> (N, V) vocabulary logits, decoder tied to the word embeddings."""
+        if not self.config.mlm_head:
+            raise ValueError("this checkpoint has no masked-language-model head (cls.predictions.*)")
+        P, K = self.params, self.ops
+        h, _ = K.bias_gelu_forward(hidden @ P["cls.predictions.transform.dense.weight"].T,
+                                   P["cls.predictions.transform.dense.bias"])
+        h, _ = K.layernorm_forward(h, P["cls.predictions.transform.LayerNorm.weight"],
+                                   P["cls.predictions.transform.LayerNorm.bias"], self.config.layer_norm_eps)
+        return h @ P["embeddings.word_embeddings.weight"].T + P["cls.predictions.bias"]
+
+
+def _dense_backward(dy, x, weight, gweight, gbias):
+    """Weight and bias gradients of y = x W^T + b, written into the flat gradient buffer's views."""
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    np.matmul(dy2.T, x.reshape(-1, x.shape[-1]), out=gweight)
+    if gbias is not None:
+        dy2.sum(axis=0, out=gbias)

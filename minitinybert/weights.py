@@ -1,0 +1,227 @@
+"""Load and save BERT weights as safetensors, in Hugging Face naming.
+
+Accepted layouts (all the ones real BERT checkpoints use):
+- BertModel without prefix (`embeddings.word_embeddings.weight`, ...): sentence-transformers models;
+- the `bert.` prefix with `cls.predictions.*` (pre-training / MLM head) or `classifier.*`
+  (sequence classification), as bert-base-uncased and fine-tuned checkpoints have;
+- TinyBERT's projections `fit_dense.*` (shared) or `fit_denses.N.*` (one per layer);
+- old TensorFlow conversions' `LayerNorm.gamma` / `LayerNorm.beta`.
+`embeddings.position_ids`, the NSP head and the (tied) MLM decoder weight are ignored.
+
+A checkpoint directory holds config.json, model.safetensors, vocab.txt and tokenizer_config.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .config import BertConfig
+from .params import ParamSet
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be loaded: the message names the file and the tensor."""
+
+
+IGNORED = re.compile(r"^(embeddings\.position_ids|cls\.seq_relationship\..*|cls\.predictions\.decoder\.(weight|bias))$")
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def normalize_name(name: str) -> str:
+    if name.startswith("bert."):
+        name = name[len("bert."):]
+    if name.endswith("LayerNorm.gamma"):
+        name = name[: -len("gamma")] + "weight"
+    elif name.endswith("LayerNorm.beta"):
+        name = name[: -len("beta")] + "bias"
+    return name
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of a safetensors file, with the file named in every error."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weights file not found: {path}")
+    size = path.stat().st_size
+    if size < 8:
+        raise WeightsError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if header_len > size - 8:
+            raise WeightsError(f"{path}: corrupt safetensors header: it claims {header_len} bytes but the "
+                               f"file has {size - 8} after the length field (truncated or not safetensors)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise WeightsError(f"{path}: corrupt safetensors header (not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: corrupt safetensors header (not a JSON object)")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        if dtype not in ("F16", "F32", "F64", "BF16", "I8", "I16", "I32", "I64", "U8", "BOOL"):
+            raise WeightsError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if dtype == "BF16":
+            raise WeightsError(f"{path}: tensor {name!r} is bfloat16, which NumPy cannot read; convert the "
+                               f"checkpoint to float32 (e.g. with safetensors + torch: tensor.float())")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, OSError) as e:
+        raise WeightsError(f"{path}: cannot read safetensors data ({e}); the file is truncated or corrupt") from None
+
+
+def assign_tensors(params: ParamSet, tensors: dict[str, np.ndarray], source: str,
+                   allow_missing: tuple[str, ...] = ()) -> None:
+    """Copy checkpoint tensors (already normalised names) into the flat buffer, checking each."""
+    missing = [n for n in params.names() if n not in tensors and not n.startswith(allow_missing)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise WeightsError(f"{source}: missing tensor(s) {shown}")
+    for name, view in params.views.items():
+        if name not in tensors:
+            continue
+        value = tensors[name]
+        if value.dtype.type not in FLOAT_DTYPES:
+            raise WeightsError(f"{source}: tensor {name!r} has dtype {value.dtype}, expected a float type")
+        if value.shape != view.shape:
+            raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(value.shape)}, "
+                               f"the config says {view.shape}")
+        if not np.all(np.isfinite(value)):
+            raise WeightsError(f"{source}: tensor {name!r} holds NaN or infinite values")
+        view[...] = value
+
+
+def checkpoint_file(directory: str | Path) -> Path:
+    directory = Path(directory)
+    if directory.is_file():
+        return directory
+    path = directory / "model.safetensors"
+    if not path.exists():
+        if (directory / "pytorch_model.bin").exists():
+            raise WeightsError(f"{directory} has only pytorch_model.bin; minitinybert reads safetensors. Convert "
+                               f"it once with transformers: model.save_pretrained(dir, safe_serialization=True)")
+        raise WeightsError(f"no model.safetensors in {directory}")
+    return path
+
+
+def load_model(directory: str | Path, num_labels: int | None = None, dtype=np.float32,
+               seed: int = 0, use_kernels: bool = True, log=None):
+    """A `Bert` from a Hugging Face checkpoint directory.
+
+    `num_labels` asks for a task head: taken from the checkpoint when it has one (the sizes must
+    agree), otherwise initialised from `seed` (a pre-trained teacher has no head)."""
+    from .model import Bert
+
+    directory = Path(directory)
+    if not directory.exists():
+        raise WeightsError(f"checkpoint directory not found: {directory}")
+    config_path = directory / "config.json" if directory.is_dir() else directory.parent / "config.json"
+    config = BertConfig.from_json(config_path)
+    path = checkpoint_file(directory)
+    raw = read_safetensors(path)
+    tensors = {normalize_name(k): v for k, v in raw.items() if not IGNORED.match(normalize_name(k))}
+    unknown = [n for n in tensors if not re.match(r"^(embeddings|encoder|pooler|classifier|fit_dense|cls)\.", n)]
+    if unknown:
+        raise WeightsError(f"{path}: tensors that are not part of a BERT model: {', '.join(unknown[:5])}")
+
+    changes = {}
+    if "classifier.weight" in tensors:
+        found = tensors["classifier.weight"].shape[0]
+        if num_labels is not None and num_labels != found:
+            raise WeightsError(f"{path}: the classifier head has {found} outputs, {num_labels} were asked for")
+        changes["num_labels"] = found
+    elif num_labels is not None:
+        changes["num_labels"] = num_labels
+    else:
+        changes["num_labels"] = 0
+    if "fit_dense.weight" in tensors:
+        changes.update(fit_size=tensors["fit_dense.weight"].shape[0], fit_shared=True)
+    elif "fit_denses.0.weight" in tensors:
+        changes.update(fit_size=tensors["fit_denses.0.weight"].shape[0], fit_shared=False)
+    else:
+        changes.update(fit_size=0)
+    changes["mlm_head"] = "cls.predictions.transform.dense.weight" in tensors
+    if not changes["mlm_head"]:
+        tensors = {n: v for n, v in tensors.items() if not n.startswith("cls.")}
+    if changes["num_labels"] != config.num_labels and config.num_labels and "classifier.weight" not in tensors:
+        config.id2label = {}
+    config = config.replace(**changes)
+    if "pooler.dense.weight" not in tensors and log:
+        log(f"{path}: no pooler weights; the pooler is initialised randomly")
+
+    model = Bert(config, dtype=dtype, seed=seed, use_kernels=use_kernels)
+    fresh = ("classifier.",) if "classifier.weight" not in tensors else ()
+    fresh += ("pooler.",) if "pooler.dense.weight" not in tensors else ()
+    assign_tensors(model.params, tensors, str(path), allow_missing=fresh)
+    return model
+
+
+def export_tensors(model, prefixed: bool | None = None) -> dict[str, np.ndarray]:
+    """HF names: with a head, BertForSequenceClassification's (`bert.` prefix), else BertModel's."""
+    if prefixed is None:
+        prefixed = bool(model.config.num_labels)
+    out = {}
+    for name, view in model.params.views.items():
+        top = name.startswith(("embeddings.", "encoder.", "pooler."))
+        out[("bert." + name) if (prefixed and top) else name] = np.ascontiguousarray(view, dtype=np.float32)
+    return out
+
+
+def write_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict | None = None):
+    from safetensors.numpy import save_file
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model, directory: str | Path, vocab_from: str | Path | None = None,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write a checkpoint directory atomically: it is built beside the target and renamed into place,
+    so an interruption never leaves a half-written checkpoint where a good one was."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".", suffix=".part", dir=directory.parent))
+    try:
+        model.config.save(tmp / "config.json")
+        write_safetensors_atomic(export_tensors(model), tmp / "model.safetensors")
+        if vocab_from is not None:
+            src = Path(vocab_from)
+            src = src / "vocab.txt" if src.is_dir() else src
+            shutil.copyfile(src, tmp / "vocab.txt")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(
+            {"do_lower_case": model.config.do_lower_case, "tokenizer_class": "BertTokenizer",
+             "model_max_length": model.config.max_position_embeddings}, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
