@@ -130,7 +130,7 @@ def load_model(directory: str | Path, num_labels: int | None = None, dtype=np.fl
     path = checkpoint_file(directory)
     raw = read_safetensors(path)
     tensors = {normalize_name(k): v for k, v in raw.items() if not IGNORED.match(normalize_name(k))}
-    unknown = [n for n in tensors if not re.match(r"^(embeddings|encoder|pooler|classifier|fit_dense|cls)\.", n)]
+    unknown = [n for n in tensors if not re.match(r"^(embeddings|encoder|pooler|classifier|fit_dense|fit_denses|cls)\.", n)]
     if unknown:
         raise WeightsError(f"{path}: tensors that are not part of a BERT model: {', '.join(unknown[:5])}")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import BertModel, BertTokenizerFast
+from tokenizers import BertWordPieceTokenizer
+from transformers import BertModel
 
 SENTENCES = [
     "A man is eating food.",
@@ -21,11 +22,20 @@ PAIR = ("Is this a pair?", "Yes, with token type ids.")
 
 root = Path(__file__).resolve().parent.parent
 teacher = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "weights" / "all-MiniLM-L6-v2"
-tok = BertTokenizerFast(vocab_file=str(teacher / "vocab.txt"), do_lower_case=True)
+# tokenizers directly: transformers 5's BertTokenizerFast(vocab_file=...) silently maps every word to [UNK]
+tok = BertWordPieceTokenizer(str(teacher / "vocab.txt"), lowercase=True)
+tok.enable_padding(pad_id=0)
+
+
+def encode(texts, pairs=None):
+    encs = tok.encode_batch(list(zip(texts, pairs)) if pairs else texts)
+    return {key: torch.tensor([getattr(e, attr) for e in encs]) for key, attr in
+            (("input_ids", "ids"), ("token_type_ids", "type_ids"), ("attention_mask", "attention_mask"))}
+
+
 model = BertModel.from_pretrained(str(teacher), attn_implementation="eager").eval()
 out = {}
-for name, enc in (("single", tok(SENTENCES, padding=True, return_tensors="pt")),
-                  ("pair", tok([PAIR[0]], [PAIR[1]], padding=True, return_tensors="pt"))):
+for name, enc in (("single", encode(SENTENCES)), ("pair", encode([PAIR[0]], [PAIR[1]]))):
     with torch.no_grad():
         res = model(**enc, output_hidden_states=True, output_attentions=True)
     for key in ("input_ids", "token_type_ids", "attention_mask"):

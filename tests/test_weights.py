@@ -1,0 +1,186 @@
+"""Loading and saving checkpoints: every real BERT layout, and a clear error for every bad file."""
+import json
+import struct
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from minitinybert.config import BertConfig, ConfigError
+from minitinybert.model import Bert
+from minitinybert.weights import WeightsError, export_tensors, load_model, save_checkpoint
+
+SMALL = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=12, max_position_embeddings=16, type_vocab_size=2)
+
+
+def write_checkpoint(directory, tensors, config=SMALL):
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save(directory / "config.json")
+    save_file(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+def base_tensors(seed=0):
+    return export_tensors(Bert(SMALL, seed=seed), prefixed=False)
+
+
+@pytest.mark.parametrize("num_labels,fit_size,fit_shared,mlm", [
+    (0, 0, True, False), (2, 0, True, False), (1, 0, True, False), (3, 16, True, False), (0, 16, False, False),
+    (0, 0, True, True)])
+def test_round_trip_of_every_layout(tmp_path, num_labels, fit_size, fit_shared, mlm):
+    model = Bert(SMALL.replace(num_labels=num_labels, fit_size=fit_size, fit_shared=fit_shared, mlm_head=mlm),
+                 seed=3)
+    save_checkpoint(model, tmp_path / "ckpt")
+    names = json.loads((tmp_path / "ckpt" / "model.safetensors").read_bytes()[8:8 + struct.unpack(
+        "<Q", (tmp_path / "ckpt" / "model.safetensors").read_bytes()[:8])[0]])
+    # a task head means BertForSequenceClassification naming: encoder under `bert.`
+    assert ("bert.embeddings.word_embeddings.weight" in names) == bool(num_labels)
+    loaded = load_model(tmp_path / "ckpt")
+    assert loaded.config.num_labels == num_labels
+    assert loaded.config.fit_size == fit_size and loaded.config.mlm_head == mlm
+    np.testing.assert_array_equal(loaded.params.data, model.params.data)
+
+
+def test_hf_pretraining_layout_with_prefix_gamma_beta_and_ignored_tensors(tmp_path):
+    """bert-base-uncased's layout: `bert.` prefix, MLM + NSP heads, position_ids, old gamma/beta names."""
+    tensors = {}
+    for name, value in base_tensors().items():
+        name = name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        tensors["bert." + name] = value
+    C, V = SMALL.hidden_size, SMALL.vocab_size
+    rng = np.random.default_rng(0)
+    tensors.update({
+        "bert.embeddings.position_ids": np.arange(16, dtype=np.int64)[None],
+        "cls.predictions.transform.dense.weight": rng.normal(size=(C, C)).astype(np.float32),
+        "cls.predictions.transform.dense.bias": np.zeros(C, np.float32),
+        "cls.predictions.transform.LayerNorm.gamma": np.ones(C, np.float32),
+        "cls.predictions.transform.LayerNorm.beta": np.zeros(C, np.float32),
+        "cls.predictions.bias": np.zeros(V, np.float32),
+        "cls.predictions.decoder.weight": np.zeros((V, C), np.float32),
+        "cls.seq_relationship.weight": np.zeros((2, C), np.float32),
+        "cls.seq_relationship.bias": np.zeros(2, np.float32),
+    })
+    model = load_model(write_checkpoint(tmp_path / "hf", tensors), num_labels=2)
+    assert model.config.mlm_head and model.config.num_labels == 2
+    np.testing.assert_array_equal(model.params["encoder.layer.1.output.LayerNorm.weight"],
+                                  tensors["bert.encoder.layer.1.output.LayerNorm.gamma"])
+    logits = model.mlm_logits(np.ones((3, C), np.float32))
+    assert logits.shape == (3, V)
+
+
+def test_float16_and_float64_checkpoints_load(tmp_path):
+    for dtype in (np.float16, np.float64):
+        tensors = {k: v.astype(dtype) for k, v in base_tensors().items()}
+        model = load_model(write_checkpoint(tmp_path / str(np.dtype(dtype)), tensors))
+        np.testing.assert_allclose(model.params["pooler.dense.weight"], tensors["pooler.dense.weight"], rtol=1e-3)
+
+
+def test_missing_directory_and_file(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load_model(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    SMALL.save(tmp_path / "empty" / "config.json")
+    with pytest.raises(WeightsError, match="no model.safetensors"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "empty" / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="safe_serialization"):
+        load_model(tmp_path / "empty")
+
+
+def test_missing_config(tmp_path):
+    (tmp_path / "c").mkdir()
+    save_file(base_tensors(), str(tmp_path / "c" / "model.safetensors"))
+    with pytest.raises((ConfigError, WeightsError), match="config.json"):
+        load_model(tmp_path / "c")
+
+
+def test_missing_tensor_is_named(tmp_path):
+    tensors = base_tensors()
+    del tensors["encoder.layer.1.attention.self.key.weight"]
+    with pytest.raises(WeightsError, match=r"encoder\.layer\.1\.attention\.self\.key\.weight"):
+        load_model(write_checkpoint(tmp_path / "m", tensors))
+
+
+def test_misshapen_tensor_is_named(tmp_path):
+    tensors = base_tensors()
+    tensors["encoder.layer.0.intermediate.dense.weight"] = np.zeros((5, 8), np.float32)
+    with pytest.raises(WeightsError, match=r"intermediate\.dense\.weight.*shape \(5, 8\)"):
+        load_model(write_checkpoint(tmp_path / "m", tensors))
+
+
+def test_wrong_dtype_is_named(tmp_path):
+    tensors = base_tensors()
+    tensors["pooler.dense.bias"] = np.zeros(8, np.int32)
+    with pytest.raises(WeightsError, match=r"pooler\.dense\.bias.*int32"):
+        load_model(write_checkpoint(tmp_path / "m", tensors))
+
+
+def test_nan_tensor_is_named(tmp_path):
+    tensors = base_tensors()
+    tensors["embeddings.LayerNorm.weight"][3] = np.nan
+    with pytest.raises(WeightsError, match=r"embeddings\.LayerNorm\.weight.*NaN"):
+        load_model(write_checkpoint(tmp_path / "m", tensors))
+
+
+def test_unknown_tensor_is_refused(tmp_path):
+    tensors = base_tensors()
+    tensors["decoder.block.0.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(WeightsError, match="decoder.block.0.weight"):
+        load_model(write_checkpoint(tmp_path / "m", tensors))
+
+
+def test_head_size_disagreement(tmp_path):
+    model = Bert(SMALL.replace(num_labels=3), seed=0)
+    save_checkpoint(model, tmp_path / "m")
+    with pytest.raises(WeightsError, match="3 outputs, 2 were asked"):
+        load_model(tmp_path / "m", num_labels=2)
+
+
+@pytest.mark.parametrize("damage", ["truncated_data", "truncated_header", "header_length", "not_json",
+                                    "not_object", "unknown_dtype", "bfloat16", "tiny"])
+def test_corrupt_files_give_clear_errors(tmp_path, damage):
+    directory = write_checkpoint(tmp_path / "m", base_tensors())
+    path = directory / "model.safetensors"
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    if damage == "truncated_data":
+        raw = raw[: len(raw) - 100]
+    elif damage == "truncated_header":
+        raw = raw[: 8 + n // 2]
+    elif damage == "header_length":
+        raw = struct.pack("<Q", 10 ** 12) + raw[8:]
+    elif damage == "not_json":
+        raw = raw[:8] + b"\xff" * n + raw[8 + n:]
+    elif damage == "tiny":
+        raw = raw[:5]
+    else:
+        if damage == "not_object":
+            header = [1, 2]
+        else:
+            header["pooler.dense.bias"]["dtype"] = "Q7" if damage == "unknown_dtype" else "BF16"
+        body = json.dumps(header).encode().ljust(n)
+        raw = raw[:8] + body[:n] + raw[8 + n:] if len(body) == n else struct.pack("<Q", len(body)) + body + raw[8 + n:]
+    path.write_bytes(raw)
+    with pytest.raises(WeightsError) as info:
+        load_model(directory)
+    assert str(path) in str(info.value)
+    if damage in ("unknown_dtype", "bfloat16"):
+        assert "pooler.dense.bias" in str(info.value)
+
+
+def test_save_checkpoint_never_leaves_a_partial_directory(tmp_path, monkeypatch):
+    model = Bert(SMALL, seed=0)
+    target = save_checkpoint(model, tmp_path / "ckpt")
+    before = (target / "model.safetensors").read_bytes()
+    import minitinybert.weights as weights
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "write_safetensors_atomic", explode)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(Bert(SMALL, seed=1), target)
+    assert (target / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
