@@ -1,0 +1,225 @@
+"""TinyBERT data augmentation: candidates (embedding and batched MLM), replacement rate, copies, cache."""
+import json
+
+import numpy as np
+import pytest
+
+from minitinybert.augment import (AugmentError, CandidateGenerator, EmbeddingCandidates, MlmCandidates,
+                                  augment_examples, is_augmentable)
+from minitinybert.config import BertConfig
+from minitinybert.data import Examples, get_task
+from minitinybert.model import Bert
+from minitinybert.teacher import resolve_teacher
+from minitinybert.tokenizer import Tokenizer
+from minitinybert.weights import load_model
+
+LONG_TEXT = ("the young director delivers a bold film with brilliant acting , beautiful music and clever "
+             "writing ; yet the plot feels slow , the dialogue sounds forced and the ending seems rushed . "
+             "still , fans of quiet drama will enjoy this honest story about family , memory and loss .")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    directory = resolve_teacher(None, log=lambda *a: None)
+    return load_model(directory), Tokenizer.from_dir(directory)
+
+
+@pytest.fixture(scope="module")
+def embedding(teacher):
+    model, tok = teacher
+    return EmbeddingCandidates(model, tok)
+
+
+class CountingCandidates(CandidateGenerator):
+    """A model-free generator that counts its calls: candidates are the word with a suffix."""
+    kind = "counting"
+
+    def __init__(self, tokenizer, k=3):
+        super().__init__(tokenizer, k)
+        self.calls = 0
+
+    def _weights_digest(self):
+        return "none"
+
+    def candidates(self, sentences, positions):
+        self.calls += 1
+        return [[[sentences[s][j] + suffix for suffix in ("x", "y", "z")[:self.k]] for j in positions[s]]
+                for s in range(len(sentences))]
+
+
+def _examples(texts, pairs=None, task="sst2"):
+    return Examples(list(texts), None if pairs is None else list(pairs), np.arange(len(texts)) % 2,
+                    get_task(task))
+
+
+# --- candidates ----------------------------------------------------------------------------------
+
+def test_embedding_candidates_are_real_words(teacher, embedding):
+    model, tok = teacher
+    good = embedding.neighbours(["good"])["good"]
+    assert len(good) == 15 and "good" not in good and len(set(good)) == 15
+    for word in good:
+        assert word in tok.vocab and word.isalpha() and word.isascii()
+    assert {"great", "excellent", "bad", "better", "nice"} & set(good)
+    again = EmbeddingCandidates(model, tok).neighbours(["good", "tokenization"])
+    assert again["good"] == good                                   # deterministic
+    assert again["tokenization"] == ["tokenization"]               # not one vocabulary entry: itself
+    assert embedding.fingerprint() == EmbeddingCandidates(model, tok).fingerprint()
+    assert EmbeddingCandidates(model, tok, k=5).fingerprint() != embedding.fingerprint()
+
+
+def test_is_augmentable():
+    assert is_augmentable("movie") and is_augmentable("Movie")
+    assert not any(is_augmentable(w) for w in ("the", "not", ",", "3", "don't", "'s", "naïve"))
+
+
+def test_replacement_rate_near_p(teacher, embedding):
+    _, tok = teacher
+    words = tok.pre_tokenize(LONG_TEXT)
+    eligible = [j for j, w in enumerate(words) if is_augmentable(w)]
+    assert len(eligible) > 25
+    out = augment_examples(_examples([LONG_TEXT]), embedding, n_aug=40, p=0.4, seed=3, progress=False)
+    changed = np.zeros(len(words))
+    for copy in out.texts[1:]:
+        new = copy.split(" ")
+        assert len(new) == len(words)
+        for j in range(len(words)):
+            if new[j] != words[j]:
+                changed[j] += 1
+                assert new[j] in embedding.neighbours([words[j]])[words[j]]
+    others = [j for j in range(len(words)) if j not in eligible]
+    assert changed[others].sum() == 0                              # stop words and punctuation stay
+    rate = changed[eligible].sum() / (40 * len(eligible))
+    assert 0.35 < rate < 0.45, rate
+    none = augment_examples(_examples([LONG_TEXT]), embedding, n_aug=3, p=0.0, progress=False)
+    assert none.texts[1:] == [" ".join(words)] * 3
+
+
+def test_copies_count_labels_and_determinism(teacher):
+    _, tok = teacher
+    gen = CountingCandidates(tok)
+    ex = Examples(["a fine film", "dull story here", "nothing"], ["p one", "p two", "p three"],
+                  np.array([1, 0, 1]), get_task("rte"))
+    out = augment_examples(ex, gen, n_aug=4, seed=1, progress=False)
+    assert len(out) == 3 + 3 * 4
+    assert out.texts[:3] == ex.texts and out.pairs[:3] == ex.pairs          # originals first
+    assert out.labels.tolist() == [1, 0, 1] + [1] * 4 + [0] * 4 + [1] * 4
+    assert out.pairs[3:] == ["p one"] * 4 + ["p two"] * 4 + ["p three"] * 4  # first text only
+    assert out.labels.dtype == np.int64 and out.task is ex.task
+    same = augment_examples(ex, gen, n_aug=4, seed=1, progress=False, chunk_size=1)
+    assert same.texts == out.texts                                           # independent of chunking
+    other = augment_examples(ex, gen, n_aug=4, seed=2, progress=False)
+    assert other.texts != out.texts
+    both = augment_examples(ex, gen, n_aug=4, seed=1, progress=False, augment_pair=True)
+    assert len(both) == 3 + 3 * 8
+    assert both.texts[3 + 4:3 + 8] == ["a fine film"] * 4                   # pair copies: text unchanged
+    deduped = augment_examples(ex, gen, n_aug=4, seed=1, progress=False, dedupe=True)
+    assert len(deduped) < len(out)
+    assert "nothing" not in deduped.texts[3:]                               # identical to its original
+    stsb = Examples(["a b"], ["c"], np.array([3.5], dtype=np.float32), get_task("stsb"))
+    assert augment_examples(stsb, gen, n_aug=2, progress=False).labels.tolist() == [3.5] * 3
+
+
+def test_cache_is_reused(tmp_path, teacher):
+    _, tok = teacher
+    ex = _examples(["a fine film", "a dull story", "quiet drama"])
+    gen = CountingCandidates(tok)
+    first = augment_examples(ex, gen, n_aug=5, seed=0, cache_dir=tmp_path, progress=False)
+    assert gen.calls > 0
+    files = list(tmp_path.glob("augment-sst2-*.jsonl"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.part"))
+    gen.calls = 0
+    second = augment_examples(ex, gen, n_aug=5, seed=0, cache_dir=tmp_path, progress=False)
+    assert gen.calls == 0                                                   # read from disk, no generator
+    assert second.texts == first.texts and np.array_equal(second.labels, first.labels)
+    augment_examples(ex, gen, n_aug=5, seed=1, cache_dir=tmp_path, progress=False)
+    assert gen.calls > 0 and len(list(tmp_path.glob("*.jsonl"))) == 2       # another key, another file
+    lines = files[0].read_text().splitlines()
+    assert json.loads(lines[0])["examples"] == 3 and len(lines) == 4
+    files[0].write_text("\n".join(lines[:2]) + "\n")                        # damaged by hand
+    with pytest.raises(AugmentError, match="holds 1 examples, expected 3; delete it"):
+        augment_examples(ex, gen, n_aug=5, seed=0, cache_dir=tmp_path, progress=False)
+
+
+def test_argument_errors(teacher, embedding):
+    model, tok = teacher
+    ex = _examples(["a b"])
+    with pytest.raises(AugmentError, match="p must lie in"):
+        augment_examples(ex, embedding, p=1.5, progress=False)
+    with pytest.raises(AugmentError, match="has no second text"):
+        augment_examples(ex, embedding, augment_pair=True, progress=False)
+    with pytest.raises(AugmentError, match="needs a teacher with a masked-language-model head"):
+        MlmCandidates(model, tok)
+
+
+# --- MLM candidates on a tiny random model -------------------------------------------------------
+
+TINY_WORDS = ("the cat dog sat ran on mat big small red blue green happy sad house tree car road fast slow "
+              "good bad film movie story plot un ##s ##ing ##ly").split()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny")
+    vocab = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + list(TINY_WORDS)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = Tokenizer.from_vocab(directory / "vocab.txt")
+    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, mlm_head=True,
+                        initializer_range=0.5)   # large weights: predictions depend on the context
+    return Bert(config, seed=0), tok
+
+
+def test_mlm_candidates_are_batched(tiny):
+    model, tok = tiny
+    forward = model.forward
+    calls = []
+
+    def counting_forward(ids, types=None, mask=None, **kw):
+        calls.append((ids.copy(), types.copy(), mask.copy()))
+        return forward(ids, types, mask, **kw)
+
+    model.forward = counting_forward
+    try:
+        gen = MlmCandidates(model, tok, k=6)
+        sentences = [tok.pre_tokenize(t) for t in ("the big cat sat on the mat .", "a sad dog ran fast",
+                                                   "unhappy films , slow plot", "good movie")]
+        positions = [[j for j, w in enumerate(s) if is_augmentable(w)] for s in sentences]
+        n_words = sum(len(p) for p in positions)
+        batched = gen.candidates(sentences, positions)
+        assert len(calls) == gen.forward_calls and 1 <= len(calls) < n_words
+        one_by_one = MlmCandidates(model, tok, k=6, max_rows=1).candidates(sentences, positions)
+        assert batched == one_by_one                                        # padding changes nothing
+        assert len({tuple(c) for per_sentence in batched for c in per_sentence}) > n_words // 2
+    finally:
+        model.forward = forward
+
+    # the rows are the official "[CLS] masked [SEP] sentence [SEP]" with segment ids 0 / 1
+    ids, types, mask = calls[0]
+    row = ids[0][mask[0] == 1].tolist()
+    assert row[0] == tok.cls_id and row.count(tok.mask_id) == 1 and row.count(tok.sep_id) == 2
+    middle = row.index(tok.sep_id)
+    masked, original = row[1:middle], row[middle + 1:-1]
+    assert len(masked) == len(original)
+    assert [a for a, b in zip(masked, original) if a != b] == [tok.mask_id]
+    assert types[0][mask[0] == 1].tolist() == [0] * (middle + 1) + [1] * (len(row) - middle - 1)
+
+    for s, words in enumerate(sentences):
+        for slot, j in enumerate(positions[s]):
+            found = batched[s][slot]
+            assert found and not any(w.startswith("##") or w.startswith("[") for w in found)
+            assert len(found) <= 6
+            if len(tok.word_pieces([words[j]])[0]) > 1:
+                assert found == [words[j]]                                  # multi-piece: keeps itself
+    assert "unhappy" in sentences[2] and "unhappy" not in tok.vocab
+
+
+def test_mlm_augmentation_end_to_end(tiny, tmp_path):
+    model, tok = tiny
+    gen = MlmCandidates(model, tok, k=5)
+    ex = _examples(["the big cat sat on the mat", "a sad dog ran fast"])
+    out = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False)
+    assert len(out) == 2 + 6 and gen.forward_calls >= 1
+    calls = gen.forward_calls
+    again = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False)
+    assert again.texts == out.texts and gen.forward_calls == calls
