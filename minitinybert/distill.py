@@ -215,14 +215,31 @@ def make_evaluator(model, examples, tokenizer, max_length):
 
 # --- the stages ----------------------------------------------------------------------------------------
 
+def task_loader(args):
+    """(task, load(split, limit=None) -> Examples): a GLUE task from the data directory, or local
+    csv/tsv/jsonl files given by --train-file / --dev-file (read through `datasets`)."""
+    from .data import get_task, load_local, load_split
+    if args.train_file or args.dev_file:
+        if not (args.train_file and args.dev_file):
+            raise ValueError("local data needs both --train-file and --dev-file")
+        spec = None if args.regression else (args.labels.split(",") if args.labels else args.task)
+        files = {"train": args.train_file, "dev": args.dev_file}
+
+        def load(split, limit=None):
+            examples = load_local(files[split], spec, args.text_column, args.pair_column, args.label_column)
+            return examples.subset(np.arange(min(limit, len(examples)))) if limit else examples
+        return load("dev").task, load
+    task = get_task(args.task)
+    return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit)
+
+
 def _common_setup(args):
-    from .data import get_task, load_split
     from .teacher import resolve_teacher
     from .tokenizer import Tokenizer
-    task = get_task(args.task)
+    task, load = task_loader(args)
     teacher_dir = resolve_teacher(args.teacher)
     tokenizer = Tokenizer.from_dir(teacher_dir)
-    return task, teacher_dir, tokenizer, load_split
+    return task, teacher_dir, tokenizer, load
 
 
 def _labels_of(task):
@@ -243,8 +260,8 @@ def run_finetune_teacher(args, log=print) -> Path:
     out = Path(args.out) / STAGE_DIRS["teacher"]
     model = load_model(teacher_dir, num_labels=_labels_of(task), seed=args.seed, log=log)
     model.config = _with_labels(model.config, task)
-    train_set = load_split(task, "train", args.data, limit=args.train_limit)
-    dev = load_split(task, "dev", args.data)
+    train_set = load_split("train", limit=args.train_limit)
+    dev = load_split("dev")
     max_length = _max_length(args, task)
     log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
     holder = {}
@@ -336,7 +353,7 @@ def run_general(args, log=print) -> Path:
 
 
 def _augmented_train_set(args, task, teacher_dir, tokenizer, load_split, log):
-    train_set = load_split(task, "train", args.data, limit=args.augment_limit)
+    train_set = load_split("train", limit=args.augment_limit)
     if args.n_aug <= 0:
         return train_set
     from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
@@ -372,7 +389,7 @@ def run_task(args, log=print) -> Path:
     log(f"[task] mapping {describe_mapping(mapping)}")
     max_length = _max_length(args, task)
     train_set = _augmented_train_set(args, task, teacher_dir, tokenizer, load_split, log)
-    dev = load_split(task, "dev", args.data)
+    dev = load_split("dev")
     log(f"[task] {len(train_set)} training examples (with augmentation), {len(dev)} dev")
     holder = {}
 
@@ -403,14 +420,13 @@ def run_task(args, log=print) -> Path:
 
 def summarize(args, log=print) -> dict:
     """Teacher vs student: dev metric, ratio, size, and forward speed on the dev set, measured here."""
-    from .data import get_task, load_split
     from .tokenizer import Tokenizer
-    task = get_task(args.task)
+    task, load_split = task_loader(args)
     out = Path(args.out)
     teacher = load_model(out / STAGE_DIRS["teacher"] / "best")
     student = load_model(out / STAGE_DIRS["prediction"] / "best")
     tokenizer = Tokenizer.from_dir(out / STAGE_DIRS["teacher"] / "best")
-    dev = load_split(task, "dev", args.data)
+    dev = load_split("dev")
     max_length = _max_length(args, task)
     report = {"task": task.name, "metric": task.main_metric}
     for name, model in (("teacher", teacher), ("student", student)):
@@ -462,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="output directory (default runs/<task>)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
     g.add_argument("--general-student", default=None, help="task stage: the general-distillation student")
+    g.add_argument("--train-file", default=None, help="local training data (.csv, .tsv, .json, .jsonl) instead "
+                                                      "of a GLUE task; needs --dev-file")
+    g.add_argument("--dev-file", default=None, help="local dev data, same format")
+    g.add_argument("--text-column", default="sentence", help="local data: text column (default sentence)")
+    g.add_argument("--pair-column", default=None, help="local data: second text column, for pair tasks")
+    g.add_argument("--label-column", default="label", help="local data: label column (default label)")
+    g.add_argument("--labels", default=None, help="local data: label names in id order, comma separated "
+                                                  "(default: the --task's labels)")
+    g.add_argument("--regression", action="store_true", help="local data: float scores, an MSE head")
     g.add_argument("--corpus", default=None, help="general stage: corpus directory (default <data>/corpus)")
     g = common.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=32)

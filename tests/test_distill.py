@@ -233,3 +233,21 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(world, tmp_path):
     assert 3 <= state["step"] < 100000 and not state["done"]
     steps_logged = log.read_text().count("\n")
     assert steps_logged == state["step"]
+
+
+def test_local_jsonl_task_and_unknown_label(world, tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    for split, n in (("train", 16), ("dev", 8)):
+        rows = [{"text": t, "sentiment": ["neg", "pos"][y]} for t, y in sentences(rng, n)]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    local = ["--train-file", str(tmp_path / "train.jsonl"), "--dev-file", str(tmp_path / "dev.jsonl"),
+             "--text-column", "text", "--label-column", "sentiment", "--labels", "neg,pos", "--teacher-steps", "2"]
+    assert main(["finetune-teacher", *cli(world, tmp_path / "o"), *local]) == 0
+    metrics = json.loads((tmp_path / "o" / "teacher" / "best" / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1
+    config = json.loads((tmp_path / "o" / "teacher" / "best" / "config.json").read_text())
+    assert list(config["id2label"].values()) == ["neg", "pos"]
+    with open(tmp_path / "train.jsonl", "a") as f:
+        f.write(json.dumps({"text": "the film", "sentiment": "meh"}) + "\n")
+    assert main(["finetune-teacher", *cli(world, tmp_path / "o2"), *local]) == 2
+    assert "meh" in capsys.readouterr().err
