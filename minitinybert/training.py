@@ -155,6 +155,8 @@ def train(stage: str, model, directory: Path, cfg: LoopConfig,
     log_path = directory / "log.jsonl"
     if not resume and log_path.exists():
         log_path.unlink()
+    elif log_path.exists():
+        _truncate_log(log_path, state.step)
     logf = open(log_path, "a")
     bar = _progress(cfg.total_steps, state.step, stage)
     run_steps = 0
@@ -222,6 +224,21 @@ def train(stage: str, model, directory: Path, cfg: LoopConfig,
         logf.close()
         plot_log(log_path, directory / "loss.png")
     return state
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drops log lines past the checkpoint being resumed (a run killed between two checkpoints
+    logged steps that will now be run again), so that every step appears once."""
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:      # a line cut short by the kill
+            continue
+    tmp = path.with_suffix(".part")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def read_log(path: Path) -> list[dict]:

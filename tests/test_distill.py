@@ -251,3 +251,16 @@ def test_local_jsonl_task_and_unknown_label(world, tmp_path, capsys):
         f.write(json.dumps({"text": "the film", "sentiment": "meh"}) + "\n")
     assert main(["finetune-teacher", *cli(world, tmp_path / "o2"), *local]) == 2
     assert "meh" in capsys.readouterr().err
+
+
+def test_resume_after_a_hard_kill_logs_each_step_once(world, tmp_path):
+    """A run killed between checkpoints: the steps after the last checkpoint are run again, and
+    the log keeps one line per step."""
+    out = tmp_path / "run"
+    args = cli(world, out, "--general-steps", "6", "--save-every", "2")
+    assert main(["general", *args, "--stop-after", "3"]) == 0      # checkpoint at step 3
+    with open(out / "general" / "log.jsonl", "a") as f:             # what a killed run had logged beyond it
+        f.write(json.dumps({"stage": "general", "step": 4, "loss": 1.0}) + "\n" + '{"stage": "gen')
+    assert main(["general", *args, "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "general" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
