@@ -1,0 +1,255 @@
+"""The edge runtime against the training engine: same logits, pooled and hidden states from an
+exported float32 file (small random models and the real teacher), float16 and int8 close, bucketed
+batching equal to one-by-one inference, script mode."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minitinybert import runtime
+from minitinybert.config import BertConfig
+from minitinybert.export import export_model, export_runtime, quantize_rows
+from minitinybert.model import Bert
+from minitinybert.weights import save_checkpoint
+
+RUNTIME_PY = Path(runtime.__file__)
+WORDS = ["the", "an", "movie", "film", "good", "bad", "great", "dull", "plot", "actor", "is", "was", "not",
+         "very", "hello", "world", "play", "##ing", "##s", "##ed", "##ly", "cafe"]
+VOCAB = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789")
+                           + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] + list(".,!?'-()") + WORDS))
+TEXTS = ["the movie was great", "a dull plot , not very good !", "hello world", "Playing",
+         "the actor was bad and the film was dull , the plot was not good at all",
+         "Café", "x", "good good good good good good good good good good", "", "zzz qqq"]
+
+
+def small_config(num_labels, **overrides):
+    cfg = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=48, max_position_embeddings=64, num_labels=num_labels)
+    if num_labels >= 2:
+        cfg["id2label"] = {i: f"class{i}" for i in range(num_labels)}
+    cfg.update(overrides)
+    return BertConfig(**cfg)
+
+
+def make_checkpoint(tmp_path, num_labels, seed=0, sharpen=1.0, **overrides):
+    model = Bert(small_config(num_labels, **overrides), seed=seed)
+    if num_labels and sharpen != 1.0:
+        model.params["classifier.weight"][...] *= sharpen
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    save_checkpoint(model, tmp_path / f"ckpt{num_labels}", vocab_from=vocab)
+    return model, tmp_path / f"ckpt{num_labels}"
+
+
+def close(a, b, tol=1e-5):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def mean_pool(hidden, mask):
+    m = mask.astype(np.float64)[:, :, None]
+    return (hidden * m).sum(axis=1) / m.sum(axis=1)
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("num_labels", [2, 3, 1, 0])
+def test_float32_export_equals_engine(tmp_path, num_labels):
+    model, ckpt = make_checkpoint(tmp_path, num_labels, seed=num_labels)
+    out = export_runtime(ckpt, tmp_path / "m.safetensors", "float32", max_length=24)
+    rm = runtime.load(out)
+    assert rm.num_labels == num_labels and rm.max_length == 24 and rm.dtype == "float32"
+    pairs = [(a, b) for a, b in zip(TEXTS, reversed(TEXTS))]
+    for inputs in (TEXTS, pairs):
+        batch = rm.tokenize(inputs)
+        assert batch["attention_mask"].min() == 0        # padding, so the mask is exercised
+        got = rm.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        ref = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        mask = batch["attention_mask"].astype(bool)
+        close(got["hidden"][mask], ref.hidden_states[-1][mask])
+        close(got["pooled"], ref.pooled)
+        if num_labels:
+            close(got["logits"], ref.logits)
+            close(rm.logits(inputs, batch_size=4), ref.logits)
+        else:
+            assert got["logits"] is None
+        close(rm.embed(inputs, pooling="mean"), unit(mean_pool(ref.hidden_states[-1], batch["attention_mask"])))
+        close(rm.embed(inputs, pooling="cls"), unit(ref.pooled))
+
+    if num_labels >= 2:
+        ref = model.forward(*(rm.tokenize(TEXTS)[k] for k in ("input_ids", "token_type_ids", "attention_mask")))
+        probs = np.exp(ref.logits - ref.logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        predictions = rm.predict(TEXTS)
+        for row, pred in zip(probs, predictions):
+            assert list(pred["scores"]) == [f"class{i}" for i in range(num_labels)]
+            close([pred["scores"][f"class{i}"] for i in range(num_labels)], row)
+            assert pred["label"] == f"class{int(np.argmax(row))}"
+    elif num_labels == 1:
+        ref = model.forward(rm.tokenize(TEXTS)["input_ids"], None, rm.tokenize(TEXTS)["attention_mask"])
+        close([p["score"] for p in rm.predict(TEXTS)], ref.logits[:, 0])
+    else:
+        with pytest.raises(runtime.RuntimeModelError, match="embed"):
+            rm.predict(TEXTS)
+
+
+def test_fused_qkv_is_a_view_of_the_file(tmp_path):
+    model, ckpt = make_checkpoint(tmp_path, 2)
+    for dtype in ("float32", "int8"):
+        rm = runtime.load(export_runtime(ckpt, tmp_path / f"{dtype}.safetensors", dtype))
+        qkv = rm._layers[0].qkv
+        assert qkv.weight.shape == (96, 32) and not qkv.weight.flags.owndata
+        assert not qkv.weight.flags.writeable                 # straight from the read-only memory map
+        assert (qkv.scale is not None) == (dtype == "int8")
+
+
+def test_bucketing_preserves_order_and_equals_one_by_one(tmp_path):
+    _, ckpt = make_checkpoint(tmp_path, 3, seed=5)
+    rm = runtime.load(export_runtime(ckpt, tmp_path / "m.safetensors"))
+    texts = TEXTS * 2 + ["the plot"] * 3
+    bucketed = rm.logits(texts, batch_size=3)
+    single = np.stack([rm.logits([t], batch_size=1)[0] for t in texts])
+    close(bucketed, single)
+    assert [p["label"] for p in rm.predict(texts, batch_size=4)] == [p["label"] for p in rm.predict(texts, 1000)]
+    emb = rm.embed(texts, batch_size=2)
+    close(emb, np.stack([rm.embed([t])[0] for t in texts]))
+
+
+def test_truncation_and_max_length(tmp_path):
+    _, ckpt = make_checkpoint(tmp_path, 2)
+    rm = runtime.load(export_runtime(ckpt, tmp_path / "m.safetensors", max_length=8))
+    batch = rm.tokenize([TEXTS[4], "hello"])
+    assert batch["input_ids"].shape == (2, 8) and batch["truncated"].tolist() == [True, False]
+    assert rm.tokenize([TEXTS[4]], max_length=64)["input_ids"].shape[1] > 8
+    with pytest.raises(runtime.RuntimeModelError, match="max_length"):
+        rm.tokenize(["a"], max_length=65)
+    with pytest.raises(runtime.RuntimeModelError, match="no inputs"):
+        rm.predict([])
+    with pytest.raises(runtime.RuntimeModelError):
+        rm.predict(["a", ("b", "c")])
+    with pytest.raises(runtime.RuntimeModelError, match="batch_size"):
+        rm.predict(["a"], batch_size=0)
+    # a bare text or pair is one input
+    assert len(rm.predict("hello")) == 1 and len(rm.predict(("hello", "world"))) == 1
+
+
+def test_float16_and_int8_are_close(tmp_path):
+    # linear weights dominate: small vocabulary, wide layers
+    model, ckpt = make_checkpoint(tmp_path, 2, seed=3, sharpen=10.0, hidden_size=64, intermediate_size=256,
+                                  num_attention_heads=4, initializer_range=0.1)
+    texts = TEXTS + [f"{a} {b} {c}" for a in WORDS[:6] for b in WORDS[4:8] for c in ("film", "plot")]
+    # centre the head on these texts so that both classes occur
+    first = runtime.load(export_runtime(ckpt, tmp_path / "first.safetensors")).logits(texts)
+    model.params["classifier.bias"][...] -= np.median(first, axis=0)
+    save_checkpoint(model, ckpt, vocab_from=tmp_path / "vocab.txt")
+    files = {dt: export_runtime(ckpt, tmp_path / f"{dt}.safetensors", dt, quantize_embeddings=True)
+             for dt in ("float32", "float16", "int8")}
+    sizes = {dt: path.stat().st_size for dt, path in files.items()}
+    assert sizes["int8"] <= 0.3 * sizes["float32"]
+    assert sizes["float16"] <= 0.55 * sizes["float32"]
+    ref = runtime.load(files["float32"]).logits(texts)
+    labels = ref.argmax(1)
+    assert 0.2 < labels.mean() < 0.8                      # both classes occur
+    spread = np.abs(ref).max()
+    for dtype, tol in (("float16", 5e-3), ("int8", 0.1)):
+        got = runtime.load(files[dtype]).logits(texts)
+        assert np.abs(got - ref).max() <= tol * spread, dtype
+        assert (got.argmax(1) == labels).mean() >= 0.9, dtype
+
+
+def test_quantize_rows():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(7, 33)).astype(np.float32)
+    w[3] = 0.0
+    q, scale = quantize_rows(w)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale[3] == 0
+    assert np.abs(q).max() == 127
+    np.testing.assert_allclose(q * scale[:, None], w, atol=float(scale.max()) / 2 + 1e-7)
+
+
+def test_erf_accuracy():
+    x = np.linspace(-6, 6, 20001)
+    ref = np.array([math.erf(v) for v in x])
+    assert np.abs(runtime.erf(x) - ref).max() < 1e-7                      # float64 evaluation
+    assert np.abs(runtime.erf(x.astype(np.float32)) - ref).max() < 6e-7   # float32 evaluation
+
+
+def test_numpy_and_numba_kernels_agree(tmp_path):
+    pytest.importorskip("numba")
+    _, ckpt = make_checkpoint(tmp_path, 3, seed=9)
+    path = export_runtime(ckpt, tmp_path / "m.safetensors")
+    a, b = runtime.load(path, kernels="numpy"), runtime.load(path, kernels="numba")
+    pairs = list(zip(TEXTS, TEXTS[1:]))
+    close(a.logits(pairs), b.logits(pairs), 1e-6)
+    assert (a.kernels, b.kernels) == ("numpy", "numba")
+
+
+@pytest.mark.slow
+def test_real_teacher_embeddings_equal_engine(tmp_path):
+    from minitinybert.teacher import resolve_teacher
+    from minitinybert.weights import load_model
+
+    teacher_dir = resolve_teacher(None)
+    model = load_model(teacher_dir)
+    rm = runtime.load(export_runtime(teacher_dir, tmp_path / "teacher.safetensors", "float32"))
+    assert rm.problem_type == "embedding" and rm.config["hidden_size"] == 384
+    texts = ["A man is playing a guitar.", "Un café très crème, s'il vous plaît!", "The quick brown fox",
+             "Transformers distil knowledge into smaller students; TinyBERT does so layer by layer."]
+    batch = rm.tokenize(texts)
+    ref = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    close(rm.embed(texts, pooling="mean"), unit(mean_pool(ref.hidden_states[-1], batch["attention_mask"])))
+    close(rm.embed(texts, pooling="cls"), unit(ref.pooled))
+    # sentence-transformers semantics: similar sentences are closer
+    e = rm.embed(["A man is playing a guitar.", "Someone plays an instrument.", "Stock markets fell today."])
+    assert e[0] @ e[1] > e[0] @ e[2]
+
+
+def test_script_mode(tmp_path):
+    _, ckpt = make_checkpoint(tmp_path, 2, seed=4)
+    path = export_runtime(ckpt, tmp_path / "m.safetensors")
+    texts = ["the movie was great", "a dull plot"]
+    proc = subprocess.run([sys.executable, str(RUNTIME_PY), str(path), *texts], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    expected = runtime.load(path).predict(texts)
+    assert [x["text"] for x in lines] == texts
+    for line, exp in zip(lines, expected):
+        assert line["label"] == exp["label"]
+        close(list(line["scores"].values()), list(exp["scores"].values()))
+    bad = subprocess.run([sys.executable, str(RUNTIME_PY), str(tmp_path / "missing.safetensors"), "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_export_cli_table(tmp_path):
+    _, ckpt = make_checkpoint(tmp_path, 2)
+    from minitinybert.export import main
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([str(ckpt), "--out", str(tmp_path / "out"), "--dtypes", "int8,float32"]) == 0
+    table = buf.getvalue()
+    assert "float32" in table and "int8" in table and "1.000" in table
+    assert (tmp_path / "out" / "runtime-int8.safetensors").exists()
+    assert main([str(ckpt), "--out", str(tmp_path / "out"), "--dtypes", "float64"]) == 2
+
+
+def test_export_drops_training_tensors_and_is_readable_by_safetensors(tmp_path):
+    from safetensors.numpy import load_file
+    model = Bert(small_config(2, fit_size=48, mlm_head=True), seed=0)
+    path = export_model(model, tmp_path / "m.safetensors", VOCAB, True, "int8")
+    names = set(load_file(str(path)))
+    assert not any(n.startswith(("fit_dense", "cls.")) for n in names)
+    assert "encoder.layer.0.attention.self.query.weight_scale" in names
+    assert "classifier.weight" in names
+    rm = runtime.load(path)
+    assert rm.labels == ["class0", "class1"]
