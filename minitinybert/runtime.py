@@ -11,11 +11,15 @@ Copy this file next to a model file onto any machine with Python >= 3.9 and NumP
 
     python runtime.py MODEL "text" ["text2" ...]     # JSON lines on stdout (stdin when no text)
 
-Nothing else is required. Two optional speed-ups are used when importable, with the same results:
-Numba (fused layer norm, bias + GELU and softmax kernels; imported at the first forward pass, not
-at load) and `tokenizers` (the Rust WordPiece; the built-in one gives the same ids). Set
-MINITINYBERT_NUMBA=0 / MINITINYBERT_TOKENIZERS=0 to keep them off. BLAS threads follow the usual
-OMP_NUM_THREADS / OPENBLAS_NUM_THREADS variables.
+Nothing else is required. Two optional speed-ups are used when importable, with the same results
+(to float rounding): Numba (fused bias + GELU, residual + layer norm and masked softmax kernels,
+vectorised; imported and loaded from its on-disk cache at the first forward pass, not at load,
+because importing Numba alone takes ~0.3 s) and `tokenizers` (the Rust WordPiece; the built-in one
+gives the same ids). load(..., kernels="numpy", tokenizer="python") or the environment variables
+MINITINYBERT_NUMBA=0 / MINITINYBERT_TOKENIZERS=0 keep them off; script mode skips Numba for fewer
+than 64 texts, where its import costs more than it saves. BLAS threads follow the usual
+OMP_NUM_THREADS / OPENBLAS_NUM_THREADS variables. A model is safe to share between threads
+(forward passes are serialised).
 
 Model file format ("minitinybert-runtime/1")
 --------------------------------------------
@@ -44,10 +48,12 @@ as one fused (3C, C) matrix straight from the memory map; otherwise it concatena
 
 Numerics: float32 throughout, as the training engine (post-LN BERT, exact erf GELU, additive
 -10000 key mask, tanh pooler). Weight storage: float32 tensors are used in place from the memory
-map (no copy at load; pages are read on first use). float16 weights are upcast to float32 once at
-load (upcasting per product cost 10-25 % speed at batch 1; float16 is a download-size format).
-int8 weights stay int8 in memory: each product dequantizes its (out, in) weight into one shared
-float32 scratch buffer (w * scale, a single pass) and calls BLAS; keeping float32 copies would undo
+map (no copy at load; pages are read on first use). float16 linear weights are upcast to float32
+once at load (measured: upcasting per product made batch 1x128 1.5x and 1x32 2x slower; float16
+is a download-size format), float16 embedding tables stay float16 (only the gathered rows are
+converted). int8 weights stay int8 in memory: each product dequantizes its (out, in) weight into
+one shared float32 scratch buffer (q * scale, a single pass) and calls BLAS (measured cost vs
+float32: +2 % at 1x128, +18 % at 1x32, none at 32x128). Keeping float32 copies would undo
 the 4x memory saving, and integer products in NumPy do not use BLAS.
 """
 from __future__ import annotations
@@ -539,9 +545,13 @@ def erf(x):
     return p
 
 
+# Activations are kept feature-major, (features, tokens): a linear layer is then W @ X with the
+# weight as stored (out, in), the product OpenBLAS runs fastest at these shapes (10-45 % faster
+# than X @ W^T at 32-128 tokens), and per-feature biases are column vectors.
+
 def _np_bias_gelu(x, bias):
-    """x <- gelu(x + bias), exact (erf) GELU, in place on a float32 (N, F) array."""
-    x += bias
+    """x <- gelu(x + bias[:, None]), exact (erf) GELU, in place on a float32 (F, N) array."""
+    x += bias[:, None]
     t = x * _F32(1.0 / math.sqrt(2.0))
     np.clip(t, -4.0, 4.0, out=t)
     t2 = t * t
@@ -562,20 +572,21 @@ def _np_bias_gelu(x, bias):
 
 
 def _np_add_layernorm(x, residual, bias, gamma, beta, eps):
-    """x <- LayerNorm(x + bias + residual), in place on (N, C); residual/bias may be None."""
+    """x <- LayerNorm over the features of (x + bias[:, None] + residual), in place on (C, N);
+    residual and bias may be None."""
     if bias is not None:
-        x += bias
+        x += bias[:, None]
     if residual is not None:
         x += residual
-    mean = x.mean(axis=1, keepdims=True)
+    mean = x.mean(axis=0)
     x -= mean
-    var = np.einsum("ij,ij->i", x, x)[:, None]
-    var *= _F32(1.0 / x.shape[1])
+    var = np.einsum("ij,ij->j", x, x)
+    var *= _F32(1.0 / x.shape[0])
     var += _F32(eps)
     np.sqrt(var, out=var)
-    np.divide(x, var, out=x)
-    x *= gamma
-    x += beta
+    x /= var
+    x *= gamma[:, None]
+    x += beta[:, None]
     return x
 
 
@@ -589,72 +600,100 @@ def _np_softmax(scores, mask_bias):
     return scores
 
 
-# Plain Python bodies of the Numba kernels: compiled (and cached on disk) on first use.
+# Plain Python bodies of the Numba kernels: compiled (and cached on disk) on first use, with
+# fastmath so that LLVM vectorises them: the GELU in float32 (the same rational erf), the layer
+# norm accumulating in float64, the softmax with its own vectorisable float32 exp (Cephes' expf
+# polynomial, relative error ~1e-7; a scalar exp call per element would make it 3x slower than
+# NumPy's SIMD exp).
 
 def _nb_bias_gelu(x, bias):
-    n, f = x.shape
-    for i in range(n):
-        for j in range(f):
-            u = x[i, j] + bias[j]
-            t = min(max(u * 0.7071067811865476, -4.0), 4.0)
+    f, n = x.shape
+    for i in range(f):
+        b = bias[i]
+        for j in range(n):
+            u = x[i, j] + b
+            t = min(max(u * np.float32(0.7071067811865476), np.float32(-4.0)), np.float32(4.0))
             t2 = t * t
-            p = -2.72614225801306e-10
-            p = p * t2 + 2.77068142495902e-08
-            p = p * t2 - 2.10102402082508e-06
-            p = p * t2 - 5.69250639462346e-05
-            p = p * t2 - 7.34990630326855e-04
-            p = p * t2 - 2.95459980854025e-03
-            p = p * t2 - 1.60960333262415e-02
-            q = -1.45660718464996e-05
-            q = q * t2 - 2.13374055278905e-04
-            q = q * t2 - 1.68282697438203e-03
-            q = q * t2 - 7.37332916720468e-03
-            q = q * t2 - 1.42647390514189e-02
-            x[i, j] = 0.5 * u * (1.0 + t * p / q)
-
-
-def _nb_add_layernorm(x, residual, bias, gamma, beta, eps):
-    n, c = x.shape
-    for i in range(n):
-        mean = 0.0
-        for j in range(c):
-            v = x[i, j] + bias[j] + residual[i, j]
-            x[i, j] = v
-            mean += v
-        mean /= c
-        var = 0.0
-        for j in range(c):
-            d = x[i, j] - mean
-            var += d * d
-        r = 1.0 / math.sqrt(var / c + eps)
-        for j in range(c):
-            x[i, j] = (x[i, j] - mean) * r * gamma[j] + beta[j]
+            p = np.float32(-2.72614225801306e-10)
+            p = p * t2 + np.float32(2.77068142495902e-08)
+            p = p * t2 + np.float32(-2.10102402082508e-06)
+            p = p * t2 + np.float32(-5.69250639462346e-05)
+            p = p * t2 + np.float32(-7.34990630326855e-04)
+            p = p * t2 + np.float32(-2.95459980854025e-03)
+            p = p * t2 + np.float32(-1.60960333262415e-02)
+            q = np.float32(-1.45660718464996e-05)
+            q = q * t2 + np.float32(-2.13374055278905e-04)
+            q = q * t2 + np.float32(-1.68282697438203e-03)
+            q = q * t2 + np.float32(-7.37332916720468e-03)
+            q = q * t2 + np.float32(-1.42647390514189e-02)
+            x[i, j] = np.float32(0.5) * u * (np.float32(1.0) + t * p / q)
 
 
 def _nb_softmax(scores, mask_bias, use_mask):
-    b, h, t, s = scores.shape
-    for i in range(b):
-        for k in range(h):
-            for r in range(t):
-                row = scores[i, k, r]
-                m = -3.0e38
-                for j in range(s):
-                    v = row[j] + mask_bias[i, j] if use_mask else row[j]
+    nb, nh, nt, ns = scores.shape
+    bits = np.empty(ns, np.int32)
+    pow2 = bits.view(np.float32)
+    for b in range(nb):
+        for h in range(nh):
+            for r in range(nt):
+                row = scores[b, h, r]
+                if use_mask:
+                    for j in range(ns):
+                        row[j] += mask_bias[b, j]
+                m = row[0]
+                for j in range(ns):
+                    m = max(m, row[j])
+                for j in range(ns):                 # exp(x) = 2^k exp(x - k ln 2), x <= 0
+                    x = row[j] - m
+                    keep = np.float32(x >= np.float32(-87.0))   # exp(< -87) is 0 (as NumPy's, below 1e-38)
+                    x = max(x, np.float32(-87.0))
+                    k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+                    y = x - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
+                    p = np.float32(1.9875691500e-4)
+                    p = p * y + np.float32(1.3981999507e-3)
+                    p = p * y + np.float32(8.3334519073e-3)
+                    p = p * y + np.float32(4.1665795894e-2)
+                    p = p * y + np.float32(1.6666665459e-1)
+                    p = p * y + np.float32(5.0000001201e-1)
+                    row[j] = (p * y * y + y + np.float32(1.0)) * keep
+                    bits[j] = (np.int32(k) + np.int32(127)) << 23      # 2^k as float32 bits
+                total = np.float32(0.0)
+                for j in range(ns):
+                    v = row[j] * pow2[j]
                     row[j] = v
-                    if v > m:
-                        m = v
-                total = 0.0
-                for j in range(s):
-                    e = math.exp(row[j] - m)
-                    row[j] = e
-                    total += e
-                inv = 1.0 / total
-                for j in range(s):
+                    total += v
+                inv = np.float32(1.0) / total
+                for j in range(ns):
                     row[j] *= inv
 
 
+def _nb_add_layernorm(x, residual, bias, gamma, beta, eps):
+    c, n = x.shape
+    mean = np.zeros(n)
+    var = np.zeros(n)
+    for i in range(c):
+        b = bias[i]
+        for j in range(n):
+            v = x[i, j] + b + residual[i, j]
+            x[i, j] = v
+            mean[j] += v
+    for j in range(n):
+        mean[j] /= c
+    for i in range(c):
+        for j in range(n):
+            d = x[i, j] - mean[j]
+            var[j] += d * d
+    for j in range(n):
+        var[j] = 1.0 / math.sqrt(var[j] / c + eps)
+    for i in range(c):
+        g = gamma[i]
+        b = beta[i]
+        for j in range(n):
+            x[i, j] = (x[i, j] - mean[j]) * var[j] * g + b
+
+
 class _Kernels:
-    """The three memory-bound steps of a layer: NumPy by default, Numba when enabled and loaded."""
+    """The memory-bound steps of a layer: NumPy by default, Numba twins when enabled and loaded."""
 
     def __init__(self):
         self.name = "numpy"
@@ -663,39 +702,48 @@ class _Kernels:
         self.softmax = _np_softmax
 
     def use_numba(self) -> bool:
+        """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
         try:
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import numba
-            jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-            gelu, addln, softmax = jit(_nb_bias_gelu), jit(_nb_add_layernorm), jit(_nb_softmax)
-        except Exception:  # noqa: BLE001 - any failure to import or compile: stay on NumPy
+        except Exception:  # noqa: BLE001
             return False
-        zeros = np.zeros((0,), _F32)
+        for cache in (True, False):   # a stale or foreign on-disk cache must not break us: recompile
+            try:
+                fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
+                exact = numba.njit(cache=cache, nogil=True, error_model="numpy")
+                gelu, addln, softmax = fast(_nb_bias_gelu), exact(_nb_add_layernorm), fast(_nb_softmax)
+                # compile (or load from the cache) now, for the argument types the forward pass uses
+                x2, v1 = np.ones((2, 3), _F32), np.ones(2, _F32)
+                gelu(x2, v1)
+                addln(x2, np.ones((2, 3), _F32), v1, v1, v1, 1e-12)
+                softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True)
+                break
+            except Exception:  # noqa: BLE001
+                continue
+        else:
+            return False
 
         def bias_gelu(x, bias):
             gelu(x, bias)
             return x
 
         def add_layernorm(x, residual, bias, gamma, beta, eps):
-            if residual is None or bias is None or not x.flags.c_contiguous:
+            if residual is None or bias is None:
                 return _np_add_layernorm(x, residual, bias, gamma, beta, eps)
             addln(x, residual, bias, gamma, beta, eps)
             return x
 
+        no_mask = np.zeros((1, 0), _F32)
+
         def softmax_(scores, mask_bias):
-            if not scores.flags.c_contiguous:
-                return _np_softmax(scores, mask_bias)
-            softmax(scores, mask_bias if mask_bias is not None else zeros.reshape(1, 0), mask_bias is not None)
+            softmax(scores, no_mask if mask_bias is None else mask_bias, mask_bias is not None)
             return scores
 
         self.bias_gelu, self.add_layernorm, self.softmax = bias_gelu, add_layernorm, softmax_
         self.name = "numba"
         return True
 
-
-# =================================================================================================
-# the model
-# =================================================================================================
 
 class _Dense:
     """y = x W^T (+ b) with W (out, in) stored as float32, or int8 with per-row scales."""
@@ -709,17 +757,17 @@ class _Dense:
         return self.weight.shape[0]
 
     def matmul(self, x):
-        """x @ W^T, no bias (the caller fuses it with what follows)."""
+        """W @ x for feature-major x (in, N): (out, N), no bias (the caller fuses it)."""
         if self.scale is None:
-            return x @ self.weight.T
+            return self.weight @ x
         w = self.owner._scratch(self.weight.shape)
         np.multiply(self.weight, self.scale[:, None], out=w)      # dequantize: one pass, float32
-        return x @ w.T
+        return w @ x
 
     def __call__(self, x):
         y = self.matmul(x)
         if self.bias is not None:
-            y += self.bias
+            y += self.bias[:, None]
         return y
 
 
@@ -856,7 +904,10 @@ class RuntimeModel:
             return to_float(name, dtype, arr), None
 
         def get_float(name, shape):
-            return get(name, shape)[0]
+            """A float32 array; 1-D ones (biases, norms: tiny) as writable copies, so that every kernel
+            argument has one type whatever the file's dtype (Numba compiles per type)."""
+            arr = get(name, shape)[0]
+            return np.array(arr, dtype=_F32) if len(shape) == 1 else arr
 
         def get_scale(name, rows):
             scale = get_float(name, (rows,))
@@ -900,21 +951,15 @@ class RuntimeModel:
             bnames = [f"{prefix}{x}.bias" for x in parts]
             w, wdt = fused(wnames, (out_f, in_f))
             s = None
-            if w is not None and wdt == "I8":
-                s, _ = fused([n + "_scale" for n in wnames], (out_f,))
-                if s is None:
-                    s = np.concatenate([get_scale(n + "_scale", out_f) for n in wnames])
-                elif not np.all(np.isfinite(s)):
-                    raise RuntimeModelError(f"{p}: the {prefix}* weight scales hold NaN or infinite values")
+            if w is not None and wdt == "I8":       # scales: tiny, copied (and checked) like biases
+                s = np.concatenate([get_scale(n + "_scale", out_f) for n in wnames])
             elif w is None:
                 got = [get(n, (out_f, in_f), allow_int8=True) for n in wnames]
                 if all(sc is not None for _, sc in got):
                     w, s = np.concatenate([a for a, _ in got]), np.concatenate([sc for _, sc in got])
                 else:
                     w = np.concatenate([a if sc is None else a * sc[:, None] for a, sc in got])
-            b, bdt = fused(bnames, (out_f,))
-            if b is None or bdt != "F32":
-                b = np.concatenate([get_float(n, (out_f,)) for n in bnames])
+            b = np.concatenate([get_float(n, (out_f,)) for n in bnames])
             return _Dense(w, b, s, self)
 
         # embedding tables stay as stored (float16 too): only the rows a batch uses are converted
@@ -991,14 +1036,17 @@ class RuntimeModel:
         if types.min() < 0 or types.max() >= cfg["type_vocab_size"]:
             raise RuntimeModelError(f"token type ids must lie in [0, {cfg['type_vocab_size']})")
         with self._lock:
-            hidden = self._encode(ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False), mask)
-            h3 = hidden.reshape(B, T, -1)
-            pooled = self._pooler(np.ascontiguousarray(h3[:, 0]))
-            np.tanh(pooled, out=pooled)
-            logits = self._classifier(pooled) if self._classifier is not None else None
-        return {"hidden": h3, "pooled": pooled, "logits": logits}
+            xt = self._encode(ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False), mask)
+            pooled_t = self._pooler(np.ascontiguousarray(xt[:, ::T]))     # the [CLS] columns, (C, B)
+            np.tanh(pooled_t, out=pooled_t)
+            pooled = np.ascontiguousarray(pooled_t.T)
+            logits = None
+            if self._classifier is not None:
+                logits = np.ascontiguousarray(self._classifier(pooled_t).T)
+        return {"hidden": xt.T.reshape(B, T, -1), "pooled": pooled, "logits": logits}
 
     def _encode(self, ids, types, mask):
+        """The encoder's last hidden states, feature-major: (C, B*T), column b*T + t."""
         cfg, K = self.config, self._get_kernels()
         B, T = ids.shape
         C, H = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -1006,26 +1054,26 @@ class RuntimeModel:
         x = self._word.rows(ids)
         x += self._pos.rows(np.arange(T))
         x += self._type.rows(types)
-        x = x.reshape(N, C)
+        x = np.ascontiguousarray(x.reshape(N, C).T)                    # (C, N)
         _np_add_layernorm(x, None, None, self._emb_ln[0], self._emb_ln[1], eps)
         mask_bias = None
         if not np.all(mask != 0):
             mask_bias = ((mask == 0).astype(_F32) * _F32(MASK_VALUE))
         scale = _F32(1.0 / math.sqrt(D))
-        ctx = np.empty((B, T, H, D), _F32)
-        ctx_heads = ctx.transpose(0, 2, 1, 3)
         for layer in self._layers:
-            qkv = layer.qkv(x)                                 # (N, 3C) with bias
-            qkv[:, :C] *= scale
-            heads = qkv.reshape(B, T, 3, H, D)
-            q = heads[:, :, 0].transpose(0, 2, 1, 3)          # (B, H, T, D) views
-            k = heads[:, :, 1].transpose(0, 2, 3, 1)          # (B, H, D, T)
-            v = heads[:, :, 2].transpose(0, 2, 1, 3)
-            scores = np.matmul(q, k)                           # (B, H, T, T)
+            qkv = layer.qkv(x)                                 # (3C, N): q, k, v features, with bias
+            qkv[:C] *= scale
+            heads = qkv.reshape(3, H, D, B, T)
+            qt = heads[0].transpose(2, 0, 1, 3)               # (B, H, D, T) views: q^T, k^T, v^T
+            kt = heads[1].transpose(2, 0, 1, 3)
+            vt = heads[2].transpose(2, 0, 1, 3)
+            scores = np.matmul(qt.swapaxes(-1, -2), kt)        # (B, H, T, T) = q k^T
             K.softmax(scores, mask_bias)
-            np.matmul(scores, v, out=ctx_heads)
-            del scores, qkv, heads, q, k, v
-            a = layer.attn_out.matmul(ctx.reshape(N, C))
+            ctx = np.empty((C, N), _F32)                       # context^T = v^T P^T, straight into place
+            np.matmul(vt, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B, T).transpose(2, 0, 1, 3))
+            del scores, qkv, heads, qt, kt, vt
+            a = layer.attn_out.matmul(ctx)
+            del ctx
             K.add_layernorm(a, x, layer.attn_out.bias, layer.ln1[0], layer.ln1[1], eps)
             inter = layer.inter.matmul(a)
             K.bias_gelu(inter, layer.inter.bias)
@@ -1153,10 +1201,10 @@ def main(argv=None) -> int:
                         help="embedding models: how token states become one vector")
     args = parser.parse_intermixed_args(argv)
     try:
-        model = load(args.model)
         texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
         if not texts:
             raise RuntimeModelError("no input texts (give them as arguments or on stdin)")
+        model = load(args.model, kernels="auto" if len(texts) >= 64 else "numpy")
         if model.num_labels:
             results = model.predict(texts, batch_size=args.batch_size, max_length=args.max_length)
         else:

@@ -1,0 +1,293 @@
+"""Edge runtime against ONNX Runtime on tinybert4 (4 layers, hidden 312, 12 heads, FFN 1200, vocab
+30522, 2 labels; random weights): latency and throughput at batch 1x128, 1x32 and 32x128, peak RSS,
+start-up time and file size, for runtime.py float32 and int8 and ORT float32, with ratios.
+
+    /tmp/torchenv/bin/python tools/bench_runtime.py [--rounds 3] [--seconds 2] [--threads 2]
+
+Runs in the venv that has torch, transformers and onnxruntime (only this tool uses them).
+runtime.py is imported by file path, so it runs on that venv's NumPy (and its Numba, if any).
+Every measurement runs in a fresh subprocess (so ru_maxrss is that configuration's own peak), with
+OMP/OpenBLAS threads and ORT's intra-op threads set to --threads. The rounds are interleaved
+(runtime, ORT, runtime, ...) so that load from other processes hits both alike; each cell is the
+median over rounds of each run's median latency ("best" is the fastest round's median).
+Latency is the model alone on token ids (tokenization excluded, as ORT's input is ids).
+Start-up is measured inside a fresh process: import (runtime.py + NumPy / onnxruntime) + load;
+"first" adds the first 1x32 forward pass (for runtime.py with Numba: importing Numba and loading
+its cached kernels); "cli" is the wall time of `python runtime.py MODEL "text"` as a whole.
+Before timing, the transformers model (same weights) is checked against the engine, and ORT and
+runtime.py against it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUNTIME_PY = REPO / "minitinybert" / "runtime.py"
+SHAPES = [(1, 128), (1, 32), (32, 128)]
+VOCAB_SIZE = 30522
+
+
+# --- worker side: one configuration in a fresh process ---------------------------------------------
+
+def _import_runtime():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("runtime", RUNTIME_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["runtime"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident set. VmHWM, not ru_maxrss: ru_maxrss survives exec(), so a child
+    of a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _make_runner(engine: str, path: str, threads: int):
+    """(run(ids, types, mask) -> logits) after import + load."""
+    if engine == "ort":
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+        def run(ids, types, mask):
+            return session.run(["logits"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+        return run
+    rt = _import_runtime()
+    model = rt.load(path)
+
+    def run(ids, types, mask):
+        return model.forward(ids, types, mask)["logits"]
+    return run
+
+
+def worker(spec: dict) -> dict:
+    t0 = time.perf_counter()
+    run = _make_runner(spec["engine"], spec["path"], spec["threads"])
+    t_load = time.perf_counter() - t0
+    import numpy as np
+    B, T = spec["shape"]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, VOCAB_SIZE, (B, T)).astype(np.int64)
+    ids[:, 0] = 101
+    types = np.zeros_like(ids)
+    mask = np.ones_like(ids)
+    t1 = time.perf_counter()
+    run(ids, types, mask)
+    t_first = time.perf_counter() - t1
+    if spec["mode"] == "startup":
+        return {"startup": t_load, "first": t_load + t_first}
+    times = []
+    deadline = time.perf_counter() + spec["seconds"]
+    while len(times) < spec["min_iters"] or (time.perf_counter() < deadline and len(times) < 1000):
+        t = time.perf_counter()
+        run(ids, types, mask)
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    return {"median_ms": median * 1e3, "min_ms": min(times) * 1e3, "iters": len(times),
+            "throughput": B / median, "peak_rss_mb": _peak_rss_mb()}
+
+
+def thread_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = str(threads)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def spawn(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          env=thread_env(spec["threads"]), timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {spec} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cli_seconds(model: Path, threads: int) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(RUNTIME_PY), str(model), "a short text to classify"],
+                          capture_output=True, text=True, env=thread_env(threads), timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return time.perf_counter() - t
+
+
+# --- preparation: weights, runtime files, ONNX, agreement checks --------------------------------------
+
+def prepare(workdir: Path, log=print) -> dict:
+    import numpy as np
+    import torch
+    from transformers import BertConfig as HFConfig
+    from transformers import BertForSequenceClassification
+
+    sys.path.insert(0, str(REPO))
+    from minitinybert.config import preset
+    from minitinybert.export import export_model
+    from minitinybert.model import Bert
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = preset("tinybert4", num_labels=2)
+    model = Bert(cfg, seed=0)
+    vocab_file = REPO / "weights" / "all-MiniLM-L6-v2" / "vocab.txt"
+    if vocab_file.exists():
+        tokens = [line.rstrip("\r\n") for line in open(vocab_file, encoding="utf-8")]
+    else:
+        tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"tok{i}" for i in range(VOCAB_SIZE - 5)]
+    assert len(tokens) == VOCAB_SIZE
+    files = {}
+    for name, dtype, qemb in (("runtime-f32", "float32", False), ("runtime-int8", "int8", False),
+                              ("runtime-int8-emb", "int8", True)):
+        files[name] = export_model(model, workdir / f"{name}.safetensors", tokens, True, dtype,
+                                   quantize_embeddings=qemb, max_length=128)
+
+    hf_cfg = HFConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                      num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+                      max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
+                      layer_norm_eps=cfg.layer_norm_eps, hidden_act="gelu", num_labels=2,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager")
+    hf = BertForSequenceClassification(hf_cfg).eval()
+    state = {(k if k.startswith("classifier.") else "bert." + k): torch.from_numpy(np.array(v))
+             for k, v in model.state_dict().items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith("position_ids")]
+    assert not missing and not unexpected, (missing, unexpected)
+
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1000, VOCAB_SIZE, (3, 20)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 12:] = 0
+    types = np.zeros_like(ids)
+    types[:, 10:] = 1
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                 token_type_ids=torch.from_numpy(types)).logits.numpy()
+    engine = model.forward(ids, types, mask).logits
+    log(f"check: transformers vs engine      max |diff| {np.abs(ref - engine).max():.2e}")
+    assert np.abs(ref - engine).max() < 1e-4
+
+    onnx_path = workdir / "tinybert4.onnx"
+    with torch.no_grad():
+        torch.onnx.export(hf, (torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types)), str(onnx_path),
+                          input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logits"],
+                          dynamic_axes={n: {0: "batch", 1: "tokens"} for n in
+                                        ("input_ids", "attention_mask", "token_type_ids")} | {"logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    files["ort-f32"] = onnx_path
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+    log(f"check: onnxruntime vs transformers max |diff| {np.abs(got - ref).max():.2e}")
+    assert np.abs(got - ref).max() < 1e-4
+    rt = _import_runtime()
+    for name in ("runtime-f32", "runtime-int8", "runtime-int8-emb"):
+        out = rt.load(files[name]).forward(ids, types, mask)["logits"]
+        log(f"check: {name:<16} vs transformers max |diff| {np.abs(out - ref).max():.2e}")
+        if name == "runtime-f32":
+            assert np.abs(out - ref).max() < 1e-4
+    return {k: str(v) for k, v in files.items()}
+
+
+# --- orchestration ----------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default="/tmp/minitinybert-bench-runtime")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per run")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engines", default="runtime-f32,runtime-int8,ort-f32")
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    files = prepare(Path(args.workdir))
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    results = {(e, s): [] for e in engines for s in SHAPES}
+    startup = {e: [] for e in engines}
+    cli = []
+    for r in range(args.rounds):
+        for shape in SHAPES:
+            for engine in engines:
+                spec = dict(engine="ort" if engine.startswith("ort") else "runtime", path=files[engine],
+                            shape=list(shape), threads=args.threads, mode="latency", seconds=args.seconds,
+                            min_iters=3 if shape[0] > 1 else 10)
+                results[(engine, shape)].append(spawn(spec))
+        for engine in engines:
+            spec = dict(engine="ort" if engine.startswith("ort") else "runtime", path=files[engine], shape=[1, 32],
+                        threads=args.threads, mode="startup")
+            startup[engine].append(spawn(spec))
+        cli.append(cli_seconds(Path(files["runtime-f32"]), args.threads))
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+    print(f"\ntinybert4 (L4 H312 A12 FFN1200 V30522, 2 labels), threads={args.threads}, {args.rounds} rounds, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    sizes = {e: Path(p).stat().st_size / 1e6 for e, p in files.items()}
+    head = (f"{'engine':<18}{'batch':>8}{'latency ms':>12}{'best ms':>9}{'seq/s':>9}{'peak RSS MB':>13}"
+            f"{'vs ORT':>8}{'best vs ORT':>13}")
+    print(head)
+    print("-" * len(head))
+    summary = {}
+    for shape in SHAPES:
+        ort_runs = results.get(("ort-f32", shape))
+        ort_med = statistics.median(x["median_ms"] for x in ort_runs) if ort_runs else None
+        ort_best = min(x["median_ms"] for x in ort_runs) if ort_runs else None
+        for engine in engines:
+            runs = results[(engine, shape)]
+            med = statistics.median(x["median_ms"] for x in runs)
+            best = min(x["median_ms"] for x in runs)
+            rss = statistics.median(x["peak_rss_mb"] for x in runs)
+            ratio = f"{med / ort_med:.2f}" if ort_med else ""
+            ratio_best = f"{best / ort_best:.2f}" if ort_best else ""
+            print(f"{engine:<18}{shape[0]:>4}x{shape[1]:<3}{med:>12.2f}{best:>9.2f}{shape[0] / med * 1e3:>9.1f}"
+                  f"{rss:>13.1f}{ratio:>8}{ratio_best:>13}")
+            summary[f"{engine} {shape[0]}x{shape[1]}"] = dict(median_ms=med, best_ms=best, peak_rss_mb=rss)
+    print()
+    head = f"{'engine':<18}{'file MB':>9}{'vs f32':>8}{'start-up s':>12}{'first s':>9}"
+    print(head)
+    print("-" * len(head))
+    for engine in engines:
+        su = statistics.median(x["startup"] for x in startup[engine])
+        first = statistics.median(x["first"] for x in startup[engine])
+        print(f"{engine:<18}{sizes[engine]:>9.2f}{sizes[engine] / sizes['runtime-f32']:>8.3f}{su:>12.3f}{first:>9.3f}")
+        summary[f"{engine} startup"] = dict(startup_s=su, first_s=first, file_mb=sizes[engine])
+    extra = "runtime-int8-emb"
+    print(f"{extra:<18}{sizes[extra]:>9.2f}{sizes[extra] / sizes['runtime-f32']:>8.3f}"
+          f"{'':>12}{'':>9}   (int8 with quantized embeddings)")
+    print(f"\nruntime.py CLI, whole process (python runtime.py MODEL 'text'): {statistics.median(cli):.3f} s")
+    if "ort-f32" in engines and "runtime-f32" in engines:
+        lat = summary["runtime-f32 1x128"]["median_ms"] / summary["ort-f32 1x128"]["median_ms"]
+        lat_best = summary["runtime-f32 1x128"]["best_ms"] / summary["ort-f32 1x128"]["best_ms"]
+        su = summary["runtime-f32 startup"]["startup_s"]
+        print(f"targets: runtime f32 1x128 latency <= 1.2x ORT: {lat:.2f}x (best rounds {lat_best:.2f}x) "
+              f"{'met' if min(lat, lat_best) <= 1.2 else 'NOT met'}; start-up < 0.5 s: {su:.3f} s "
+              f"{'met' if su < 0.5 else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
