@@ -20,9 +20,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
+from . import ops
 from .ops import MASK_VALUE  # noqa: F401  (re-exported: the kernels use the same mask convention)
+from .ops import dropout_spec
 
 _omp = os.environ.get("OMP_NUM_THREADS")
 if _omp and _omp.isdigit() and "NUMBA_NUM_THREADS" not in os.environ:
@@ -31,15 +35,190 @@ if _omp and _omp.isdigit() and "NUMBA_NUM_THREADS" not in os.environ:
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
+# Loops that sum must be allowed to reassociate to vectorise; no 'nnan'/'ninf', which would let
+# LLVM assume away the infinities and NaNs that these kernels must propagate or produce.
+_FM = {"reassoc", "contract", "nsz", "arcp"}
+# error_model="numpy" on every kernel: Python's model checks each division for zero and raises,
+# and that branch alone stops LLVM from vectorising a loop (measured: erf 12.7 ms -> 2.9 ms).
+_F32 = np.float32
+
 
 def _chunks(n_rows: int) -> int:
     """How many row blocks a reduction is split into: one per thread, at least 1."""
     return max(1, min(n_rows, numba.get_num_threads()))
 
 
+
+
+# --- vectorisable float32 exp and erf -----------------------------------------------------------
+# Without Intel's SVML (not installed here) LLVM cannot vectorise math.exp / math.erf: every element
+# becomes a libm call. These float32 versions are plain arithmetic that vectorises; `_exp` and `_erf`
+# pick them for float32 arguments only, float64 keeps libm's exact functions (the float64 gradient
+# checks compare against finite differences at ~1e-10).
+
+@intrinsic
+def _bits_to_f64(typingctx, bits):
+    """Reinterprets an int64's bits as a float64 (how 2**n is built without a libm call)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+# Both evaluate in float64 and round once to float32: float32 Horner steps would add several ulp
+# (measured: erf 4e-7 instead of 1e-7). The kernels are memory bound; the wider lanes cost nothing.
+
+_LOG2E = 1.4426950408889634
+# 2**f = e**(f ln2) on |f| <= 1/2: Taylor to degree 8, truncation error < 3e-10 relative
+_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7, _E8 = [math.log(2.0) ** k / math.factorial(k) for k in range(9)]
+
+
+@njit(inline="always")
+def _exp32(x):  # float32 -> float32, within 1 ulp; exactly 0 below -87.3 (where exp underflows)
+    t = min(max(np.float64(x) * _LOG2E, -126.0), 127.0)
+    n = np.floor(t + 0.5)
+    f = t - n                                                      # [-1/2, 1/2]
+    p = _E8 * f + _E7
+    p = p * f + _E6
+    p = p * f + _E5
+    p = p * f + _E4
+    p = p * f + _E3
+    p = p * f + _E2
+    p = p * f + _E1
+    p = p * f + _E0
+    r = np.float32(p * _bits_to_f64((np.int64(n) + np.int64(1023)) << np.int64(52)))   # * 2**n
+    return r if x > _F32(-87.3) else _F32(0.0)
+
+
+# erf on [-4, 4] as x p(x^2) / q(x^2) (the rational fit Eigen and XLA use for float32; fit error
+# 6.5e-8); beyond |x| = 4 erf is +-1 to float32 precision. tests/test_kernels.py checks ~1e-7.
+_A1, _A3, _A5, _A7 = -1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04, -5.69250639462346e-05
+_A9, _A11, _A13 = -2.10102402082508e-06, 2.77068142495902e-08, -2.72614225801306e-10
+_B0, _B2, _B4, _B6, _B8 = -1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03, \
+    -2.13374055278905e-04, -1.45660718464996e-05
+
+
+@njit(inline="always")
+def _erf32(x):  # float32 -> float32
+    x = min(max(np.float64(x), -4.0), 4.0)
+    x2 = x * x
+    p = _A13 * x2 + _A11
+    p = p * x2 + _A9
+    p = p * x2 + _A7
+    p = p * x2 + _A5
+    p = p * x2 + _A3
+    p = p * x2 + _A1
+    q = _B8 * x2 + _B6
+    q = q * x2 + _B4
+    q = q * x2 + _B2
+    q = q * x2 + _B0
+    return np.float32(x * p / q)
+
+
+def _exp(x):  # the type-dispatching front of _exp32 / math.exp (Numba only)
+    return math.exp(x)
+
+
+def _erf(x):
+    return math.erf(x)
+
+
+def _is_f32(x):
+    return isinstance(x, types.Float) and x.bitwidth == 32
+
+
+@overload(_exp, inline="always")
+def _exp_impl(x):
+    return (lambda x: _exp32(x)) if _is_f32(x) else (lambda x: math.exp(x))
+
+
+@overload(_erf, inline="always")
+def _erf_impl(x):
+    return (lambda x: _erf32(x)) if _is_f32(x) else (lambda x: math.erf(x))
+
+
+def exp32(x):
+    """The float32 exp of the kernels, on an array (for tests)."""
+    return _map_exp32(np.ascontiguousarray(x, dtype=np.float32).reshape(-1)).reshape(np.shape(x))
+
+
+def erf32(x):
+    """The float32 erf of the kernels, on an array (for tests)."""
+    return _map_erf32(np.ascontiguousarray(x, dtype=np.float32).reshape(-1)).reshape(np.shape(x))
+
+
+@njit(cache=True)
+def _map_exp32(x):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = _exp(x[i])
+    return out
+
+
+@njit(cache=True)
+def _map_erf32(x):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = _erf(x[i])
+    return out
+
+
+# --- dropout masks ------------------------------------------------------------------------------
+# The same counter-based mask as ops.dropout_keep: element n of a call is kept iff the high 32 bits
+# of splitmix64(key + (n + 1) * golden) >= threshold. Computed where it is used, never stored.
+
+_GOLDEN, _MIX1, _MIX2 = ops._GOLDEN, ops._MIX1, ops._MIX2
+_U1, _U27, _U30, _U31, _U32 = np.uint64(1), np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(32)
+
+
+@njit(inline="always")
+def _kept(key, threshold, n):  # n: the element's flat index (int64)
+    z = key + (np.uint64(n) + _U1) * _GOLDEN
+    z = (z ^ (z >> _U30)) * _MIX1
+    z = (z ^ (z >> _U27)) * _MIX2
+    z = z ^ (z >> _U31)
+    return (z >> _U32) >= threshold
+
+
+def _spec_args(spec, dtype):
+    """(key, threshold, scale) as kernel arguments; threshold 0 keeps everything (eval mode)."""
+    if spec is None:
+        return np.uint64(0), np.uint64(0), dtype.type(1.0)
+    key, threshold, scale = spec
+    return key, threshold, dtype.type(scale)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _dropout(x, key, threshold, scale, y):  # (N,) -> (N,)
+    n = x.shape[0]
+    block = 4096
+    for b in prange((n + block - 1) // block):
+        for i in range(b * block, min(n, (b + 1) * block)):
+            y[i] = x[i] * scale if _kept(key, threshold, i) else x[i] * 0
+
+
+def dropout_forward(x, p, rng):
+    """ops.dropout_forward: the same masks from the same rng."""
+    spec = dropout_spec(p, rng)
+    if spec is None:
+        return x, None
+    x1 = np.ascontiguousarray(x).reshape(-1)
+    y = np.empty_like(x1)
+    _dropout(x1, *_spec_args(spec, x1.dtype), y)
+    return y.reshape(x.shape), spec
+
+
+def dropout_backward(dy, cache):
+    if cache is None:
+        return dy
+    d1 = np.ascontiguousarray(dy).reshape(-1)
+    dx = np.empty_like(d1)
+    _dropout(d1, *_spec_args(cache, d1.dtype), dx)
+    return dx.reshape(dy.shape)
+
+
 # --- layer norm ---------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _layernorm_fwd(x, gamma, beta, eps, y, xhat, rstd):  # (N, C) -> (N, C)
     n, c = x.shape
     for i in prange(n):
@@ -59,7 +238,7 @@ def _layernorm_fwd(x, gamma, beta, eps, y, xhat, rstd):  # (N, C) -> (N, C)
             y[i, j] = h * gamma[j] + beta[j]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _layernorm_bwd(dy, xhat, gamma, rstd, dx, dgamma_parts, dbeta_parts):
     n, c = dy.shape
     n_chunks = dgamma_parts.shape[0]
@@ -103,20 +282,111 @@ def layernorm_backward(dy, cache):
     return dx.reshape(dy.shape), sums[0], sums[1]
 
 
-# --- bias + exact GELU ----------------------------------------------------------------------
+# --- bias + dropout + residual + layer norm -------------------------------------------------------
+# y = LN(residual + dropout(h + bias)) in one pass per row (the NumPy twin takes five); the backward
+# recomputes the dropout mask from its key and also sums the bias gradient, in the same pass.
 
-@njit(parallel=True, cache=True)
-def _bias_gelu_fwd(x, bias, y, u):  # (N, F) -> (N, F)
+@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+def _bias_dropout_residual_ln_fwd(h, bias, res, key, threshold, dscale, gamma, beta, eps, y, xhat, rstd):
+    n, c = h.shape                                                    # (N, C) -> (N, C)
+    for i in prange(n):
+        mean = 0.0
+        if threshold == 0:
+            for j in range(c):
+                v = h[i, j] + bias[j] + res[i, j]
+                xhat[i, j] = v                                        # the sum, for now
+                mean += v
+        else:
+            base = i * c
+            for j in range(c):
+                v = (h[i, j] + bias[j]) * dscale
+                if not _kept(key, threshold, base + j):
+                    v = v * 0
+                v += res[i, j]
+                xhat[i, j] = v
+                mean += v
+        mean /= c
+        var = 0.0
+        for j in range(c):
+            d = xhat[i, j] - mean
+            var += d * d
+        r = 1.0 / math.sqrt(var / c + eps)
+        rstd[i] = r
+        for j in range(c):
+            xh = (xhat[i, j] - mean) * r
+            xhat[i, j] = xh
+            y[i, j] = xh * gamma[j] + beta[j]
+
+
+@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+def _ln_dropout_bwd(dy, xhat, gamma, rstd, key, threshold, dscale, dsum, dh, parts):
+    n, c = dy.shape                                  # parts (3, chunks, C): dgamma, dbeta, dbias
+    n_chunks = parts.shape[1]
+    rows_per = (n + n_chunks - 1) // n_chunks
+    for k in prange(n_chunks):
+        for i in range(k * rows_per, min(n, (k + 1) * rows_per)):
+            mean_g = 0.0
+            mean_gx = 0.0
+            for j in range(c):
+                g = dy[i, j] * gamma[j]
+                mean_g += g
+                mean_gx += g * xhat[i, j]
+                parts[0, k, j] += dy[i, j] * xhat[i, j]
+                parts[1, k, j] += dy[i, j]
+            mean_g /= c
+            mean_gx /= c
+            r = rstd[i]
+            base = i * c
+            for j in range(c):
+                d = r * (dy[i, j] * gamma[j] - mean_g - xhat[i, j] * mean_gx)
+                dsum[i, j] = d
+                if threshold != 0:
+                    d = d * dscale if _kept(key, threshold, base + j) else d * 0
+                dh[i, j] = d
+                parts[2, k, j] += d
+
+
+def bias_dropout_residual_layernorm_forward(h, bias, residual, gamma, beta, eps, p, rng):
+    spec = dropout_spec(p, rng)
+    shape = h.shape
+    c = shape[-1]
+    h2 = np.ascontiguousarray(h).reshape(-1, c)
+    y = np.empty_like(h2)
+    xhat = np.empty_like(h2)
+    rstd = np.empty(h2.shape[0], dtype=h.dtype)
+    _bias_dropout_residual_ln_fwd(h2, bias, np.ascontiguousarray(residual).reshape(-1, c),
+                                  *_spec_args(spec, h2.dtype), gamma, beta, eps, y, xhat, rstd)
+    return y.reshape(shape), (xhat.reshape(shape), rstd, gamma, spec)
+
+
+def bias_dropout_residual_layernorm_backward(dy, cache):
+    """-> dresidual (the layer norm's input gradient), dh, dbias, dgamma, dbeta."""
+    xhat, rstd, gamma, spec = cache
+    c = xhat.shape[-1]
+    dy2 = np.ascontiguousarray(dy).reshape(-1, c)
+    dsum = np.empty_like(dy2)
+    dh = dsum if spec is None else np.empty_like(dy2)       # without dropout dh is dsum itself
+    parts = np.zeros((3, _chunks(dy2.shape[0]), c), dtype=np.float64)
+    _ln_dropout_bwd(dy2, xhat.reshape(-1, c), gamma, rstd, *_spec_args(spec, dy2.dtype), dsum, dh, parts)
+    sums = parts.sum(axis=1).astype(dy.dtype)
+    return dsum.reshape(dy.shape), dh.reshape(dy.shape), sums[2], sums[0], sums[1]
+
+
+# --- bias + exact GELU ----------------------------------------------------------------------
+# float32 uses the vectorised _erf32/_exp32 (~1e-7); float64 libm's erf and exp.
+
+@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+def _bias_gelu_fwd(x, bias, sqrt1_2, y, u):  # (N, F) -> (N, F)
     n, f = x.shape
     for i in prange(n):
         for j in range(f):
             v = x[i, j] + bias[j]
             u[i, j] = v
-            y[i, j] = 0.5 * v * (1.0 + math.erf(v * _SQRT1_2))
+            y[i, j] = _F32(0.5) * v * (_F32(1.0) + _erf(v * sqrt1_2))
 
 
-@njit(parallel=True, cache=True)
-def _bias_gelu_bwd(dy, u, du, dbias_parts):
+@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+def _bias_gelu_bwd(dy, u, sqrt1_2, inv_sqrt_2pi, du, dbias_parts):
     n, f = dy.shape
     n_chunks = dbias_parts.shape[0]
     rows_per = (n + n_chunks - 1) // n_chunks
@@ -124,8 +394,8 @@ def _bias_gelu_bwd(dy, u, du, dbias_parts):
         for i in range(k * rows_per, min(n, (k + 1) * rows_per)):
             for j in range(f):
                 v = u[i, j]
-                cdf = 0.5 * (1.0 + math.erf(v * _SQRT1_2))
-                pdf = math.exp(-0.5 * v * v) * _INV_SQRT_2PI
+                cdf = _F32(0.5) * (_F32(1.0) + _erf(v * sqrt1_2))
+                pdf = _exp(_F32(-0.5) * v * v) * inv_sqrt_2pi
                 g = dy[i, j] * (cdf + v * pdf)
                 du[i, j] = g
                 dbias_parts[k, j] += g
@@ -136,7 +406,7 @@ def bias_gelu_forward(x, bias):
     x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])
     y = np.empty_like(x2)
     u = np.empty_like(x2)
-    _bias_gelu_fwd(x2, bias, y, u)
+    _bias_gelu_fwd(x2, bias, x2.dtype.type(_SQRT1_2), y, u)
     return y.reshape(shape), u.reshape(shape)
 
 
@@ -146,60 +416,95 @@ def bias_gelu_backward(dy, cache):
     dy2 = np.ascontiguousarray(dy).reshape(-1, f)
     du = np.empty_like(dy2)
     parts = np.zeros((_chunks(dy2.shape[0]), f), dtype=np.float64)
-    _bias_gelu_bwd(dy2, u.reshape(-1, f), du, parts)
+    t = dy2.dtype.type
+    _bias_gelu_bwd(dy2, u.reshape(-1, f), t(_SQRT1_2), t(_INV_SQRT_2PI), du, parts)
     return du.reshape(dy.shape), parts.sum(axis=0).astype(dy.dtype)
 
 
-# --- masked softmax -------------------------------------------------------------------------
+# --- masked softmax, with the attention dropout fused in ---------------------------------------
 
-@njit(parallel=True, cache=True)
-def _masked_softmax_fwd(scores, mask_bias, scale, masked, probs):  # (B, H, T, T), (B, T)
-    b_, h_, t_, s_ = scores.shape
-    for bh in prange(b_ * h_):
+@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+def _masked_softmax_dropout_fwd(scores, mask_bias, shifted_bias, scale, key, threshold, dscale, masked, probs,
+                                dropped):
+    bh_, t_, s_ = scores.shape                    # (B*H, T, T), masks (B, T); dropped may be probs
+    h_ = bh_ // mask_bias.shape[0]
+    for bh in prange(bh_):
         b = bh // h_
-        h = bh % h_
         for i in range(t_):
-            m = -np.inf
+            m = scores[bh, i, 0] * scale + shifted_bias[b, 0]
             for j in range(s_):
-                v = scores[b, h, i, j] * scale + mask_bias[b, j]
-                masked[b, h, i, j] = v
-                if v > m:
-                    m = v
-            total = 0.0
+                v = scores[bh, i, j] * scale
+                masked[bh, i, j] = v + mask_bias[b, j]
+                t = v + shifted_bias[b, j]        # normalised with the shifted mask (ops.softmax_bias)
+                probs[bh, i, j] = t
+                m = max(m, t)
+            total = scale * 0
             for j in range(s_):
-                e = math.exp(masked[b, h, i, j] - m)
-                probs[b, h, i, j] = e
+                e = _exp(probs[bh, i, j] - m)
+                probs[bh, i, j] = e
                 total += e
-            inv = 1.0 / total
-            for j in range(s_):
-                probs[b, h, i, j] *= inv
+            inv = 1 / total
+            if threshold == 0:
+                for j in range(s_):
+                    probs[bh, i, j] *= inv
+            else:
+                base = (bh * t_ + i) * s_
+                for j in range(s_):
+                    pr = probs[bh, i, j] * inv
+                    probs[bh, i, j] = pr
+                    dropped[bh, i, j] = pr * dscale if _kept(key, threshold, base + j) else pr * 0
 
 
-@njit(parallel=True, cache=True)
-def _softmax_bwd(dprobs, probs, dscores):
-    b_, h_, t_, s_ = probs.shape
-    for bh in prange(b_ * h_):
-        b = bh // h_
-        h = bh % h_
+@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+def _softmax_dropout_bwd(ddropped, probs, dropped, extra, scale, ds):
+    bh_, t_, s_ = probs.shape                     # all (B*H, T, T); extra may be None; ds may be ddropped
+    for bh in prange(bh_):
         for i in range(t_):
-            dot = 0.0
+            dot = scale * 0
             for j in range(s_):
-                dot += dprobs[b, h, i, j] * probs[b, h, i, j]
-            for j in range(s_):
-                dscores[b, h, i, j] = probs[b, h, i, j] * (dprobs[b, h, i, j] - dot)
+                dot += ddropped[bh, i, j] * dropped[bh, i, j]
+            if extra is None:
+                for j in range(s_):
+                    ds[bh, i, j] = (dropped[bh, i, j] * ddropped[bh, i, j] - probs[bh, i, j] * dot) * scale
+            else:
+                for j in range(s_):
+                    ds[bh, i, j] = (dropped[bh, i, j] * ddropped[bh, i, j] - probs[bh, i, j] * dot
+                                    + extra[bh, i, j]) * scale
+
+
+def _rows3(a):  # (B, H, T, S) -> contiguous (B*H, T, S)
+    return np.ascontiguousarray(a).reshape(-1, a.shape[-2], a.shape[-1])
+
+
+def masked_softmax_dropout_forward(scores, mask_bias, scale, p, rng):
+    spec = dropout_spec(p, rng)
+    s3 = _rows3(scores)
+    masked = np.empty_like(s3)
+    probs = np.empty_like(s3)
+    dropped = probs if spec is None else np.empty_like(s3)
+    mask_bias = np.ascontiguousarray(mask_bias)
+    _masked_softmax_dropout_fwd(s3, mask_bias, ops.softmax_bias(mask_bias), s3.dtype.type(scale),
+                                *_spec_args(spec, s3.dtype), masked, probs, dropped)
+    shape = scores.shape
+    return masked.reshape(shape), probs.reshape(shape), dropped.reshape(shape), spec
+
+
+def softmax_dropout_backward(ddropped, probs, dropped, scale, dscores_extra=None, out=None):
+    """`out` may be `ddropped` itself (a temporary the caller no longer needs): saves an array."""
+    g3 = _rows3(ddropped)
+    ds = np.empty_like(g3) if out is None else out.reshape(g3.shape)
+    extra = None if dscores_extra is None else _rows3(dscores_extra)
+    _softmax_dropout_bwd(g3, _rows3(probs), _rows3(dropped), extra, g3.dtype.type(scale), ds)
+    return ds.reshape(probs.shape)
 
 
 def masked_softmax_forward(scores, mask_bias, scale=1.0):
-    masked = np.empty_like(scores)
-    probs = np.empty_like(scores)
-    _masked_softmax_fwd(scores, mask_bias, scores.dtype.type(scale), masked, probs)
+    masked, probs, _, _ = masked_softmax_dropout_forward(scores, mask_bias, scale, 0.0, None)
     return masked, probs
 
 
 def softmax_backward(dprobs, probs):
-    dscores = np.empty_like(probs)
-    _softmax_bwd(dprobs, probs, dscores)
-    return dscores
+    return softmax_dropout_backward(dprobs, probs, probs, 1.0)
 
 
 # --- embedding gradient scatter -------------------------------------------------------------

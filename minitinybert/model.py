@@ -167,7 +167,7 @@ class Bert:
             P["embeddings.position_embeddings.weight"], P["embeddings.token_type_embeddings.weight"])
         x, emb_ln = K.layernorm_forward(x, P["embeddings.LayerNorm.weight"], P["embeddings.LayerNorm.bias"],
                                         cfg.layer_norm_eps)
-        x, emb_drop = ops.dropout_forward(x, p_hidden, rng)
+        x, emb_drop = K.dropout_forward(x, p_hidden, rng)
 
         hidden_states, scores_all, layer_caches = [x], [], []
         for layer in range(cfg.num_hidden_layers):
@@ -196,6 +196,7 @@ class Bert:
         p = f"encoder.layer.{layer}."
         p_hidden = cfg.hidden_dropout_prob if rng is not None else 0.0
         p_attn = cfg.attention_probs_dropout_prob if rng is not None else 0.0
+        eps = cfg.layer_norm_eps
 
         w_qkv, b_qkv = self._fused_qkv(P, layer)
         qkv = x @ w_qkv.T                                       # (B, T, 3C): one product for q, k, v
@@ -203,27 +204,24 @@ class Bert:
         heads = qkv.reshape(B, T, 3, H, D)
         q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (B, H, T, D) views
         scale = 1.0 / math.sqrt(D)
-        scores, probs = K.masked_softmax_forward(q @ k.swapaxes(-1, -2), mask_bias, scale)  # (B, H, T, T)
-        dropped, attn_drop = ops.dropout_forward(probs, p_attn, rng)
-        context = (dropped @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
+        # masked scores, probabilities and dropped probabilities in one pass: (B, H, T, T)
+        scores, probs, dropped, _ = K.masked_softmax_dropout_forward(q @ k.swapaxes(-1, -2), mask_bias, scale,
+                                                                     p_attn, rng)
+        # (B, H, T, D) written straight into (B, T, H, D) = (B, T, C) order: BLAS takes the row stride C
+        context = np.empty((B, T, C), dtype=x.dtype)
+        np.matmul(dropped, v, out=context.reshape(B, T, H, D).transpose(0, 2, 1, 3))
 
-        attn_out = context @ P[p + "attention.output.dense.weight"].T
-        attn_out += P[p + "attention.output.dense.bias"]
-        attn_out, drop1 = ops.dropout_forward(attn_out, p_hidden, rng)
-        attn_out += x
-        a, ln1 = K.layernorm_forward(attn_out, P[p + "attention.output.LayerNorm.weight"],
-                                     P[p + "attention.output.LayerNorm.bias"], cfg.layer_norm_eps)
-
+        # bias, dropout, residual and layer norm of each sublayer's exit: one fused pass
+        a, ln1 = K.bias_dropout_residual_layernorm_forward(
+            context @ P[p + "attention.output.dense.weight"].T, P[p + "attention.output.dense.bias"], x,
+            P[p + "attention.output.LayerNorm.weight"], P[p + "attention.output.LayerNorm.bias"], eps,
+            p_hidden, rng)                                                            # (B, T, C)
         inter, gelu_cache = K.bias_gelu_forward(a @ P[p + "intermediate.dense.weight"].T,
                                                 P[p + "intermediate.dense.bias"])   # (B, T, F)
-        out = inter @ P[p + "output.dense.weight"].T
-        out += P[p + "output.dense.bias"]
-        out, drop2 = ops.dropout_forward(out, p_hidden, rng)
-        out += a
-        y, ln2 = K.layernorm_forward(out, P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"],
-                                     cfg.layer_norm_eps)
-        cache = (x, q, k, v, probs, dropped, attn_drop, scale, context, drop1, ln1, a, gelu_cache, inter,
-                 drop2, ln2)
+        y, ln2 = K.bias_dropout_residual_layernorm_forward(
+            inter @ P[p + "output.dense.weight"].T, P[p + "output.dense.bias"], a,
+            P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"], eps, p_hidden, rng)
+        cache = (x, q, k, v, probs, dropped, scale, context, ln1, a, gelu_cache, inter, ln2)
         return y, scores, cache
 
     # --- backward -------------------------------------------------------------------------
@@ -269,7 +267,7 @@ class Bert:
             if layer in dhidden:
                 dx = dx + dhidden[layer]
 
-        dx = ops.dropout_backward(dx, cache["emb_drop"])
+        dx = K.dropout_backward(dx, cache["emb_drop"])
         dx, G["embeddings.LayerNorm.weight"][...], G["embeddings.LayerNorm.bias"][...] = K.layernorm_backward(
             dx, cache["emb_ln"])
         K.embeddings_sum_backward(dx, cache["emb"], G["embeddings.word_embeddings.weight"],
@@ -279,47 +277,40 @@ class Bert:
 
     def _layer_backward(self, P, G, layer, dy, cache, dscores_extra):  # (B, T, C) -> (B, T, C)
         cfg, K = self.config, self.ops
-        (x, q, k, v, probs, dropped, attn_drop, scale, context, drop1, ln1, a, gelu_cache, inter,
-         drop2, ln2) = cache
+        x, q, k, v, probs, dropped, scale, context, ln1, a, gelu_cache, inter, ln2 = cache
         B, T, C = x.shape
         H, D = cfg.num_attention_heads, cfg.head_size
         p = f"encoder.layer.{layer}."
 
-        # FFN block
-        dsum2, G[p + "output.LayerNorm.weight"][...], G[p + "output.LayerNorm.bias"][...] = K.layernorm_backward(
-            dy, ln2)
-        dout = ops.dropout_backward(dsum2, drop2)
-        _dense_backward(dout, inter, P[p + "output.dense.weight"], G[p + "output.dense.weight"],
-                        G[p + "output.dense.bias"])
+        # FFN block: dsum2 goes to the residual, dout (dropout applied) to the dense layer
+        dsum2, dout, G[p + "output.dense.bias"][...], G[p + "output.LayerNorm.weight"][...], \
+            G[p + "output.LayerNorm.bias"][...] = K.bias_dropout_residual_layernorm_backward(dy, ln2)
+        _dense_backward(dout, inter, G[p + "output.dense.weight"])
         dinter = dout @ P[p + "output.dense.weight"]                              # (B, T, F)
         du, G[p + "intermediate.dense.bias"][...] = K.bias_gelu_backward(dinter, gelu_cache)
-        _dense_backward(du, a, P[p + "intermediate.dense.weight"], G[p + "intermediate.dense.weight"], None)
+        _dense_backward(du, a, G[p + "intermediate.dense.weight"])
         da = du @ P[p + "intermediate.dense.weight"]
         da += dsum2                                                               # residual
 
         # attention block
-        dsum1, G[p + "attention.output.LayerNorm.weight"][...], G[p + "attention.output.LayerNorm.bias"][...] = \
-            K.layernorm_backward(da, ln1)
-        dattn = ops.dropout_backward(dsum1, drop1)
-        _dense_backward(dattn, context, P[p + "attention.output.dense.weight"],
-                        G[p + "attention.output.dense.weight"], G[p + "attention.output.dense.bias"])
+        dsum1, dattn, G[p + "attention.output.dense.bias"][...], G[p + "attention.output.LayerNorm.weight"][...], \
+            G[p + "attention.output.LayerNorm.bias"][...] = K.bias_dropout_residual_layernorm_backward(da, ln1)
+        _dense_backward(dattn, context, G[p + "attention.output.dense.weight"])
         dcontext = (dattn @ P[p + "attention.output.dense.weight"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)
 
         dqkv = np.empty((B, T, 3, H, D), dtype=x.dtype)
         dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))    # (B, H, T, D) views
         np.matmul(dropped.swapaxes(-1, -2), dcontext, out=dv)
-        dprobs = ops.dropout_backward(dcontext @ v.swapaxes(-1, -2), attn_drop)
-        dsc = K.softmax_backward(dprobs, probs)
-        if dscores_extra is not None:
-            dsc += dscores_extra
-        dsc *= scale
+        ddropped = dcontext @ v.swapaxes(-1, -2)                                  # (B, H, T, T)
+        # gradient on the raw scores q k^T, `scale` included; written over ddropped
+        dsc = K.softmax_dropout_backward(ddropped, probs, dropped, scale, dscores_extra, out=ddropped)
         np.matmul(dsc, k, out=dq)
         np.matmul(dsc.swapaxes(-1, -2), q, out=dk)
 
         w_qkv, _ = self._fused_qkv(P, layer)
         gw_qkv, gb_qkv = self._fused_qkv(G, layer)
         dqkv = dqkv.reshape(B, T, 3 * C)
-        _dense_backward(dqkv, x, w_qkv, gw_qkv, gb_qkv)
+        _dense_backward(dqkv, x, gw_qkv, gb_qkv)
         dx = dqkv @ w_qkv
         dx += dsum1                                                               # residual
         return dx
@@ -338,8 +329,8 @@ class Bert:
         return h @ P["embeddings.word_embeddings.weight"].T + P["cls.predictions.bias"]
 
 
-def _dense_backward(dy, x, weight, gweight, gbias):
-    """Weight and bias gradients of y = x W^T + b, written into the flat gradient buffer's views."""
+def _dense_backward(dy, x, gweight, gbias=None):
+    """Weight (and bias) gradients of y = x W^T + b, written into the flat gradient buffer's views."""
     dy2 = dy.reshape(-1, dy.shape[-1])
     np.matmul(dy2.T, x.reshape(-1, x.shape[-1]), out=gweight)
     if gbias is not None:

@@ -82,10 +82,20 @@ def key_mask_bias(attention_mask, dtype):
     return ((1.0 - attention_mask.astype(dtype)) * MASK_VALUE).astype(dtype)
 
 
+def softmax_bias(mask_bias):
+    """(B, T) -> (B, T): the key mask shifted so that each row's largest entry is 0.
+
+    Softmax is invariant to that shift, and it keeps a fully padded row (every key at -10000) from
+    being normalised as -10000 + score, which loses the score's low bits to cancellation."""
+    return mask_bias - mask_bias.max(axis=-1, keepdims=True)
+
+
 def masked_softmax_forward(scores, mask_bias, scale=1.0):
     """Scales `scores`, adds the mask (the result is returned too: TinyBERT distills it), normalises."""
-    masked = scores * scale + mask_bias[:, None, None, :]
-    e = np.exp(masked - masked.max(axis=-1, keepdims=True))
+    scaled = scores * scale
+    masked = scaled + mask_bias[:, None, None, :]
+    shifted = scaled + softmax_bias(mask_bias)[:, None, None, :]
+    e = np.exp(shifted - shifted.max(axis=-1, keepdims=True))
     probs = e / e.sum(axis=-1, keepdims=True)
     return masked, probs
 
@@ -94,18 +104,104 @@ def softmax_backward(dprobs, probs):
     return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
 
 
+def masked_softmax_dropout_forward(scores, mask_bias, scale, p, rng):
+    """masked_softmax_forward, then dropout on the probabilities: -> masked, probs, dropped, spec.
+    In eval mode `dropped` is `probs` itself."""
+    masked, probs = masked_softmax_forward(scores, mask_bias, scale)
+    spec = dropout_spec(p, rng)
+    dropped = probs if spec is None else probs * dropout_keep(spec, probs.shape, probs.dtype)
+    return masked, probs, dropped, spec
+
+
+def softmax_dropout_backward(ddropped, probs, dropped, scale, dscores_extra=None, out=None):
+    """Gradient on the raw scores (before `scale`) from the gradient on the dropped probabilities.
+
+    With dropped = probs * m (m the 0-or-1/(1-p) multiplier), the softmax backward of ddropped * m is
+    probs * m * g - probs * sum(g * probs * m) = dropped * g - probs * sum(g * dropped): the mask is
+    not needed, only `probs` and `dropped`. `dscores_extra` is an upstream gradient on the masked
+    scores (TinyBERT's attention loss); the sum is multiplied by `scale`, the chain rule of scaling.
+    `out` may be `ddropped` itself (a temporary the caller no longer needs)."""
+    dot = (ddropped * dropped).sum(axis=-1, keepdims=True)
+    ds = dropped * ddropped - probs * dot
+    if dscores_extra is not None:
+        ds += dscores_extra
+    ds *= scale
+    if out is not None:
+        out[...] = ds
+        return out
+    return ds
+
+
 # --- dropout --------------------------------------------------------------------------------
+# A dropout mask is a pure function of (key, element index): keep element n iff the high 32 bits
+# of splitmix64(key + (n + 1) * golden) are >= threshold. The key is one draw from the caller's
+# numpy Generator, so the same rng gives the same masks, and the Numba kernels can compute the
+# mask inside the fused loops that need it, in parallel, instead of reading a stored one: the
+# backward recomputes it from the key. Drop probability resolution: threshold = round(p * 2**32),
+# so the realised p is within 2**-33 of the requested one; the kept values are scaled by
+# 2**32 / (2**32 - threshold), which makes the expectation exact for the realised p.
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def dropout_spec(p, rng):
+    """(key, threshold, scale) for one dropout call, or None in eval mode (`rng` None or p == 0).
+    Draws exactly one uint64 from `rng`, whichever implementation consumes the spec."""
+    if rng is None or p == 0.0:
+        return None
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
+    threshold = min(int(round(p * 2.0**32)), 2**32 - 1)
+    key = rng.integers(np.iinfo(np.uint64).max, dtype=np.uint64, endpoint=True)
+    return np.uint64(key), np.uint64(threshold), 2.0**32 / (2.0**32 - threshold)
+
+
+def dropout_keep(spec, shape, dtype):
+    """The (0 or scale) multiplier of every element of a C-ordered array of `shape`: (..., ) -> (...)."""
+    n = int(np.prod(shape))
+    key, threshold, scale = spec
+    z = key + (np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    keep = (z >> np.uint64(32)) >= threshold
+    return (keep * np.dtype(dtype).type(scale)).astype(dtype, copy=False).reshape(shape)
+
 
 def dropout_forward(x, p, rng):
     """Inverted dropout; `rng` None or p == 0 means eval mode (identity)."""
-    if rng is None or p == 0.0:
+    spec = dropout_spec(p, rng)
+    if spec is None:
         return x, None
-    keep = (rng.random(x.shape, dtype=np.float32) >= p).astype(x.dtype) * (1.0 / (1.0 - p))
-    return x * keep, keep
+    return x * dropout_keep(spec, x.shape, x.dtype), spec
 
 
 def dropout_backward(dy, cache):
-    return dy if cache is None else dy * cache
+    return dy if cache is None else dy * dropout_keep(cache, dy.shape, dy.dtype)
+
+
+# --- bias + dropout + residual + layer norm -----------------------------------------------------
+# BERT's sublayer exit: y = LN(residual + dropout(h + bias)), h the dense product without its bias.
+# (N.., C), (C,), (N.., C) -> (N.., C)
+
+def bias_dropout_residual_layernorm_forward(h, bias, residual, gamma, beta, eps, p, rng):
+    spec = dropout_spec(p, rng)
+    s = h + bias
+    if spec is not None:
+        s = s * dropout_keep(spec, s.shape, s.dtype)
+    s += residual
+    y, ln_cache = layernorm_forward(s, gamma, beta, eps)
+    return y, (ln_cache, spec)
+
+
+def bias_dropout_residual_layernorm_backward(dy, cache):
+    """-> dresidual (the layer norm's input gradient), dh, dbias, dgamma, dbeta."""
+    ln_cache, spec = cache
+    dsum, dgamma, dbeta = layernorm_backward(dy, ln_cache)
+    dh = dsum if spec is None else dsum * dropout_keep(spec, dsum.shape, dsum.dtype)
+    return dsum, dh, dh.reshape(-1, dh.shape[-1]).sum(axis=0), dgamma, dbeta
 
 
 # --- multi-head self-attention core --------------------------------------------------------
@@ -113,22 +209,19 @@ def dropout_backward(dy, cache):
 
 def attention_forward(q, k, v, mask_bias, dropout_p=0.0, rng=None):
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores, probs = masked_softmax_forward(q @ k.swapaxes(-1, -2), mask_bias, scale)
-    dropped, drop_cache = dropout_forward(probs, dropout_p, rng)
+    scores, probs, dropped, _ = masked_softmax_dropout_forward(q @ k.swapaxes(-1, -2), mask_bias, scale,
+                                                               dropout_p, rng)
     context = dropped @ v
-    return context, scores, (q, k, v, probs, dropped, drop_cache, scale)
+    return context, scores, (q, k, v, probs, dropped, scale)
 
 
 def attention_backward(dcontext, cache, dscores_extra=None):
     """`dscores_extra` (B, H, T, T): an upstream gradient on the pre-softmax scores (TinyBERT's loss)."""
-    q, k, v, probs, dropped, drop_cache, scale = cache
+    q, k, v, probs, dropped, scale = cache
     dv = dropped.swapaxes(-1, -2) @ dcontext
-    dprobs = dropout_backward(dcontext @ v.swapaxes(-1, -2), drop_cache)
-    dscores = softmax_backward(dprobs, probs)
-    if dscores_extra is not None:
-        dscores = dscores + dscores_extra
-    dq = (dscores @ k) * scale
-    dk = (dscores.swapaxes(-1, -2) @ q) * scale
+    dscores = softmax_dropout_backward(dcontext @ v.swapaxes(-1, -2), probs, dropped, scale, dscores_extra)
+    dq = dscores @ k
+    dk = dscores.swapaxes(-1, -2) @ q
     return dq, dk, dv
 
 

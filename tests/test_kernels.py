@@ -69,3 +69,68 @@ def test_embedding_scatter_twins(rng):
     kernels.embeddings_sum_backward(dx, c0, *g1)
     for got, want in zip(g1, g0):
         close(got, want, 1e-4)
+
+
+def test_fast_float32_exp_and_erf():
+    """The vectorised float32 exp and erf of the kernels: ~1e-7, and exact zeros where exp underflows."""
+    import math
+    x = np.linspace(-7, 7, 200_001).astype(np.float32)
+    want = np.array([math.erf(float(v)) for v in x])
+    assert np.abs(kernels.erf32(x) - want).max() < 1.5e-7
+    x = np.linspace(-100, 10, 200_001).astype(np.float32)
+    got, want = kernels.exp32(x).astype(np.float64), np.exp(x.astype(np.float64))
+    live = x > -87
+    assert (np.abs(got - want)[live] / want[live]).max() < 1.2e-7       # within 1 ulp
+    assert (got[x < -87.3] == 0).all() and kernels.exp32(np.float32([-10000.0]))[0] == 0
+
+
+def test_dropout_masks_are_shared_and_seeded(rng):
+    """Same rng -> same mask, in both implementations; the realised rate and scale are right."""
+    x = rng.normal(size=(B, T, C)).astype(np.float32)
+    y1, s1 = kernels.dropout_forward(x, 0.1, np.random.default_rng(3))
+    y0, s0 = ops.dropout_forward(x, 0.1, np.random.default_rng(3))
+    np.testing.assert_array_equal(y1 == 0, y0 == 0)
+    close(y1, y0, 1e-6)
+    assert abs((y1 == 0).mean() - 0.1) < 0.005
+    y2, _ = kernels.dropout_forward(x, 0.1, np.random.default_rng(4))
+    assert ((y2 == 0) != (y1 == 0)).any()                     # another seed, another mask
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    close(kernels.dropout_backward(dy, s1), ops.dropout_backward(dy, s0), 1e-6)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_bias_dropout_residual_layernorm_twins(rng, p):
+    h = rng.normal(size=(B, T, C)).astype(np.float32) * 3 + 1
+    res = rng.normal(size=(B, T, C)).astype(np.float32)
+    bias, gamma, beta = (rng.normal(size=C).astype(np.float32) for _ in range(3))
+    dy = rng.normal(size=h.shape).astype(np.float32)
+    y1, c1 = kernels.bias_dropout_residual_layernorm_forward(h, bias, res, gamma, beta, 1e-12, p,
+                                                             np.random.default_rng(5))
+    y0, c0 = ops.bias_dropout_residual_layernorm_forward(h, bias, res, gamma, beta, 1e-12, p,
+                                                         np.random.default_rng(5))
+    close(y1, y0, 1e-4)
+    for got, want in zip(kernels.bias_dropout_residual_layernorm_backward(dy, c1),
+                         ops.bias_dropout_residual_layernorm_backward(dy, c0)):
+        close(got, want, 1e-3 if got.ndim == 1 else 1e-4)   # parameter gradients sum 256 rows
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_masked_softmax_dropout_twins(rng, p):
+    scores = rng.normal(size=(B, H, T, T)).astype(np.float32) * 4
+    mask = np.ones((B, T), np.int32)
+    mask[1, 40:] = 0
+    mask[3, :] = 0
+    bias = ops.key_mask_bias(mask, np.float32)
+    out1 = kernels.masked_softmax_dropout_forward(scores, bias, 0.125, p, np.random.default_rng(6))
+    out0 = ops.masked_softmax_dropout_forward(scores, bias, 0.125, p, np.random.default_rng(6))
+    for got, want in zip(out1[:3], out0[:3]):
+        close(got, want)
+    np.testing.assert_array_equal(out1[2] == 0, out0[2] == 0)     # the same dropped positions
+    if p == 0:
+        assert np.shares_memory(out1[2], out1[1])          # eval mode: no second array
+    g = rng.normal(size=scores.shape).astype(np.float32)
+    extra = rng.normal(size=scores.shape).astype(np.float32)
+    for e in (None, extra):
+        want = ops.softmax_dropout_backward(g, out0[1], out0[2], 0.125, e)
+        close(kernels.softmax_dropout_backward(g, out1[1], out1[2], 0.125, e), want)
+        close(kernels.softmax_dropout_backward(g.copy(), out1[1], out1[2], 0.125, e, out=g.copy()), want)

@@ -134,3 +134,40 @@ def test_dropout(B, C, seed):
     assert_grad_close(ops.dropout_backward(R, cache), numeric_grad(f, x), what="dropout dx")
     y, none = ops.dropout_forward(x, 0.4, None)   # eval mode is the identity
     assert y is x and none is None
+
+
+@IMPLS
+@given(batch, tokens, st.integers(2, 9), seeds, st.sampled_from([0.0, 0.3]))
+def test_bias_dropout_residual_layernorm(impl, B, T, C, seed, p):
+    rng = np.random.default_rng(seed)
+    h, res = rng.standard_normal((B, T, C)) * 3 + 1, rng.standard_normal((B, T, C))
+    bias, g, b = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(C)
+    R = rng.standard_normal((B, T, C))
+
+    def run():  # a fresh generator with a fixed seed: the same dropout mask on every call
+        return impl.bias_dropout_residual_layernorm_forward(h, bias, res, g, b, 1e-12, p,
+                                                            np.random.default_rng(seed + 1))
+
+    f = lambda: np.sum(run()[0] * R)
+    grads = impl.bias_dropout_residual_layernorm_backward(R, run()[1])
+    for name, arr, grad in zip(("residual", "h", "bias", "gamma", "beta"), (res, h, bias, g, b), grads):
+        assert_grad_close(grad, numeric_grad(f, arr), rtol=1e-5, atol=1e-6, what=f"fused layernorm d{name}")
+
+
+@IMPLS
+@given(st.data(), batch, st.integers(1, 3), tokens, seeds, st.sampled_from([0.0, 0.3]))
+def test_masked_softmax_dropout(impl, data, B, H, T, seed, p):
+    rng = np.random.default_rng(seed)
+    mask = data.draw(attention_mask_strategy(B, T))
+    bias = ops.key_mask_bias(mask, np.float64)
+    s = rng.standard_normal((B, H, T, T)) * 2
+    R, S = rng.standard_normal((B, H, T, T)), rng.standard_normal((B, H, T, T)) * mask[:, None, None, :]
+
+    def run():
+        return impl.masked_softmax_dropout_forward(s, bias, 0.5, p, np.random.default_rng(seed + 1))
+
+    f = lambda: np.sum(run()[2] * R) + np.sum(run()[0] * S)
+    _, probs, dropped, _ = run()
+    assert np.allclose(probs.sum(-1), 1.0)
+    ds = impl.softmax_dropout_backward(R, probs, dropped, 0.5, S)
+    assert_grad_close(ds, numeric_grad(f, s), what="softmax+dropout dscores")
