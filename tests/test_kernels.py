@@ -134,3 +134,15 @@ def test_masked_softmax_dropout_twins(rng, p):
         want = ops.softmax_dropout_backward(g, out0[1], out0[2], 0.125, e)
         close(kernels.softmax_dropout_backward(g, out1[1], out1[2], 0.125, e), want)
         close(kernels.softmax_dropout_backward(g.copy(), out1[1], out1[2], 0.125, e, out=g.copy()), want)
+
+
+def test_batched_matmul_is_matmul(rng):
+    """The per-head products split over threads: bit-identical to np.matmul, strided out= included."""
+    D = C // H
+    qkv = rng.normal(size=(B, T, 3, H, D)).astype(np.float32)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    scores = kernels.batched_matmul(q, k.swapaxes(-1, -2))
+    np.testing.assert_array_equal(scores, q @ k.swapaxes(-1, -2))
+    ctx = np.empty((B, T, C), np.float32)
+    kernels.batched_matmul(scores, v, out=ctx.reshape(B, T, H, D).transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(ctx, (scores @ v).transpose(0, 2, 1, 3).reshape(B, T, C))
