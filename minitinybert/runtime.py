@@ -17,9 +17,12 @@ vectorised; imported and loaded from its on-disk cache at the first forward pass
 because importing Numba alone takes ~0.3 s) and `tokenizers` (the Rust WordPiece; the built-in one
 gives the same ids). load(..., kernels="numpy", tokenizer="python") or the environment variables
 MINITINYBERT_NUMBA=0 / MINITINYBERT_TOKENIZERS=0 keep them off; script mode skips Numba for fewer
-than 64 texts, where its import costs more than it saves. BLAS threads follow the usual
-OMP_NUM_THREADS / OPENBLAS_NUM_THREADS variables. A model is safe to share between threads
-(forward passes are serialised).
+than 64 texts, where its import costs more than it saves (it also adds ~120 MB of resident
+memory: LLVM). Threads: by default one Python thread, and BLAS threads as OMP_NUM_THREADS /
+OPENBLAS_NUM_THREADS say; load(..., threads=N) runs the runtime's own N threads over
+single-threaded BLAS calls (set process-wide through OpenBLAS's API when it can be found), which
+degrades gracefully when other processes hold the cores, where OpenBLAS's threads can stall.
+A model is safe to share between threads (forward passes are serialised).
 
 Model file format ("minitinybert-runtime/1")
 --------------------------------------------
@@ -47,7 +50,10 @@ key and value weights (and biases, and scales) lie back to back in the file, the
 as one fused (3C, C) matrix straight from the memory map; otherwise it concatenates them once.
 
 Numerics: float32 throughout, as the training engine (post-LN BERT, exact erf GELU, additive
--10000 key mask, tanh pooler). Weight storage: float32 tensors are used in place from the memory
+-10000 key mask, tanh pooler). Activations are feature-major (features, tokens), so that a linear
+layer is W @ X with W as stored, the product OpenBLAS runs fastest at these sizes. predict(),
+logits() and embed(pooling="cls") compute the last layer for the [CLS] positions only (all that the
+pooler reads), a fifth less work for a 4-layer model, same outputs. Weight storage: float32 tensors are used in place from the memory
 map (no copy at load; pages are read on first use). float16 linear weights are upcast to float32
 once at load (measured: upcasting per product made batch 1x128 1.5x and 1x32 2x slower; float16
 is a download-size format), float16 embedding tables stay float16 (only the gathered rows are
@@ -550,7 +556,7 @@ def erf(x):
 # than X @ W^T at 32-128 tokens), and per-feature biases are column vectors.
 
 def _np_bias_gelu(x, bias):
-    """x <- gelu(x + bias[:, None]), exact (erf) GELU, in place on a float32 (F, N) array."""
+    """x <- gelu(x + bias[:, None]), exact (erf) GELU, in place on a float32 (F, N) array (or rows of one)."""
     x += bias[:, None]
     t = x * _F32(1.0 / math.sqrt(2.0))
     np.clip(t, -4.0, 4.0, out=t)
@@ -571,9 +577,13 @@ def _np_bias_gelu(x, bias):
     return x
 
 
-def _np_add_layernorm(x, residual, bias, gamma, beta, eps):
-    """x <- LayerNorm over the features of (x + bias[:, None] + residual), in place on (C, N);
-    residual and bias may be None."""
+def _np_add_layernorm(x, residual, bias, gamma, beta, eps, j0=0, j1=None):
+    """x <- LayerNorm over the features of (x + bias[:, None] + residual), in place on (C, N) (on its
+    columns j0:j1 only, if given); residual and bias may be None."""
+    if j0 != 0 or (j1 is not None and j1 != x.shape[1]):
+        out = x[:, j0:j1]
+        _np_add_layernorm(out, None if residual is None else residual[:, j0:j1], bias, gamma, beta, eps)
+        return x
     if bias is not None:
         x += bias[:, None]
     if residual is not None:
@@ -667,21 +677,23 @@ def _nb_softmax(scores, mask_bias, use_mask):
                     row[j] *= inv
 
 
-def _nb_add_layernorm(x, residual, bias, gamma, beta, eps):
-    c, n = x.shape
+def _nb_add_layernorm(x, residual, bias, gamma, beta, eps, j0, j1):
+    """Columns j0:j1 of x (C, N): x <- LayerNorm over features of (x + bias + residual)."""
+    c = x.shape[0]
+    n = j1 - j0
     mean = np.zeros(n)
     var = np.zeros(n)
     for i in range(c):
         b = bias[i]
         for j in range(n):
-            v = x[i, j] + b + residual[i, j]
-            x[i, j] = v
+            v = x[i, j0 + j] + b + residual[i, j0 + j]
+            x[i, j0 + j] = v
             mean[j] += v
     for j in range(n):
         mean[j] /= c
     for i in range(c):
         for j in range(n):
-            d = x[i, j] - mean[j]
+            d = x[i, j0 + j] - mean[j]
             var[j] += d * d
     for j in range(n):
         var[j] = 1.0 / math.sqrt(var[j] / c + eps)
@@ -689,7 +701,7 @@ def _nb_add_layernorm(x, residual, bias, gamma, beta, eps):
         g = gamma[i]
         b = beta[i]
         for j in range(n):
-            x[i, j] = (x[i, j] - mean[j]) * var[j] * g + b
+            x[i, j0 + j] = (x[i, j0 + j] - mean[j]) * var[j] * g + b
 
 
 class _Kernels:
@@ -716,7 +728,7 @@ class _Kernels:
                 # compile (or load from the cache) now, for the argument types the forward pass uses
                 x2, v1 = np.ones((2, 3), _F32), np.ones(2, _F32)
                 gelu(x2, v1)
-                addln(x2, np.ones((2, 3), _F32), v1, v1, v1, 1e-12)
+                addln(x2, np.ones((2, 3), _F32), v1, v1, v1, 1e-12, 0, 3)
                 softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True)
                 break
             except Exception:  # noqa: BLE001
@@ -728,10 +740,10 @@ class _Kernels:
             gelu(x, bias)
             return x
 
-        def add_layernorm(x, residual, bias, gamma, beta, eps):
+        def add_layernorm(x, residual, bias, gamma, beta, eps, j0=0, j1=None):
             if residual is None or bias is None:
-                return _np_add_layernorm(x, residual, bias, gamma, beta, eps)
-            addln(x, residual, bias, gamma, beta, eps)
+                return _np_add_layernorm(x, residual, bias, gamma, beta, eps, j0, j1)
+            addln(x, residual, bias, gamma, beta, eps, j0, x.shape[1] if j1 is None else j1)
             return x
 
         no_mask = np.zeros((1, 0), _F32)
@@ -745,8 +757,145 @@ class _Kernels:
         return True
 
 
+# =================================================================================================
+# threads
+# =================================================================================================
+
+def set_blas_threads(n: int) -> bool:
+    """Set the thread count of the OpenBLAS that NumPy uses (process-wide), if it can be found
+    (Linux, NumPy's bundled OpenBLAS or a system one). True when done."""
+    import ctypes
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if "openblas" in os.path.basename(path).lower() and path not in paths:
+                    paths.append(path)
+    except OSError:
+        return False
+    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+             "openblas_set_num_threads")
+    done = False
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = None
+                fn(ctypes.c_int(int(n)))
+                done = True
+                break
+    return done
+
+
+_clock = __import__("time").perf_counter
+
+
+class _Job:
+    __slots__ = ("fn", "n", "next", "done", "lock", "finished", "error", "start")
+
+    def __init__(self, fn, n):
+        import itertools
+        self.start = _clock()
+        self.fn, self.n = fn, n
+        self.next = itertools.count()
+        self.done = 0
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+        self.error = None
+
+    def work(self):
+        while True:
+            i = next(self.next)          # atomic under the GIL
+            if i >= self.n:
+                return
+            try:
+                self.fn(i)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                self.error = e
+            with self.lock:
+                self.done += 1
+                if self.done == self.n:
+                    self.finished.set()
+
+
+class _Pool:
+    """Work sharing over `size` threads, the caller being one of them: a job's chunks are taken in
+    turn by whichever thread is free, so a helper that the OS has not scheduled yet never holds the
+    caller up (it only waits for chunks already running), and concurrent callers each finish their
+    own job. The heavy parts (BLAS, NumPy ufuncs, nogil Numba kernels) run without the GIL. One
+    pool per size is shared by all models (see _pool_of)."""
+
+    def __init__(self, size: int):
+        self.size = max(1, int(size))
+        self._cv = threading.Condition()
+        self._job = None
+        self._generation = 0
+        self._workers = []
+        self.late = 0.0005
+        self.work_scale = 1.0            # tests set 0 to split even tiny work
+
+    def _loop(self):
+        seen = 0
+        while True:
+            with self._cv:
+                while self._generation == seen:
+                    self._cv.wait()
+                seen, job = self._generation, self._job
+            # A helper that got a core late (the others are busy) leaves the job to the caller:
+            # starting a chunk now would likely be preempted midway and make the caller wait.
+            if _clock() - job.start < self.late:
+                job.work()
+
+    def map(self, fn, n: int) -> None:
+        """fn(0) ... fn(n - 1), spread over the threads; returns when all are done."""
+        if self.size == 1 or n <= 1:
+            for i in range(n):
+                fn(i)
+            return
+        if not self._workers:
+            for _ in range(self.size - 1):
+                t = threading.Thread(target=self._loop, daemon=True, name="minitinybert-runtime")
+                t.start()
+                self._workers.append(t)
+        job = _Job(fn, n)
+        with self._cv:
+            self._job = job
+            self._generation += 1
+            self._cv.notify_all()
+        job.work()
+        job.finished.wait()
+        if job.error is not None:
+            raise job.error
+
+    def chunks(self, total: int, work: float, min_work: float = 2e5, align: int = 1):
+        """Split range(total) into pieces: several per thread when `work` is worth it, else one."""
+        if self.size == 1 or work < min_work * self.work_scale or total < 2 * align:
+            return [(0, total)]
+        count = min(self.size * 2, total // align)
+        step = -(-total // count)
+        step = -(-step // align) * align
+        return [(a, min(a + step, total)) for a in range(0, total, step)]
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool_of(size: int) -> "_Pool":
+    with _POOLS_LOCK:
+        if size not in _POOLS:
+            _POOLS[size] = _Pool(size)
+        return _POOLS[size]
+
+
 class _Dense:
-    """y = x W^T (+ b) with W (out, in) stored as float32, or int8 with per-row scales."""
+    """A linear layer on feature-major activations: W @ x (+ b), W (out, in) as stored: float32, or
+    int8 with per-row scales."""
     __slots__ = ("weight", "bias", "scale", "owner")
 
     def __init__(self, weight, bias, scale, owner):
@@ -756,19 +905,36 @@ class _Dense:
     def out_features(self) -> int:
         return self.weight.shape[0]
 
-    def matmul(self, x):
-        """W @ x for feature-major x (in, N): (out, N), no bias (the caller fuses it)."""
-        if self.scale is None:
-            return self.weight @ x
-        w = self.owner._scratch(self.weight.shape)
-        np.multiply(self.weight, self.scale[:, None], out=w)      # dequantize: one pass, float32
-        return w @ x
+    def matmul(self, x, pool=None, add_bias=False, rows=None):
+        """W @ x for feature-major x (in, N): (out, N); the bias only if add_bias (else the caller
+        fuses it with what follows); `rows` (r0, r1): only those output features. Output rows are
+        split over the pool's threads."""
+        weight, scale, bias = self.weight, self.scale, self.bias
+        if rows is not None:
+            r0, r1 = rows
+            weight, bias = weight[r0:r1], bias[r0:r1]
+            scale = None if scale is None else scale[r0:r1]
+        out_f, in_f = weight.shape
+        y = np.empty((out_f, x.shape[1]), _F32)
+        w_all = None if scale is None else self.owner._scratch(weight.shape)
 
-    def __call__(self, x):
-        y = self.matmul(x)
-        if self.bias is not None:
-            y += self.bias[:, None]
+        def compute(a, b):
+            w = weight[a:b]
+            if scale is not None:                                   # dequantize: one pass, float32
+                w = np.multiply(w, scale[a:b, None], out=w_all[a:b])
+            np.matmul(w, x, out=y[a:b])
+            if add_bias and bias is not None:
+                y[a:b] += bias[a:b, None]
+
+        parts = [(0, out_f)] if pool is None else pool.chunks(out_f, float(out_f) * in_f * x.shape[1], 1e6, 8)
+        if len(parts) == 1:
+            compute(0, out_f)
+        else:
+            pool.map(lambda i: compute(*parts[i]), len(parts))
         return y
+
+    def __call__(self, x, pool=None):
+        return self.matmul(x, pool, add_bias=True)
 
 
 class _Embedding:
@@ -794,7 +960,7 @@ class _Layer:
 class RuntimeModel:
     """A loaded model: predict(), embed(), tokenize(), forward(). See load()."""
 
-    def __init__(self, path, metadata, tensors, mm, tokenizer_backend="auto", kernels="auto"):
+    def __init__(self, path, metadata, tensors, mm, tokenizer_backend="auto", kernels="auto", threads=None):
         self.path = os.fspath(path)
         self._mm = mm
         self._lock = threading.RLock()
@@ -807,6 +973,12 @@ class RuntimeModel:
             raise ValueError(f"kernels must be 'auto', 'numpy' or 'numba', got {kernels!r}")
         self._kernel_choice = kernels
         self._kernels = None
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.threads = threads
+        # threads=N: the runtime runs its own N threads over single-threaded BLAS calls;
+        # None: one thread here, BLAS threads as the environment sets them.
+        self._pool = _pool_of(threads if threads and set_blas_threads(1) else 1)
 
     # --- metadata and tensors -------------------------------------------------------------------
 
@@ -1016,8 +1188,11 @@ class RuntimeModel:
 
     # --- forward -------------------------------------------------------------------------------
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None):
-        """(B, T) ids -> dict(hidden (B, T, C), pooled (B, C), logits (B, K) or None), float32."""
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, hidden=True):
+        """(B, T) ids -> dict(hidden (B, T, C), pooled (B, C), logits (B, K) or None), float32.
+
+        hidden=False computes the last layer for the [CLS] positions only (all the pooler and the
+        head read; about a fifth less work for a 4-layer model) and returns hidden None."""
         cfg = self.config
         ids = np.asarray(input_ids)
         if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
@@ -1036,20 +1211,22 @@ class RuntimeModel:
         if types.min() < 0 or types.max() >= cfg["type_vocab_size"]:
             raise RuntimeModelError(f"token type ids must lie in [0, {cfg['type_vocab_size']})")
         with self._lock:
-            xt = self._encode(ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False), mask)
-            pooled_t = self._pooler(np.ascontiguousarray(xt[:, ::T]))     # the [CLS] columns, (C, B)
+            xt, cls = self._encode(ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False), mask,
+                                   all_positions=hidden)
+            pooled_t = self._pooler(cls, self._pool)                   # from the [CLS] columns, (C, B)
             np.tanh(pooled_t, out=pooled_t)
             pooled = np.ascontiguousarray(pooled_t.T)
             logits = None
             if self._classifier is not None:
                 logits = np.ascontiguousarray(self._classifier(pooled_t).T)
-        return {"hidden": xt.T.reshape(B, T, -1), "pooled": pooled, "logits": logits}
+        return {"hidden": xt.T.reshape(B, T, -1) if hidden else None, "pooled": pooled, "logits": logits}
 
-    def _encode(self, ids, types, mask):
-        """The encoder's last hidden states, feature-major: (C, B*T), column b*T + t."""
-        cfg, K = self.config, self._get_kernels()
+    def _encode(self, ids, types, mask, all_positions=True):
+        """(last hidden states feature-major (C, B*T), column b*T + t, or None; [CLS] states (C, B)).
+        all_positions=False runs the last layer for the [CLS] queries only."""
+        cfg, K, pool = self.config, self._get_kernels(), self._pool
         B, T = ids.shape
-        C, H = cfg["hidden_size"], cfg["num_attention_heads"]
+        C, H, F = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
         D, N, eps = C // H, B * T, cfg["layer_norm_eps"]
         x = self._word.rows(ids)
         x += self._pos.rows(np.arange(T))
@@ -1060,27 +1237,73 @@ class RuntimeModel:
         if not np.all(mask != 0):
             mask_bias = ((mask == 0).astype(_F32) * _F32(MASK_VALUE))
         scale = _F32(1.0 / math.sqrt(D))
-        for layer in self._layers:
-            qkv = layer.qkv(x)                                 # (3C, N): q, k, v features, with bias
-            qkv[:C] *= scale
-            heads = qkv.reshape(3, H, D, B, T)
-            qt = heads[0].transpose(2, 0, 1, 3)               # (B, H, D, T) views: q^T, k^T, v^T
-            kt = heads[1].transpose(2, 0, 1, 3)
-            vt = heads[2].transpose(2, 0, 1, 3)
-            scores = np.matmul(qt.swapaxes(-1, -2), kt)        # (B, H, T, T) = q k^T
+        for index, layer in enumerate(self._layers):
+            if index == len(self._layers) - 1 and not all_positions:
+                return None, self._cls_layer(layer, x, B, T, mask_bias, scale)
+            x = self._layer(layer, x, B, T, mask_bias, scale)
+        return x, np.ascontiguousarray(x[:, ::T])
+
+    def _layer(self, layer, x, B, T, mask_bias, scale):
+        """One encoder layer on feature-major x (C, N) -> (C, N)."""
+        cfg, K, pool = self.config, self._kernels, self._pool
+        C, H, F = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
+        D, N, eps = C // H, B * T, cfg["layer_norm_eps"]
+        qkv = layer.qkv(x, pool)                               # (3C, N): q, k, v features, with bias
+        qkv[:C] *= scale
+        heads = qkv.reshape(3, H, D, B, T)
+        ctx = np.empty((C, N), _F32)
+        ctx_heads = ctx.reshape(H, D, B, T).transpose(2, 0, 1, 3)       # (B, H, D, T) view
+        head_parts = pool.chunks(H, float(B) * H * T * T * D, 5e5)
+
+        def attention(i):
+            h0, h1 = head_parts[i]
+            qt, kt, vt = (heads[j, h0:h1].transpose(2, 0, 1, 3) for j in range(3))   # (B, h, D, T)
+            scores = np.matmul(qt.swapaxes(-1, -2), kt)        # (B, h, T, T) = q k^T
             K.softmax(scores, mask_bias)
-            ctx = np.empty((C, N), _F32)                       # context^T = v^T P^T, straight into place
-            np.matmul(vt, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B, T).transpose(2, 0, 1, 3))
-            del scores, qkv, heads, qt, kt, vt
-            a = layer.attn_out.matmul(ctx)
-            del ctx
-            K.add_layernorm(a, x, layer.attn_out.bias, layer.ln1[0], layer.ln1[1], eps)
-            inter = layer.inter.matmul(a)
-            K.bias_gelu(inter, layer.inter.bias)
-            x = layer.out.matmul(inter)
-            del inter
-            K.add_layernorm(x, a, layer.out.bias, layer.ln2[0], layer.ln2[1], eps)
-        return x
+            # context^T = v^T P^T, written straight into place
+            np.matmul(vt, scores.swapaxes(-1, -2), out=ctx_heads[:, h0:h1])
+
+        pool.map(attention, len(head_parts))
+        del qkv, heads, ctx_heads
+        return self._feed_forward(layer, ctx, x, pool.chunks(N, float(C) * N, 1e5, 16))
+
+    def _feed_forward(self, layer, ctx, x, col_parts):
+        """Attention output + residual + norm, then the FFN + residual + norm, on (C, n) columns."""
+        K, pool, eps = self._kernels, self._pool, self.config["layer_norm_eps"]
+        n = ctx.shape[1]
+        a = layer.attn_out.matmul(ctx, pool)
+        pool.map(lambda i: K.add_layernorm(a, x, layer.attn_out.bias, layer.ln1[0], layer.ln1[1], eps,
+                                           *col_parts[i]), len(col_parts))
+        inter = layer.inter.matmul(a, pool)
+        bias, F = layer.inter.bias, inter.shape[0]
+        row_parts = pool.chunks(F, float(F) * n, 1e5, 8)
+        pool.map(lambda i: K.bias_gelu(inter[row_parts[i][0]:row_parts[i][1]], bias[row_parts[i][0]:row_parts[i][1]]),
+                 len(row_parts))
+        y = layer.out.matmul(inter, pool)
+        del inter
+        pool.map(lambda i: K.add_layernorm(y, a, layer.out.bias, layer.ln2[0], layer.ln2[1], eps, *col_parts[i]),
+                 len(col_parts))
+        return y
+
+    def _cls_layer(self, layer, x, B, T, mask_bias, scale):
+        """The last layer for the [CLS] queries only: keys and values of every position, then
+        attention, FFN and norms on B columns. Returns the [CLS] states (C, B)."""
+        cfg, K, pool = self.config, self._kernels, self._pool
+        C, H = cfg["hidden_size"], cfg["num_attention_heads"]
+        D = C // H
+        x_cls = np.ascontiguousarray(x[:, ::T])                          # (C, B)
+        q = layer.qkv.matmul(x_cls, pool, add_bias=True, rows=(0, C))    # (C, B)
+        q *= scale
+        kv = layer.qkv.matmul(x, pool, add_bias=True, rows=(C, 3 * C))   # (2C, N)
+        kv_heads = kv.reshape(2, H, D, B, T)
+        kt = kv_heads[0].transpose(2, 0, 1, 3)                           # (B, H, D, T)
+        vt = kv_heads[1].transpose(2, 0, 1, 3)
+        qh = q.reshape(H, D, B).transpose(2, 0, 1)[:, :, None, :]       # (B, H, 1, D)
+        scores = np.matmul(qh, kt)                                       # (B, H, 1, T)
+        K.softmax(scores, mask_bias)
+        ctx = np.empty((C, B), _F32)
+        np.matmul(vt, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B).transpose(2, 0, 1)[..., None])
+        return self._feed_forward(layer, ctx, x_cls, [(0, B)])
 
     # --- tokenization and batching ----------------------------------------------------------------
 
@@ -1122,7 +1345,8 @@ class RuntimeModel:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             batch = self._pad([encoded[i] for i in chunk])
-            out = self.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+            out = self.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                               hidden=want == "mean")
             if want == "logits":
                 values = out["logits"]
             elif want == "pooled":
@@ -1178,11 +1402,13 @@ class RuntimeModel:
                 f"hidden={cfg['hidden_size']}, labels={self.labels}, dtype={self.dtype or '?'})")
 
 
-def load(path, tokenizer="auto", kernels="auto") -> RuntimeModel:
+def load(path, tokenizer="auto", kernels="auto", threads=None) -> RuntimeModel:
     """A runtime model from its file. `tokenizer`: "auto" | "python" | "tokenizers";
-    `kernels`: "auto" (Numba when available) | "numpy" | "numba"."""
+    `kernels`: "auto" (Numba when available) | "numpy" | "numba"; `threads`: None (BLAS threads as
+    the environment sets them) or N: the runtime's own N threads, BLAS set to one thread per call
+    (process-wide; degrades gracefully when other processes hold the cores)."""
     metadata, tensors, mm = read_safetensors(path)
-    return RuntimeModel(path, metadata, tensors, mm, tokenizer_backend=tokenizer, kernels=kernels)
+    return RuntimeModel(path, metadata, tensors, mm, tokenizer_backend=tokenizer, kernels=kernels, threads=threads)
 
 
 # =================================================================================================

@@ -75,8 +75,12 @@ def test_float32_export_equals_engine(tmp_path, num_labels):
         mask = batch["attention_mask"].astype(bool)
         close(got["hidden"][mask], ref.hidden_states[-1][mask])
         close(got["pooled"], ref.pooled)
+        short = rm.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], hidden=False)
+        assert short["hidden"] is None                    # last layer for the [CLS] queries only
+        close(short["pooled"], ref.pooled)
         if num_labels:
             close(got["logits"], ref.logits)
+            close(short["logits"], ref.logits)
             close(rm.logits(inputs, batch_size=4), ref.logits)
         else:
             assert got["logits"] is None
@@ -253,3 +257,56 @@ def test_export_drops_training_tensors_and_is_readable_by_safetensors(tmp_path):
     assert "classifier.weight" in names
     rm = runtime.load(path)
     assert rm.labels == ["class0", "class1"]
+
+
+def test_own_thread_pool_gives_the_same_results(tmp_path):
+    """threads=N (the runtime's pool over single-threaded BLAS; process-wide, hence a subprocess)."""
+    _, ckpt = make_checkpoint(tmp_path, 3, seed=6, max_position_embeddings=64)
+    path = export_runtime(ckpt, tmp_path / "m.safetensors")
+    texts = TEXTS * 4
+    code = ("import json, sys; from minitinybert import runtime; "
+            "m = runtime.load(sys.argv[1], threads=int(sys.argv[2]), kernels=sys.argv[3]); "
+            "m._pool.work_scale = 0.0; m._pool.late = 1e9; "
+            "print(json.dumps([m.logits(json.loads(sys.argv[4]), batch_size=8).tolist(), m._pool.size]))")
+    outputs = {}
+    for threads, kernels in ((1, "numpy"), (3, "numpy"), (3, "auto")):   # 3: more helpers than chunks at times
+        proc = subprocess.run([sys.executable, "-c", code, str(path), str(threads), kernels, json.dumps(texts)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outputs[threads, kernels], size = json.loads(proc.stdout)
+        assert size in (1, threads)
+    close(outputs[3, "numpy"], outputs[1, "numpy"], 1e-6)
+    close(outputs[3, "auto"], outputs[1, "numpy"], 1e-5)
+    close(outputs[1, "numpy"], runtime.load(path).logits(texts), 1e-5)
+
+
+def test_concurrent_callers_share_the_pool(tmp_path):
+    _, ckpt = make_checkpoint(tmp_path, 2, seed=8)
+    path = export_runtime(ckpt, tmp_path / "m.safetensors")
+    code = """
+import json, sys, threading
+import numpy as np
+from minitinybert import runtime
+texts = json.loads(sys.argv[2])
+models = [runtime.load(sys.argv[1], threads=2, kernels="numpy") for _ in range(2)]
+for m in models:
+    m._pool.work_scale = 0.0
+    m._pool.late = 1e9
+expected = models[0].logits(texts)
+results, errors = [], []
+def run(m):
+    try:
+        for _ in range(5):
+            results.append(m.logits(texts))
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=run, args=(m,)) for m in models + models]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps([errors, max(float(np.abs(r - expected).max()) for r in results), len(results)]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(TEXTS * 3)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    errors, diff, count = json.loads(proc.stdout)
+    assert errors == [] and count == 20 and diff < 1e-6
