@@ -445,7 +445,12 @@ class WordPieceTokenizer:
         """Word-piece ids of each text, without special tokens and without truncation."""
         texts = [_check_text(t) for t in texts]
         if self.backend == "tokenizers" and texts:
-            return [e.ids for e in self._hf_tokenizer().encode_batch(texts, add_special_tokens=False)]
+            try:
+                hf = self._hf_tokenizer()
+            except Exception:  # noqa: BLE001 - a broken install: the built-in tokenizer gives the same ids
+                self.backend = "python"
+            else:
+                return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
         return [self._python_ids(t) for t in texts]
 
     def tokenize(self, text: str) -> list:
@@ -1418,7 +1423,8 @@ def load(path, tokenizer="auto", kernels="auto", threads=None) -> RuntimeModel:
 def main(argv=None) -> int:
     import argparse
     parser = argparse.ArgumentParser(prog="runtime.py", description="Run a minitinybert runtime model: one JSON "
-                                     "line per text (texts from the arguments, else one per stdin line).")
+                                     "line per input. Texts come from the arguments, else from stdin, one per "
+                                     "line (a tab-separated line is a sentence pair; blank lines are skipped).")
     parser.add_argument("model", help="the runtime model file")
     parser.add_argument("texts", nargs="*", help="texts to classify (or embed)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -1427,21 +1433,33 @@ def main(argv=None) -> int:
                         help="embedding models: how token states become one vector")
     args = parser.parse_intermixed_args(argv)
     try:
-        texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-        if not texts:
-            raise RuntimeModelError("no input texts (give them as arguments or on stdin)")
-        model = load(args.model, kernels="auto" if len(texts) >= 64 else "numpy")
-        if model.num_labels:
-            results = model.predict(texts, batch_size=args.batch_size, max_length=args.max_length)
+        if args.texts:
+            inputs = list(args.texts)
         else:
-            vectors = model.embed(texts, pooling=args.pooling, batch_size=args.batch_size,
+            try:
+                lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+            except UnicodeDecodeError as e:
+                raise RuntimeModelError(f"stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
+            inputs = [tuple(line.split("\t", 1)) if "\t" in line else line for line in lines if line.strip()]
+        if not inputs:
+            raise RuntimeModelError("no input texts (give them as arguments or on stdin)")
+        model = load(args.model, kernels="auto" if len(inputs) >= 64 else "numpy")
+        if model.num_labels:
+            results = model.predict(inputs, batch_size=args.batch_size, max_length=args.max_length)
+        else:
+            vectors = model.embed(inputs, pooling=args.pooling, batch_size=args.batch_size,
                                   max_length=args.max_length)
             results = [{"embedding": [round(float(v), 6) for v in row]} for row in vectors]
     except RuntimeModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for text, result in zip(texts, results):
-        print(json.dumps({"text": text, **result}, ensure_ascii=False))
+    try:
+        for item, result in zip(inputs, results):
+            record = {"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item}
+            print(json.dumps({**record, **result}, ensure_ascii=False))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
     return 0
 
 

@@ -228,16 +228,23 @@ def test_script_mode(tmp_path):
     for line, exp in zip(lines, expected):
         assert line["label"] == exp["label"]
         close(list(line["scores"].values()), list(exp["scores"].values()))
+    piped = subprocess.run([sys.executable, str(RUNTIME_PY), str(path)], input="the plot\tdull\n\nhello\tworld\n",
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    lines = [json.loads(line) for line in piped.stdout.splitlines()]
+    assert [(x["text"], x["text_pair"]) for x in lines] == [("the plot", "dull"), ("hello", "world")]
+    assert lines[0]["label"] == runtime.load(path).predict([("the plot", "dull")])[0]["label"]
     bad = subprocess.run([sys.executable, str(RUNTIME_PY), str(tmp_path / "missing.safetensors"), "x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_export_cli_table(tmp_path):
-    _, ckpt = make_checkpoint(tmp_path, 2)
-    from minitinybert.export import main
     import contextlib
     import io
+
+    from minitinybert.export import main
+    _, ckpt = make_checkpoint(tmp_path, 2)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main([str(ckpt), "--out", str(tmp_path / "out"), "--dtypes", "int8,float32"]) == 0
@@ -245,6 +252,22 @@ def test_export_cli_table(tmp_path):
     assert "float32" in table and "int8" in table and "1.000" in table
     assert (tmp_path / "out" / "runtime-int8.safetensors").exists()
     assert main([str(ckpt), "--out", str(tmp_path / "out"), "--dtypes", "float64"]) == 2
+    # with a task: each file's dev metric, computed by the runtime, and its change from float32
+    dev = tmp_path / "data" / "glue" / "SST-2" / "dev.tsv"
+    dev.parent.mkdir(parents=True)
+    dev.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TEXTS)), encoding="utf-8")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([str(ckpt), "--out", str(tmp_path / "out2"), "--task", "sst2", "--data", str(tmp_path / "data"),
+                     "--dtypes", "float32,float16,int8", "--quantize-embeddings"]) == 0
+    rows = [line.split() for line in buf.getvalue().splitlines()[2:]]
+    assert [r[0] for r in rows] == ["float32", "float16", "int8"]
+    from minitinybert.data import evaluate
+    expected = evaluate("sst2", runtime.load(tmp_path / "out2" / "runtime-float32.safetensors").logits(TEXTS),
+                        np.arange(len(TEXTS)) % 2)["main"]
+    assert abs(float(rows[0][3]) - expected) < 1e-4 and float(rows[0][4]) == 0.0
+    assert all(len(r) == 5 for r in rows)
+    assert main([str(ckpt), "--out", str(tmp_path / "out3"), "--task", "stsb", "--data", str(tmp_path / "data")]) == 2
 
 
 def test_export_drops_training_tensors_and_is_readable_by_safetensors(tmp_path):
