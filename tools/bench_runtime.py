@@ -43,6 +43,9 @@ RUNTIME_VARIANTS = {
     "runtime-f32-full": dict(file="runtime-f32", hidden=True),      # every position of the last layer, as ORT
     "runtime-f32-numpy": dict(file="runtime-f32", numba=False),     # no Numba: what a NumPy-only board gets
     "runtime-f32-blas": dict(file="runtime-f32", blas=True),        # OpenBLAS's threads instead of the pool
+    # NumPy-only memory footprints (select with --engines)
+    "runtime-int8-numpy": dict(file="runtime-int8", numba=False),
+    "runtime-int8-emb-numpy": dict(file="runtime-int8-emb", numba=False),
 }
 VOCAB_SIZE = 30522
 
