@@ -146,7 +146,7 @@ def runtime_metadata(config, tokens: list[str], do_lower_case: bool, max_length:
                num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
                intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
                type_vocab_size=config.type_vocab_size, layer_norm_eps=config.layer_norm_eps,
-               hidden_act="gelu", num_labels=n, problem_type=problem)
+               hidden_act="gelu", num_labels=n, problem_type=problem)     # exact erf, as the engine
     return {"format": FORMAT, "config": json.dumps(cfg), "labels": json.dumps(labels), "vocab": "\n".join(tokens),
             "do_lower_case": "true" if do_lower_case else "false", "max_length": str(int(max_length)),
             "dtype": dtype}
@@ -159,8 +159,9 @@ def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True,
     cfg = model.config
     if type(max_length) is int and max_length > cfg.max_position_embeddings:
         max_length = cfg.max_position_embeddings
-    if cfg.hidden_act not in ("gelu", "gelu_python"):
+    if cfg.hidden_act not in ("gelu", "gelu_python", "gelu_new"):
         raise ExportError(f"hidden_act {cfg.hidden_act!r}: the runtime computes the exact erf GELU only")
+    # the engine computes the exact erf GELU for every GELU name it accepts: so does the runtime
     if type(max_length) is not int or not 3 <= max_length <= cfg.max_position_embeddings:
         raise ExportError(f"max_length must be an integer in [3, {cfg.max_position_embeddings}], got {max_length!r}")
     if len(tokens) != cfg.vocab_size:

@@ -287,7 +287,7 @@ def bench_threads(files: dict, engines: list, threads: int, args) -> dict:
     print(f"\ntinybert4 (L4 H312 A12 FFN1200 V30522, 2 labels), threads={threads}, {args.rounds} rounds, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     sizes = {e: Path(p).stat().st_size / 1e6 for e, p in files.items()}
-    head = (f"{'engine':<18}{'batch':>8}{'latency ms':>12}{'p10 ms':>9}{'seq/s':>9}{'peak RSS MB':>13}"
+    head = (f"{'engine':<24}{'batch':>8}{'latency ms':>12}{'p10 ms':>9}{'seq/s':>9}{'peak RSS MB':>13}"
             f"{'vs ORT':>8}{'p10 vs ORT':>12}")
     print(head)
     print("-" * len(head))
@@ -303,21 +303,21 @@ def bench_threads(files: dict, engines: list, threads: int, args) -> dict:
             rss = statistics.median(x["peak_rss_mb"] for x in runs)
             ratio = f"{med / ort_med:.2f}" if ort_med else ""
             ratio_best = f"{best / ort_best:.2f}" if ort_best else ""
-            print(f"{engine:<18}{shape[0]:>4}x{shape[1]:<3}{med:>12.2f}{best:>9.2f}{shape[0] / med * 1e3:>9.1f}"
+            print(f"{engine:<24}{shape[0]:>4}x{shape[1]:<3}{med:>12.2f}{best:>9.2f}{shape[0] / med * 1e3:>9.1f}"
                   f"{rss:>13.1f}{ratio:>8}{ratio_best:>12}")
             summary[f"threads={threads} {engine} {shape[0]}x{shape[1]}"] = dict(median_ms=med, p10_ms=best,
                                                                               peak_rss_mb=rss)
     print()
-    head = f"{'engine':<18}{'file MB':>9}{'vs f32':>8}{'start-up s':>12}{'first s':>9}"
+    head = f"{'engine':<24}{'file MB':>9}{'vs f32':>8}{'start-up s':>12}{'first s':>9}"
     print(head)
     print("-" * len(head))
     for engine in engines:
         su = statistics.median(x["startup"] for x in startup[engine])
         first = statistics.median(x["first"] for x in startup[engine])
-        print(f"{engine:<18}{sizes[engine]:>9.2f}{sizes[engine] / sizes['runtime-f32']:>8.3f}{su:>12.3f}{first:>9.3f}")
+        print(f"{engine:<24}{sizes[engine]:>9.2f}{sizes[engine] / sizes['runtime-f32']:>8.3f}{su:>12.3f}{first:>9.3f}")
         summary[f"threads={threads} {engine} startup"] = dict(startup_s=su, first_s=first, file_mb=sizes[engine])
     extra = "runtime-int8-emb"
-    print(f"{extra:<18}{sizes[extra]:>9.2f}{sizes[extra] / sizes['runtime-f32']:>8.3f}"
+    print(f"{extra:<24}{sizes[extra]:>9.2f}{sizes[extra] / sizes['runtime-f32']:>8.3f}"
           f"{'':>12}{'':>9}   (int8 with quantized embeddings)")
     print(f"\nruntime.py CLI, whole process (python runtime.py MODEL 'text'): {statistics.median(cli):.3f} s")
     if "ort-f32" in engines and "runtime-f32" in engines:
