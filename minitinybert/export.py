@@ -159,9 +159,8 @@ def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True,
     cfg = model.config
     if type(max_length) is int and max_length > cfg.max_position_embeddings:
         max_length = cfg.max_position_embeddings
-    if cfg.hidden_act not in ("gelu", "gelu_python", "gelu_new"):
+    if cfg.hidden_act not in ("gelu", "gelu_python"):
         raise ExportError(f"hidden_act {cfg.hidden_act!r}: the runtime computes the exact erf GELU only")
-    # the engine computes the exact erf GELU for every GELU name it accepts: so does the runtime
     if type(max_length) is not int or not 3 <= max_length <= cfg.max_position_embeddings:
         raise ExportError(f"max_length must be an integer in [3, {cfg.max_position_embeddings}], got {max_length!r}")
     if len(tokens) != cfg.vocab_size:
