@@ -43,7 +43,8 @@ Tensors use Hugging Face BERT names without prefix: embeddings.{word,position,to
 .weight, embeddings.LayerNorm.{weight,bias}, encoder.layer.L.attention.self.{query,key,value}.
 {weight,bias}, encoder.layer.L.attention.output.dense.{weight,bias}, ...attention.output.LayerNorm.*,
 ...intermediate.dense.*, ...output.dense.*, ...output.LayerNorm.*, pooler.dense.*, classifier.*
-(with a head). Linear weights are (out, in). Dtypes: F32; F16 (computed in float32); I8 for 2-D
+(with a head). Linear weights are (out, in). Dtypes: F32; F16 (computed in float32; F64 and BF16
+are read too, converted at load); I8 for 2-D
 weights, with a F32 "<name>_scale" of one scale per row (per output channel for linear layers, per
 token for embeddings), symmetric: w = q * scale, scale = max|w_row| / 127. When a layer's query,
 key and value weights (and biases, and scales) lie back to back in the file, the runtime uses them
