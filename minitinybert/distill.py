@@ -28,6 +28,7 @@ import numpy as np
 from . import loss_kernels, losses
 from .config import BertConfig, ConfigError, preset
 from .model import Bert
+from .parallel import DataParallel
 from .teacher import TeacherError
 from .training import LoopConfig, StepResult, TrainingError, train
 from .weights import WeightsError, load_model
@@ -76,8 +77,9 @@ def _projection_names(cfg: BertConfig, m: int) -> tuple[str, str]:
 
 
 def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[int], w: LossWeights,
-                      use_kernels: bool = True) -> StepResult:
-    """Embedding, hidden-state and attention losses; leaves the gradients in student.grads."""
+                      use_kernels: bool = True, grads=None, share: float = 1.0) -> StepResult:
+    """Embedding, hidden-state and attention losses; leaves the gradients in `grads` (default
+    student.grads), scaled by `share` (this batch's fraction of a larger one: see parallel.py)."""
     t_out = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask)
     s_out = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng,
                             keep_cache=True)
@@ -91,7 +93,7 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
         wname, bname = _projection_names(cfg, m)
         loss, cache = losses.projected_mse_forward(s_out.hidden_states[m], P[wname], P[bname],
                                                    t_out.hidden_states[g])
-        dh, dW, db = losses.projected_mse_backward(cache, P[wname], weight)
+        dh, dW, db = losses.projected_mse_backward(cache, P[wname], weight * share)
         dhidden[m] = dh
         proj_grads.append((wname, dW, bname, db))
         key = "loss_embedding" if m == 0 else "loss_hidden"
@@ -101,9 +103,9 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
         for m in range(1, len(mapping)):
             loss, cache = attn.attention_mse_forward(s_out.attention_scores[m - 1],
                                                      t_out.attention_scores[mapping[m] - 1])
-            dscores[m - 1] = attn.attention_mse_backward(cache, w.attention)
+            dscores[m - 1] = attn.attention_mse_backward(cache, w.attention * share)
             terms["loss_attention"] += loss
-    grads = student.backward(s_out, dhidden=dhidden, dscores=dscores)
+    grads = student.backward(s_out, dhidden=dhidden, dscores=dscores, grads=grads)
     for wname, dW, bname, db in proj_grads:       # after backward, which zeroes the buffer
         grads[wname][...] += dW
         grads[bname][...] += db
@@ -114,7 +116,7 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
 
 
 def prediction_step(teacher: Bert, student: Bert, batch, labels, rng, w: LossWeights,
-                    temperature: float = 1.0) -> StepResult:
+                    temperature: float = 1.0, grads=None, share: float = 1.0) -> StepResult:
     """Soft cross-entropy to the teacher's logits (MSE to its output for regression), plus an
     optional share of the gold-label loss."""
     t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
@@ -123,18 +125,18 @@ def prediction_step(teacher: Bert, student: Bert, batch, labels, rng, w: LossWei
     regression = student.config.num_labels == 1
     if regression:
         loss, cache = losses.mse_forward(s_out.logits, t_logits)
-        dlogits = losses.mse_backward(cache, w.prediction)
+        dlogits = losses.mse_backward(cache, w.prediction * share)
     else:
         loss, cache = losses.soft_cross_entropy_forward(s_out.logits, t_logits, temperature)
-        dlogits = losses.soft_cross_entropy_backward(cache, w.prediction)
+        dlogits = losses.soft_cross_entropy_backward(cache, w.prediction * share)
     terms = {"loss_prediction": loss}
     total = w.prediction * loss
     if w.hard:
-        hard, dhard = _supervised_loss(s_out.logits, labels, w.hard)
+        hard, dhard = _supervised_loss(s_out.logits, labels, w.hard * share)
         dlogits = dlogits + dhard
         terms["loss_hard"] = hard
         total += w.hard * hard
-    student.backward(s_out, dlogits=dlogits)
+    student.backward(s_out, dlogits=dlogits, grads=grads)
     return StepResult({"loss": total, **terms}, len(labels), int(batch.attention_mask.sum()))
 
 
@@ -146,10 +148,10 @@ def _supervised_loss(logits, labels, weight=1.0):
     return loss, losses.cross_entropy_backward(cache, weight)
 
 
-def finetune_step(model: Bert, batch, labels, rng) -> StepResult:
+def finetune_step(model: Bert, batch, labels, rng, grads=None, share: float = 1.0) -> StepResult:
     out = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng, keep_cache=True)
-    loss, dlogits = _supervised_loss(out.logits, labels)
-    model.backward(out, dlogits=dlogits.astype(out.logits.dtype, copy=False))
+    loss, dlogits = _supervised_loss(out.logits, labels, share)
+    model.backward(out, dlogits=dlogits.astype(out.logits.dtype, copy=False), grads=grads)
     return StepResult({"loss": loss}, len(labels), int(batch.attention_mask.sum()))
 
 
@@ -271,13 +273,19 @@ def run_finetune_teacher(args, log=print) -> Path:
         return holder["it"]
 
     state = train("teacher", model, out, _loop(args, args.teacher_steps, args.teacher_lr), batches,
-                  lambda batch, rng: finetune_step(model, batch[0], batch[1], rng),
+                  _parallel(args, model, lambda batch, rng, **k: finetune_step(model, batch[0], batch[1], rng, **k)),
                   lambda: holder["it"].state(), evaluate=make_evaluator(model, dev, tokenizer, max_length),
                   vocab_from=teacher_dir, resume=args.resume, log=log)
     if not state.done:
         return None
     log(f"[teacher] best dev {task.main_metric} {state.best_metric:.4f} at step {state.best_step}: {out / 'best'}")
     return out / "best"
+
+
+def _parallel(args, model: Bert, step):
+    """The step run on batch shards in --workers threads (parallel.py); (batch, rng) -> StepResult."""
+    runner = DataParallel(model, args.workers)
+    return lambda batch, rng: runner(step, batch, rng)
 
 
 def _loop(args, steps, lr) -> LoopConfig:
@@ -347,7 +355,8 @@ def run_general(args, log=print) -> Path:
 
     out = Path(args.out) / STAGE_DIRS["general"]
     state = train("general", student, out, _loop(args, args.general_steps, args.general_lr), batches,
-          lambda batch, rng: intermediate_step(teacher, student, batch, rng, mapping, w),
+          _parallel(args, student, lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, mapping,
+                                                                             w, **k)),
           lambda: holder["it"].state_dict(), vocab_from=teacher_dir, resume=args.resume, log=log)
     return out / "final" if state.done else None
 
@@ -399,7 +408,8 @@ def run_task(args, log=print) -> Path:
 
     state = train("intermediate", student, out / STAGE_DIRS["intermediate"],
           _loop(args, args.intermediate_steps, args.intermediate_lr), batches,
-          lambda batch, rng: intermediate_step(teacher, student, batch[0], rng, mapping, w),
+          _parallel(args, student, lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng,
+                                                                             mapping, w, **k)),
           lambda: holder["it"].state(), vocab_from=teacher_dir, resume=args.resume, log=log)
     if not state.done:
         return None
@@ -407,7 +417,8 @@ def run_task(args, log=print) -> Path:
     student.config = _with_labels(student.config, task)
     state = train("prediction", student, out / STAGE_DIRS["prediction"],
                   _loop(args, args.prediction_steps, args.prediction_lr), batches,
-                  lambda batch, rng: prediction_step(teacher, student, batch[0], batch[1], rng, w, args.temperature),
+                  _parallel(args, student, lambda batch, rng, **k: prediction_step(
+                      teacher, student, batch[0], batch[1], rng, w, args.temperature, **k)),
                   lambda: holder["it"].state(), evaluate=make_evaluator(student, dev, tokenizer, max_length),
                   vocab_from=teacher_dir, resume=args.resume, log=log)
     if not state.done:
@@ -490,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--corpus", default=None, help="general stage: corpus directory (default <data>/corpus)")
     g = common.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--workers", type=int, default=None,
+                   help="threads that each run a shard of every batch (default: the thread count, "
+                        "OMP_NUM_THREADS or the cores); the dropout stream depends on it, so resume "
+                        "with the same value for an exact continuation")
     g.add_argument("--max-length", type=int, default=None, help="tokens per example (default 64 for single "
                                                                 "sentences, 128 for pairs)")
     g.add_argument("--general-seq-len", type=int, default=128)

@@ -565,13 +565,20 @@ _blas = None
 _pool = None
 
 
-def batched_matmul(a, b, out=None):
-    """np.matmul of (B, ...) stacks: the same numbers, split over B across threads (see above)."""
-    global _blas, _pool
+def blas_thread_control():
+    """(set_num_threads, get_num_threads) of the loaded OpenBLAS, or False when not found."""
+    global _blas
     if _blas is None:
         _blas = _find_blas_threads() or False
+    return _blas
+
+
+def batched_matmul(a, b, out=None):
+    """np.matmul of (B, ...) stacks: the same numbers, split over B across threads (see above)."""
+    global _pool
+    blas = blas_thread_control()
     n = min(a.shape[0], numba.get_num_threads())
-    if not _blas or n < 2 or a.ndim < 3:
+    if not blas or n < 2 or a.ndim < 3:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]),
@@ -579,7 +586,7 @@ def batched_matmul(a, b, out=None):
     if _pool is None or _pool._max_workers < n:
         from concurrent.futures import ThreadPoolExecutor
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minitinybert-bmm")
-    set_threads, get_threads = _blas
+    set_threads, get_threads = blas
     saved = get_threads()
     bounds = np.linspace(0, a.shape[0], n + 1).astype(int)
     set_threads(1)

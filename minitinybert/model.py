@@ -227,19 +227,26 @@ class Bert:
 
     # --- backward -------------------------------------------------------------------------
 
-    def backward(self, out: BertOutput, dlogits=None, dpooled=None, dhidden=None, dscores=None) -> ParamSet:
+    def backward(self, out: BertOutput, dlogits=None, dpooled=None, dhidden=None, dscores=None,
+                 grads: ParamSet | None = None) -> ParamSet:
         """Gradients of all parameters, given upstream gradients on any of the outputs.
 
         dlogits (B, num_labels); dpooled (B, C); dhidden {i: (B, T, C)} on hidden_states[i];
-        dscores {layer: (B, H, T, T)} on attention_scores[layer]. Returns `self.grads` (overwritten)."""
+        dscores {layer: (B, H, T, T)} on attention_scores[layer]. Writes (overwrites) and returns
+        `grads`, by default `self.grads` (parallel.DataParallel gives each batch shard its own)."""
         cfg, K = self.config, self.ops
         cache = out.cache
         if cache is None:
             raise ValueError("backward needs the forward's cache: call forward(..., keep_cache=True)")
         P = cache["params"]
-        if self.grads is None or self.grads.dtype != P.dtype:
-            self.grads = P.zeros_like()
-        G = self.grads
+        if grads is None:
+            if self.grads is None or self.grads.dtype != P.dtype:
+                self.grads = P.zeros_like()
+            grads = self.grads
+        elif grads.size != P.size or grads.dtype != P.dtype:
+            raise ValueError(f"gradient buffer of {grads.size} {grads.dtype} values, parameters have "
+                             f"{P.size} {P.dtype}")
+        G = grads
         G.data.fill(0.0)
         dhidden = dict(dhidden or {})
         dscores = dict(dscores or {})

@@ -148,8 +148,10 @@ def test_short_distillation_lowers_every_loss_term():
 
 # --- the command: every stage, resume, Ctrl-C --------------------------------------------------------
 
-def test_pipeline_runs_and_resume_is_exact(world, tmp_path):
-    steps = ["--teacher-steps", "4", "--general-steps", "5", "--intermediate-steps", "5", "--prediction-steps", "4"]
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_pipeline_runs_and_resume_is_exact(world, tmp_path, workers):
+    steps = ["--teacher-steps", "4", "--general-steps", "5", "--intermediate-steps", "5", "--prediction-steps", "4",
+             "--workers", workers]
     assert main(["all", *cli(world, tmp_path / "straight"), *steps]) == 0
     # the same run, stopped every 3 steps of each run and resumed
     out = tmp_path / "paused"

@@ -36,6 +36,7 @@ from minitinybert.config import preset
 from minitinybert.distill import LossWeights, finetune_step, intermediate_step, layer_mapping
 from minitinybert.model import Bert
 from minitinybert.optim import AdamW, clip_grad_norm, decay_mask
+from minitinybert.parallel import DataParallel
 from minitinybert.teacher import resolve_teacher
 from minitinybert.weights import load_model
 
@@ -136,6 +137,9 @@ def forward_flops(cfg, B, T):
     return L * (2 * N * (4 * C * C + 2 * C * Fd) + 4 * B * T * T * C)
 
 
+WORKERS = None   # minitinybert's batch shards (parallel.py); None: one per thread
+
+
 def setup(kind, B, T):
     """-> (mtb_step, torch_step, check, flops)"""
     teacher_dir = resolve_teacher(None, log=lambda *a: None)
@@ -153,8 +157,10 @@ def setup(kind, B, T):
         rng = np.random.default_rng(0)
         w = LossWeights()
 
+        runner = DataParallel(student, WORKERS)
+
         def mtb_step():
-            intermediate_step(teacher, student, b, rng, mapping, w)
+            runner(lambda bb, r, **k: intermediate_step(teacher, student, bb, r, mapping, w, **k), b, rng)
             clip_grad_norm(student.grads.data, 1.0)
             opt_m.step(student.grads.data)
 
@@ -184,8 +190,10 @@ def setup(kind, B, T):
     tb = [torch.from_numpy(a.astype(np.int64)) for a in batch]
     tl = torch.from_numpy(labels)
 
+    runner = DataParallel(model, WORKERS)
+
     def mtb_step():
-        finetune_step(model, b, labels, rng)
+        runner(lambda bb, r, **k: finetune_step(model, bb[0], bb[1], r, **k), (b, labels), rng)
         clip_grad_norm(model.grads.data, 1.0)
         opt_m.step(model.grads.data)
 
@@ -244,15 +252,20 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--steps", default="distill,finetune,teacher")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="minitinybert: threads that each run a shard of the batch (default: one per thread)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    global WORKERS
+    WORKERS = args.workers
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     torch.set_num_threads(threads)
     if args.memory_child:
         return memory_child(args.memory_child, args.batch, args.tokens)
 
     peak = matmul_rate()
-    print(f"threads {threads}; torch {torch.__version__}; float32 matmul {peak:.1f} GFLOP/s; "
+    print(f"threads {threads}; minitinybert workers {DataParallel(None, WORKERS).workers}; "
+          f"torch {torch.__version__}; float32 matmul {peak:.1f} GFLOP/s; "
           f"batch {args.batch} x {args.tokens}")
     rows = []
     for kind in args.steps.split(","):
@@ -284,7 +297,8 @@ def main(argv=None):
         print("\npeak RSS of 3 distillation steps, each side in a fresh process (same weights loaded in both):")
         for side in ("minitinybert", "pytorch"):
             out = subprocess.run([sys.executable, __file__, "--memory-child", side, "--batch", str(args.batch),
-                                  "--tokens", str(args.tokens)], capture_output=True, text=True, check=True)
+                                  "--tokens", str(args.tokens), *(["--workers", str(WORKERS)] if WORKERS else [])],
+                                 capture_output=True, text=True, check=True)
             mem = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"  {side:<13} peak {mem['peak_mb']:6.0f} MB, of which the steps' working memory "
                   f"{mem['step_mb']:5.0f} MB")
