@@ -80,6 +80,9 @@ class Tokenizer:
         tk.post_processor = processors.TemplateProcessing(
             single="[CLS] $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
             special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
+        # Special tokens written in the text stay whole, as Hugging Face's BERT tokenizers and
+        # runtime.py's own tokenizer keep them: the student sees at training what it sees on the board.
+        tk.add_special_tokens(list(SPECIAL_TOKENS))
         self._tk = tk  # no truncation, no padding: for single texts and words
         # A twin for batches: it pads to the batch's longest and truncates to the last max_length set.
         self._batch_tk = HFTokenizer.from_str(tk.to_str())

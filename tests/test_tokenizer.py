@@ -158,3 +158,17 @@ def test_errors(tmp_path, tok):
         tok.encode(["a"], ["b"], max_length=3)
     with pytest.raises(TokenizerError, match=r"texts\[1\] is NoneType"):
         tok.encode(["a", None])
+
+
+@pytest.mark.parametrize("text", ["hello [SEP] world [MASK] [mask] x[CLS]y", "[UNK][PAD] plain", "[ sep ]"])
+def test_special_tokens_in_text_match_the_runtime(tok, teacher_dir, text):
+    """Written in the text, "[SEP]" and the like stay one token, in training as on the board (runtime.py),
+    as Hugging Face's BERT tokenizers do; lower-case "[mask]" is ordinary text."""
+    from minitinybert.runtime import WordPieceTokenizer
+    vocab = (teacher_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    board = WordPieceTokenizer(vocab, do_lower_case=True)
+    (ids, types, _), = board.encode(text, max_length=512)
+    batch = tok.encode([text], max_length=512)
+    assert batch.input_ids[0, :int(batch.attention_mask[0].sum())].tolist() == ids
+    if "[SEP]" in text:
+        assert ids.count(tok.sep_id) == 2
