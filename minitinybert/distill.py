@@ -508,11 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=int, default=None, help="tokens per example (default 64 for single "
                                                                 "sentences, 128 for pairs)")
     g.add_argument("--general-seq-len", type=int, default=128)
-    g.add_argument("--teacher-steps", type=int, default=800)
-    g.add_argument("--general-steps", type=int, default=300)
-    g.add_argument("--intermediate-steps", type=int, default=600)
-    g.add_argument("--prediction-steps", type=int, default=500)
-    g.add_argument("--teacher-lr", type=float, default=5e-5)
+    g.add_argument("--teacher-steps", type=int, default=2000)
+    g.add_argument("--general-steps", type=int, default=800)
+    g.add_argument("--intermediate-steps", type=int, default=1000)
+    g.add_argument("--prediction-steps", type=int, default=1000)
+    g.add_argument("--teacher-lr", type=float, default=1e-4)
     g.add_argument("--general-lr", type=float, default=5e-4)
     g.add_argument("--intermediate-lr", type=float, default=2e-4)
     g.add_argument("--prediction-lr", type=float, default=1e-4)
@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("checkpoints")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out exactly")
     g.add_argument("--save-every", type=int, default=100)
-    g.add_argument("--eval-every", type=int, default=200)
+    g.add_argument("--eval-every", type=int, default=100)
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop with a checkpoint after N steps of this run (split long runs; --resume continues)")
 
