@@ -39,6 +39,12 @@ class TaskSpec:
     metrics: tuple[str, ...]
     main_metric: str
     display_name: str = ""             # as GLUE spells it ("SST-2")
+    label_names: tuple[str, ...] | None = None   # what a model calls its classes, when the files use codes
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Names of the classes in id order, for a model's id2label: "positive" rather than "1"."""
+        return self.label_names or self.labels
 
     @property
     def is_regression(self) -> bool:
@@ -56,10 +62,10 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sst2", "glue/SST-2/train.tsv", "glue/SST-2/dev.tsv", True, "sentence", None, "label",
-                     ("0", "1"), ("accuracy", "f1"), "accuracy", "SST-2"),
+                     ("0", "1"), ("accuracy", "f1"), "accuracy", "SST-2", ("negative", "positive")),
     # CoLA has no header: source, label, author's mark, sentence
     "cola": TaskSpec("cola", "glue/CoLA/train.tsv", "glue/CoLA/dev.tsv", False, 3, None, 1,
-                     ("0", "1"), ("accuracy", "f1", "mcc"), "mcc", "CoLA"),
+                     ("0", "1"), ("accuracy", "f1", "mcc"), "mcc", "CoLA", ("unacceptable", "acceptable")),
     "rte": TaskSpec("rte", "glue/RTE/train.tsv", "glue/RTE/dev.tsv", True, "sentence1", "sentence2", "label",
                     ("entailment", "not_entailment"), ("accuracy", "f1"), "accuracy", "RTE"),
     "stsb": TaskSpec("stsb", "glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", True, "sentence1", "sentence2",

@@ -249,7 +249,7 @@ def _labels_of(task):
 
 
 def _with_labels(config: BertConfig, task) -> BertConfig:
-    labels = {} if task.labels is None else {i: name for i, name in enumerate(task.labels)}
+    labels = {} if task.labels is None else {i: name for i, name in enumerate(task.class_names)}
     return config.replace(num_labels=_labels_of(task), id2label=labels)
 
 

@@ -5,7 +5,7 @@ Copy this file next to a model file onto any machine with Python >= 3.9 and NumP
     import runtime
     model = runtime.load("sst2-int8.safetensors")
     model.predict(["a gripping film", "dull and lifeless"])
-    # [{"label": "1", "scores": {"0": 0.02, "1": 0.98}}, ...]
+    # [{"label": "positive", "scores": {"negative": 0.02, "positive": 0.98}}, ...]
     model.predict([("A man plays guitar.", "Someone makes music.")])   # sentence pairs
     model.embed(["some text"], pooling="mean")                         # (N, hidden) L2-normalised
 

@@ -169,6 +169,9 @@ def test_pipeline_runs_and_resume_is_exact(world, tmp_path, workers):
         np.testing.assert_array_equal(a, b, err_msg=stage)
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["student"]["dev"]["main"] <= 1
+    for stage in ("teacher/best", "task-prediction/best"):     # SST-2's 0/1 codes get names
+        config = json.loads((out / stage / "config.json").read_text())
+        assert list(config["id2label"].values()) == ["negative", "positive"]
     log = [json.loads(line) for line in (out / "general" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]          # resumed runs append, never repeat
     assert {"loss_embedding", "loss_hidden", "loss_attention", "lr", "seq_per_s"} <= set(log[0])
