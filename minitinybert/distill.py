@@ -101,8 +101,9 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
     if w.attention:
         terms["loss_attention"] = 0.0
         for m in range(1, len(mapping)):
+            # the student's scores are not needed after the loss (backward uses the probabilities)
             loss, cache = attn.attention_mse_forward(s_out.attention_scores[m - 1],
-                                                     t_out.attention_scores[mapping[m] - 1])
+                                                     t_out.attention_scores[mapping[m] - 1], overwrite=True)
             dscores[m - 1] = attn.attention_mse_backward(cache, w.attention * share)
             terms["loss_attention"] += loss
     grads = student.backward(s_out, dhidden=dhidden, dscores=dscores, grads=grads)

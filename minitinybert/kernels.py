@@ -61,6 +61,8 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # Loops that sum must be allowed to reassociate to vectorise; no 'nnan'/'ninf', which would let
 # LLVM assume away the infinities and NaNs that these kernels must propagate or produce.
 _FM = {"reassoc", "contract", "nsz", "arcp"}
+# nogil=True on every kernel: parallel.py runs batch shards in threads, and a kernel that held the
+# GIL would make the other shard wait through its whole memory-bound pass.
 # error_model="numpy" on every kernel: Python's model checks each division for zero and raises,
 # and that branch alone stops LLVM from vectorising a loop (measured: erf 12.7 ms -> 2.9 ms).
 _F32 = np.float32
@@ -169,7 +171,7 @@ def erf32(x):
     return _map_erf32(np.ascontiguousarray(x, dtype=np.float32).reshape(-1)).reshape(np.shape(x))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _map_exp32(x):
     out = np.empty_like(x)
     for i in range(x.shape[0]):
@@ -177,7 +179,7 @@ def _map_exp32(x):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _map_erf32(x):
     out = np.empty_like(x)
     for i in range(x.shape[0]):
@@ -210,7 +212,7 @@ def _spec_args(spec, dtype):
     return key, threshold, dtype.type(scale)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def _dropout(x, key, threshold, scale, y):  # (N,) -> (N,)
     n = x.shape[0]
     block = 4096
@@ -241,7 +243,7 @@ def dropout_backward(dy, cache):
 
 # --- layer norm ---------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def _layernorm_fwd(x, gamma, beta, eps, y, xhat, rstd):  # (N, C) -> (N, C)
     n, c = x.shape
     for i in prange(n):
@@ -261,7 +263,7 @@ def _layernorm_fwd(x, gamma, beta, eps, y, xhat, rstd):  # (N, C) -> (N, C)
             y[i, j] = h * gamma[j] + beta[j]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, error_model="numpy")
 def _layernorm_bwd(dy, xhat, gamma, rstd, dx, dgamma_parts, dbeta_parts):
     n, c = dy.shape
     n_chunks = dgamma_parts.shape[0]
@@ -309,7 +311,7 @@ def layernorm_backward(dy, cache):
 # y = LN(residual + dropout(h + bias)) in one pass per row (the NumPy twin takes five); the backward
 # recomputes the dropout mask from its key and also sums the bias gradient, in the same pass.
 
-@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, fastmath=_FM, error_model="numpy")
 def _bias_dropout_residual_ln_fwd(h, bias, res, key, threshold, dscale, gamma, beta, eps, y, xhat, rstd):
     n, c = h.shape                                                    # (N, C) -> (N, C)
     for i in prange(n):
@@ -341,7 +343,7 @@ def _bias_dropout_residual_ln_fwd(h, bias, res, key, threshold, dscale, gamma, b
             y[i, j] = xh * gamma[j] + beta[j]
 
 
-@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, fastmath=_FM, error_model="numpy")
 def _ln_dropout_bwd(dy, xhat, gamma, rstd, key, threshold, dscale, dsum, dh, parts):
     n, c = dy.shape                                  # parts (3, chunks, C): dgamma, dbeta, dbias
     n_chunks = parts.shape[1]
@@ -398,7 +400,7 @@ def bias_dropout_residual_layernorm_backward(dy, cache):
 # --- bias + exact GELU ----------------------------------------------------------------------
 # float32 uses the vectorised _erf32/_exp32 (~1e-7); float64 libm's erf and exp.
 
-@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, fastmath=_FM, error_model="numpy")
 def _bias_gelu_fwd(x, bias, sqrt1_2, y, u):  # (N, F) -> (N, F)
     n, f = x.shape
     for i in prange(n):
@@ -408,7 +410,7 @@ def _bias_gelu_fwd(x, bias, sqrt1_2, y, u):  # (N, F) -> (N, F)
             y[i, j] = _F32(0.5) * v * (_F32(1.0) + _erf(v * sqrt1_2))
 
 
-@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, fastmath=_FM, error_model="numpy")
 def _bias_gelu_bwd(dy, u, sqrt1_2, inv_sqrt_2pi, du, dbias_parts):
     n, f = dy.shape
     n_chunks = dbias_parts.shape[0]
@@ -446,7 +448,7 @@ def bias_gelu_backward(dy, cache):
 
 # --- masked softmax, with the attention dropout fused in ---------------------------------------
 
-@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, fastmath=_FM, error_model="numpy")
 def _masked_softmax_dropout_fwd(scores, mask_bias, shifted_bias, scale, key, threshold, dscale, masked, probs,
                                 dropped):
     bh_, t_, s_ = scores.shape                    # (B*H, T, T), masks (B, T); dropped may be probs
@@ -478,7 +480,7 @@ def _masked_softmax_dropout_fwd(scores, mask_bias, shifted_bias, scale, key, thr
                     dropped[bh, i, j] = pr * dscale if _kept(key, threshold, base + j) else pr * 0
 
 
-@njit(parallel=True, cache=True, fastmath=_FM, error_model="numpy")
+@njit(parallel=True, nogil=True, cache=True, fastmath=_FM, error_model="numpy")
 def _softmax_dropout_bwd(ddropped, probs, dropped, extra, scale, ds):
     bh_, t_, s_ = probs.shape                     # all (B*H, T, T); extra may be None; ds may be ddropped
     for bh in prange(bh_):
@@ -499,10 +501,12 @@ def _rows3(a):  # (B, H, T, S) -> contiguous (B*H, T, S)
     return np.ascontiguousarray(a).reshape(-1, a.shape[-2], a.shape[-1])
 
 
-def masked_softmax_dropout_forward(scores, mask_bias, scale, p, rng):
+def masked_softmax_dropout_forward(scores, mask_bias, scale, p, rng, overwrite=False):
+    """`overwrite`: write the masked scores over `scores` (a temporary of the caller's): each entry is
+    read before it is written, and it saves one (B, H, T, T) array and its memory traffic."""
     spec = dropout_spec(p, rng)
     s3 = _rows3(scores)
-    masked = np.empty_like(s3)
+    masked = s3 if overwrite else np.empty_like(s3)
     probs = np.empty_like(s3)
     dropped = probs if spec is None else np.empty_like(s3)
     mask_bias = np.ascontiguousarray(mask_bias)
@@ -603,7 +607,7 @@ def batched_matmul(a, b, out=None):
 
 # --- embedding gradient scatter -------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scatter_add_rows(table, ids, rows):  # table[ids[n]] += rows[n]; serial: ids repeat
     for n in range(ids.shape[0]):
         r = ids[n]

@@ -13,7 +13,7 @@ from . import kernels  # noqa: F401  (sets the OpenMP wait policy before Numba's
 from .losses import MASKED_SCORE
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _attention_mse(student, teacher, grad, masked):  # (N, M) x 2 -> scalar, grad (N, M)
     n, m = student.shape
     partial = np.zeros(n)
@@ -34,14 +34,16 @@ def _attention_mse(student, teacher, grad, masked):  # (N, M) x 2 -> scalar, gra
     return partial.sum()
 
 
-def attention_mse_forward(student_scores, teacher_scores):  # (B, H, T, T) x 2 -> scalar
+def attention_mse_forward(student_scores, teacher_scores, overwrite=False):  # (B, H, T, T) x 2 -> scalar
+    """`overwrite`: the gradient may be written over `student_scores` (the caller no longer needs
+    them): each entry is read before it is written; one (B, H, T, T) array less per layer pair."""
     if student_scores.shape != teacher_scores.shape:
         raise ValueError(f"attention scores differ in shape: student {student_scores.shape}, teacher "
                          f"{teacher_scores.shape} (student and teacher need the same number of heads)")
     T = student_scores.shape[-1]
     s = np.ascontiguousarray(student_scores).reshape(-1, T)
     t = np.ascontiguousarray(teacher_scores, dtype=student_scores.dtype).reshape(-1, T)
-    diff = np.empty_like(s)
+    diff = s if overwrite else np.empty_like(s)
     total = _attention_mse(s, t, diff, MASKED_SCORE)
     return float(total / diff.size), (diff.reshape(student_scores.shape),)
 

@@ -207,7 +207,7 @@ class Bert:
         scale = 1.0 / math.sqrt(D)
         # masked scores, probabilities and dropped probabilities in one pass: (B, H, T, T)
         scores, probs, dropped, _ = K.masked_softmax_dropout_forward(bmm(q, k.swapaxes(-1, -2)), mask_bias,
-                                                                     scale, p_attn, rng)
+                                                                     scale, p_attn, rng, overwrite=True)
         # (B, H, T, D) written straight into (B, T, H, D) = (B, T, C) order: BLAS takes the row stride C
         context = np.empty((B, T, C), dtype=x.dtype)
         bmm(dropped, v, out=context.reshape(B, T, H, D).transpose(0, 2, 1, 3))

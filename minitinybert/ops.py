@@ -104,10 +104,14 @@ def softmax_backward(dprobs, probs):
     return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
 
 
-def masked_softmax_dropout_forward(scores, mask_bias, scale, p, rng):
+def masked_softmax_dropout_forward(scores, mask_bias, scale, p, rng, overwrite=False):
     """masked_softmax_forward, then dropout on the probabilities: -> masked, probs, dropped, spec.
-    In eval mode `dropped` is `probs` itself."""
+    In eval mode `dropped` is `probs` itself. `overwrite`: the masked scores may be written over
+    `scores` (a temporary of the caller's), one (B, H, T, T) array less."""
     masked, probs = masked_softmax_forward(scores, mask_bias, scale)
+    if overwrite and isinstance(scores, np.ndarray) and scores.flags.c_contiguous and scores.dtype == masked.dtype:
+        scores[...] = masked
+        masked = scores
     spec = dropout_spec(p, rng)
     dropped = probs if spec is None else probs * dropout_keep(spec, probs.shape, probs.dtype)
     return masked, probs, dropped, spec

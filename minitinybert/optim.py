@@ -25,7 +25,7 @@ def decay_mask(params: ParamSet) -> np.ndarray:
     return mask
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, nogil=True, cache=True)
 def _adamw_kernel(p, g, m, v, decay, lr, beta1, beta2, eps, weight_decay, bc1, bc2):
     for i in prange(p.size):
         gi = g[i]

@@ -128,6 +128,13 @@ def test_masked_softmax_dropout_twins(rng, p):
     np.testing.assert_array_equal(out1[2] == 0, out0[2] == 0)     # the same dropped positions
     if p == 0:
         assert np.shares_memory(out1[2], out1[1])          # eval mode: no second array
+    for impl in (kernels, ops):                            # overwrite: masked scores over the input
+        scratch = scores.copy()
+        again = impl.masked_softmax_dropout_forward(scratch, bias, 0.125, p, np.random.default_rng(6),
+                                                    overwrite=True)
+        assert np.shares_memory(again[0], scratch)
+        for got, want in zip(again[:3], out0[:3]):
+            close(got, want)
     g = rng.normal(size=scores.shape).astype(np.float32)
     extra = rng.normal(size=scores.shape).astype(np.float32)
     for e in (None, extra):

@@ -52,6 +52,11 @@ def test_attention_kernel_matches_numpy_float32():
     assert np.isclose(l0, l1, rtol=1e-5)
     np.testing.assert_allclose(loss_kernels.attention_mse_backward(c1), losses.attention_mse_backward(c0),
                                rtol=1e-5, atol=1e-12)
+    scratch = s.copy()                                    # overwrite: the gradient lands in the student's array
+    l2, c2 = loss_kernels.attention_mse_forward(scratch, t, overwrite=True)
+    grad = loss_kernels.attention_mse_backward(c2)
+    assert l2 == l1 and np.shares_memory(grad, scratch)
+    np.testing.assert_allclose(grad, losses.attention_mse_backward(c0), rtol=1e-5, atol=1e-12)
 
 
 def test_attention_heads_must_match():
