@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=int, default=None, help="tokens per example (default 64 for single "
                                                                 "sentences, 128 for pairs)")
     g.add_argument("--general-seq-len", type=int, default=128)
-    g.add_argument("--teacher-steps", type=int, default=2000)
+    g.add_argument("--teacher-steps", type=int, default=3500)
     g.add_argument("--general-steps", type=int, default=800)
     g.add_argument("--intermediate-steps", type=int, default=1000)
     g.add_argument("--prediction-steps", type=int, default=1000)
