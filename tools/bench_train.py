@@ -15,7 +15,7 @@ in a fresh subprocess running a few distillation steps.
 PyTorch is installed apart (never a dependency of the package):
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.13.0 && \
         /tmp/torchenv/bin/pip install -e .
-    OMP_NUM_THREADS=2 /tmp/torchenv/bin/python tools/bench_train.py [--runs 5] [--steps distill,finetune,teacher]
+    OMP_NUM_THREADS=2 /tmp/torchenv/bin/python tools/bench_train.py [--runs 15] [--steps distill,finetune,teacher]
 """
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ def memory_child(side, B, T, steps=3):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--steps", default="distill,finetune,teacher")
