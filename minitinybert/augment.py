@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Examples
+from .tasks import Examples
 from .tokenizer import Tokenizer
 
 # The official code's stop words: never replaced.
@@ -176,7 +176,6 @@ class MlmCandidates(CandidateGenerator):
         self.max_rows = int(max_rows)
         # rows * T * T bounds the memory the attention scores of one forward pass take
         self.score_budget = int(score_budget)
-        self.forward_calls = 0
         # Predictions that can stand for a word: no "##" continuations (as the official filter) and
         # no [special] tokens.
         self._usable = np.array([not (t.startswith("##") or _SPECIAL.match(t))
@@ -223,7 +222,6 @@ class MlmCandidates(CandidateGenerator):
                 ids[r, :len(row_ids)] = row_ids
                 types[r, :len(row_types)] = row_types
                 mask[r, :len(row_ids)] = 1
-            self.forward_calls += 1
             out = self.model.forward(ids, types, mask)
             hidden = out.hidden_states[-1][np.arange(len(chunk)), [c[4] for c in chunk]]   # (n, C)
             logits = self.model.mlm_logits(hidden)
@@ -334,7 +332,7 @@ def _write_cache(path: Path, key: str, n: int, n_aug: int, generated: dict[str, 
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    try:
+    try:   # an optional dependency: without tqdm, no bar
         from tqdm.auto import tqdm
     except ImportError:
         return None

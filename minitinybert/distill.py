@@ -26,10 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from . import loss_kernels, losses
+from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
+from .batches import TaskBatches, predict_logits
 from .config import BertConfig, ConfigError, preset
+from .corpus import CorpusBatcher
+from .datafiles import data_root, load_local, load_split
+from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
-from .teacher import TeacherError
+from .tasks import get_task
+from .teacher import TeacherError, resolve_teacher
+from .tokenizer import Tokenizer
 from .training import LoopConfig, StepResult, TrainingError, train
 from .weights import WeightsError, load_model
 
@@ -156,59 +163,10 @@ def finetune_step(model: Bert, batch, labels, rng, grads=None, share: float = 1.
     return StepResult({"loss": loss}, len(labels), int(batch.attention_mask.sum()))
 
 
-# --- data ---------------------------------------------------------------------------------------------
+# --- evaluation -------------------------------------------------------------------------------------
 
-class TaskBatches:
-    """Shuffled epochs over a task's examples; the position (epoch, batch) resumes exactly."""
-
-    def __init__(self, examples, tokenizer, batch_size: int, max_length: int, seed: int, state: dict | None = None):
-        from .data import iterate_batches
-        self._iterate = iterate_batches
-        self.examples, self.tokenizer = examples, tokenizer
-        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
-        self.per_epoch = math.ceil(len(examples) / batch_size)
-        state = state or {}
-        self.epoch, self.index = int(state.get("epoch", 0)), int(state.get("index", 0))
-        self._it = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._it is None:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            self._it = self._iterate(self.examples, self.tokenizer, self.batch_size, self.max_length, rng=rng,
-                                     start=self.index)
-        try:
-            item = next(self._it)
-        except StopIteration:
-            self.epoch, self.index, self._it = self.epoch + 1, 0, None
-            return next(self)
-        self.index += 1
-        return item
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-
-def predict_logits(model: Bert, examples, tokenizer, max_length: int, batch_size: int = 64) -> np.ndarray:
-    """Eval-mode logits for every example, in order (batched by length: less padding)."""
-    from .data import iterate_batches
-    order = np.argsort([len(t) + (len(examples.pairs[i]) if examples.pairs else 0)
-                        for i, t in enumerate(examples.texts)], kind="stable")
-    out = np.zeros((len(examples), model.config.num_labels), np.float32)
-    sorted_examples = examples.subset(order)
-    done = 0
-    for batch, _ in iterate_batches(sorted_examples, tokenizer, batch_size, max_length):
-        logits = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
-        out[order[done:done + len(logits)]] = logits
-        done += len(logits)
-    return out
-
-
-def make_evaluator(model, examples, tokenizer, max_length):
-    from .data import evaluate
-
+def make_evaluator(model: Bert, examples, tokenizer, max_length: int):
+    """() -> the task's metrics of `model` (as it is at the call) on `examples`, with "main"."""
     def run() -> dict:
         logits = predict_logits(model, examples, tokenizer, max_length)
         preds = logits[:, 0] if model.config.num_labels == 1 else logits
@@ -218,227 +176,88 @@ def make_evaluator(model, examples, tokenizer, max_length):
 
 # --- the stages ----------------------------------------------------------------------------------------
 
-def task_loader(args):
-    """(task, load(split, limit=None) -> Examples): a GLUE task from the data directory, or local
-    csv/tsv/jsonl files given by --train-file / --dev-file (read through `datasets`)."""
-    from .data import get_task, load_local, load_split
-    if args.train_file or args.dev_file:
-        if not (args.train_file and args.dev_file):
-            raise ValueError("local data needs both --train-file and --dev-file")
-        spec = None if args.regression else (args.labels.split(",") if args.labels else args.task)
-        files = {"train": args.train_file, "dev": args.dev_file}
-
-        def load(split, limit=None):
-            examples = load_local(files[split], spec, args.text_column, args.pair_column, args.label_column)
-            return examples.subset(np.arange(min(limit, len(examples)))) if limit else examples
-        return load("dev").task, load
-    task = get_task(args.task)
-    return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit)
-
-
-def _common_setup(args):
-    from .teacher import resolve_teacher
-    from .tokenizer import Tokenizer
-    task, load = task_loader(args)
-    teacher_dir = resolve_teacher(args.teacher)
-    tokenizer = Tokenizer.from_dir(teacher_dir)
-    return task, teacher_dir, tokenizer, load
-
-
-def _labels_of(task):
-    return 1 if task.labels is None else len(task.labels)
-
-
-def _with_labels(config: BertConfig, task) -> BertConfig:
-    labels = {} if task.labels is None else {i: name for i, name in enumerate(task.class_names)}
-    return config.replace(num_labels=_labels_of(task), id2label=labels)
-
-
-def _max_length(args, task) -> int:
-    return args.max_length or (64 if task.pair_column is None else 128)
-
-
-def run_finetune_teacher(args, log=print) -> Path:
-    task, teacher_dir, tokenizer, load_split = _common_setup(args)
-    out = Path(args.out) / STAGE_DIRS["teacher"]
-    model = load_model(teacher_dir, num_labels=_labels_of(task), seed=args.seed, log=log)
-    model.config = _with_labels(model.config, task)
-    train_set = load_split("train", limit=args.train_limit)
-    dev = load_split("dev")
+def run_finetune_teacher(args, log=print) -> Path | None:
+    """The teacher gets a task head and is fine-tuned on the task; the best checkpoint by dev metric."""
+    task, teacher_dir, tokenizer, load_examples = _common_setup(args)
+    teacher = load_model(teacher_dir, num_labels=_labels_of(task), seed=args.seed, log=log)
+    teacher.config = _with_labels(teacher.config, task)
+    train_set, dev = load_examples("train", limit=args.train_limit), load_examples("dev")
     max_length = _max_length(args, task)
     log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
-    holder = {}
-
-    def batches(state):
-        holder["it"] = TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, state)
-        return holder["it"]
-
-    state = train("teacher", model, out, _loop(args, args.teacher_steps, args.teacher_lr), batches,
-                  _parallel(args, model, lambda batch, rng, **k: finetune_step(model, batch[0], batch[1], rng, **k)),
-                  lambda: holder["it"].state(), evaluate=make_evaluator(model, dev, tokenizer, max_length),
-                  vocab_from=teacher_dir, resume=args.resume, log=log)
+    state = _train_stage(args, "teacher", teacher, args.teacher_steps, args.teacher_lr,
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
+                         lambda batch, rng, **k: finetune_step(teacher, batch[0], batch[1], rng, **k),
+                         evaluate=make_evaluator(teacher, dev, tokenizer, max_length), vocab_from=teacher_dir,
+                         log=log)
     if not state.done:
         return None
-    log(f"[teacher] best dev {task.main_metric} {state.best_metric:.4f} at step {state.best_step}: {out / 'best'}")
-    return out / "best"
+    best = _stage_dir(args, "teacher") / "best"
+    log(f"[teacher] best dev {task.main_metric} {state.best_metric:.4f} at step {state.best_step}: {best}")
+    return best
 
 
-def _parallel(args, model: Bert, step):
-    """The step run on batch shards in --workers threads (parallel.py); (batch, rng) -> StepResult."""
-    runner = DataParallel(model, args.workers)
-    return lambda batch, rng: runner(step, batch, rng)
-
-
-def _loop(args, steps, lr) -> LoopConfig:
-    return LoopConfig(total_steps=steps, lr=lr, warmup=args.warmup, weight_decay=args.weight_decay,
-                      max_grad_norm=args.max_grad_norm, save_every=args.save_every, eval_every=args.eval_every,
-                      stop_after=args.stop_after, seed=args.seed)
-
-
-def _check_pair(teacher: Bert, student: Bert, w: LossWeights):
-    t, s = teacher.config, student.config
-    if w.attention and t.num_attention_heads != s.num_attention_heads:
-        raise ConfigError(f"the attention loss needs as many heads in the student ({s.num_attention_heads}) as "
-                          f"in the teacher ({t.num_attention_heads}); choose another student or --w-attention 0")
-    if t.vocab_size != s.vocab_size:
-        raise ConfigError(f"teacher and student vocabularies differ ({t.vocab_size} vs {s.vocab_size})")
-
-
-def _weights(args) -> LossWeights:
-    return LossWeights(args.w_embedding, args.w_hidden, args.w_attention, args.w_prediction, args.w_hard)
-
-
-def new_student(args, teacher: Bert, log=print) -> Bert:
-    """A student from scratch (BERT's seeded init), with TinyBERT's projections to the teacher's width."""
-    base = BertConfig.from_json(args.student) if str(args.student).endswith(".json") else preset(args.student)
-    config = base.replace(vocab_size=teacher.config.vocab_size,
-                                          fit_size=teacher.config.hidden_size, fit_shared=args.shared_projection,
-                                          do_lower_case=teacher.config.do_lower_case)
-    student = Bert(config, seed=args.seed)
-    if args.init_embeddings == "pca":
-        # the teacher's word embeddings projected on their top principal directions: a head start
-        # the paper does not use; off by default
-        E = teacher.params["embeddings.word_embeddings.weight"].astype(np.float64)
-        E = E - E.mean(0)
-        _, _, Vt = np.linalg.svd(E, full_matrices=False)
-        k = min(config.hidden_size, Vt.shape[0])
-        proj = E @ Vt[:k].T
-        proj *= config.initializer_range / proj.std()
-        student.params["embeddings.word_embeddings.weight"][:, :k] = proj
-    log(f"[general] student {args.student}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"{student.num_parameters / 1e6:.1f}M parameters (with projections)")
-    return student
-
-
-def run_general(args, log=print) -> Path:
-    from .data import CorpusBatcher, data_root
-    from .teacher import resolve_teacher
-    from .tokenizer import Tokenizer
+def run_general(args, log=print) -> Path | None:
+    """General distillation: a student from scratch learns the teacher's embedding output, hidden
+    states and attention scores on the general corpus."""
     teacher_dir = resolve_teacher(args.teacher)
     teacher = load_model(teacher_dir, log=log)
     tokenizer = Tokenizer.from_dir(teacher_dir)
     student = new_student(args, teacher, log)
     w = _weights(args)
     _check_pair(teacher, student, w)
-    mapping = layer_mapping(student.config.num_hidden_layers, teacher.config.num_hidden_layers, args.mapping)
-    log(f"[general] mapping {describe_mapping(mapping)}")
-    corpus = Path(args.corpus) if args.corpus else data_root(args.data) / "corpus"
-    if not corpus.is_dir():
-        raise FileNotFoundError(f"general corpus directory not found: {corpus}")
-    holder = {}
-
-    def batches(state):
-        holder["it"] = CorpusBatcher(corpus, tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
-                                     seed=args.seed)
-        if state:
-            holder["it"].load_state_dict(state)
-        return iter(holder["it"])
-
-    out = Path(args.out) / STAGE_DIRS["general"]
-    state = train("general", student, out, _loop(args, args.general_steps, args.general_lr), batches,
-          _parallel(args, student, lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, mapping,
-                                                                             w, **k)),
-          lambda: holder["it"].state_dict(), vocab_from=teacher_dir, resume=args.resume, log=log)
-    return out / "final" if state.done else None
+    mapping = _mapping(args, teacher, student, "general", log)
+    corpus = CorpusBatcher(_corpus_dir(args), tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
+                           seed=args.seed)
+    state = _train_stage(args, "general", student, args.general_steps, args.general_lr, corpus,
+                         lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, mapping, w, **k),
+                         vocab_from=teacher_dir, log=log)
+    return _stage_dir(args, "general") / "final" if state.done else None
 
 
-def _augmented_train_set(args, task, teacher_dir, tokenizer, load_split, log):
-    train_set = load_split("train", limit=args.augment_limit)
-    if args.n_aug <= 0:
-        return train_set
-    from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
-    pretrained = load_model(teacher_dir)
-    kind = MlmCandidates if pretrained.config.mlm_head else EmbeddingCandidates
-    log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: "
-        f"{'teacher MLM head' if kind is MlmCandidates else 'nearest neighbours in the teacher embedding space'})")
-    cache = Path(args.out) / "augment-cache"
-    return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
-                            seed=args.seed, cache_dir=cache)
-
-
-def run_task(args, log=print) -> Path:
-    task, teacher_dir, tokenizer, load_split = _common_setup(args)
-    out = Path(args.out)
-    teacher_ckpt = Path(args.finetuned_teacher) if args.finetuned_teacher else out / STAGE_DIRS["teacher"] / "best"
-    general_ckpt = Path(args.general_student) if args.general_student else out / STAGE_DIRS["general"] / "final"
-    for what, path, stage in (("fine-tuned teacher", teacher_ckpt, "finetune-teacher"),
-                              ("general student", general_ckpt, "general")):
-        if not path.exists():
-            raise FileNotFoundError(f"{what} not found at {path}: run the {stage!r} stage first, or pass its path")
-    teacher = load_model(teacher_ckpt, log=log)
-    if teacher.config.num_labels != _labels_of(task):
-        raise ConfigError(f"the teacher at {teacher_ckpt} has a {teacher.config.num_labels}-output head; task "
-                          f"{task.name} needs {_labels_of(task)}: fine-tune the teacher on this task first")
-    student = load_model(general_ckpt, num_labels=_labels_of(task), seed=args.seed, log=log)
-    student.config = _with_labels(student.config, task)
+def run_task(args, log=print) -> Path | None:
+    """Task distillation from the general student: (1) the intermediate-layer losses on the augmented
+    training set, (2) prediction-layer distillation to the fine-tuned teacher's logits; the best
+    checkpoint by dev metric."""
+    task, teacher_dir, tokenizer, load_examples = _common_setup(args)
+    teacher, student = _task_teacher_and_student(args, task, log)
     w = _weights(args)
     _check_pair(teacher, student, w)
-    if not student.config.fit_size:
-        raise ConfigError(f"{general_ckpt} has no fit_dense projections: it is not a general-distillation student")
-    mapping = layer_mapping(student.config.num_hidden_layers, teacher.config.num_hidden_layers, args.mapping)
-    log(f"[task] mapping {describe_mapping(mapping)}")
+    mapping = _mapping(args, teacher, student, "task", log)
     max_length = _max_length(args, task)
-    train_set = _augmented_train_set(args, task, teacher_dir, tokenizer, load_split, log)
-    dev = load_split("dev")
+    train_set = _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log)
+    dev = load_examples("dev")
     log(f"[task] {len(train_set)} training examples (with augmentation), {len(dev)} dev")
-    holder = {}
 
-    def batches(state):
-        holder["it"] = TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, state)
-        return holder["it"]
-
-    state = train("intermediate", student, out / STAGE_DIRS["intermediate"],
-          _loop(args, args.intermediate_steps, args.intermediate_lr), batches,
-          _parallel(args, student, lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng,
-                                                                             mapping, w, **k)),
-          lambda: holder["it"].state(), vocab_from=teacher_dir, resume=args.resume, log=log)
+    state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
+                         lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w, **k),
+                         vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
-    student = load_model(out / STAGE_DIRS["intermediate"] / "final", log=log)
+
+    student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
     student.config = _with_labels(student.config, task)
-    state = train("prediction", student, out / STAGE_DIRS["prediction"],
-                  _loop(args, args.prediction_steps, args.prediction_lr), batches,
-                  _parallel(args, student, lambda batch, rng, **k: prediction_step(
-                      teacher, student, batch[0], batch[1], rng, w, args.temperature, **k)),
-                  lambda: holder["it"].state(), evaluate=make_evaluator(student, dev, tokenizer, max_length),
-                  vocab_from=teacher_dir, resume=args.resume, log=log)
+    state = _train_stage(args, "prediction", student, args.prediction_steps, args.prediction_lr,
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
+                         lambda batch, rng, **k: prediction_step(teacher, student, batch[0], batch[1], rng, w,
+                                                                 args.temperature, **k),
+                         evaluate=make_evaluator(student, dev, tokenizer, max_length), vocab_from=teacher_dir,
+                         log=log)
     if not state.done:
         return None
+    best = _stage_dir(args, "prediction") / "best"
     if state.best_metric is not None:
-        log(f"[task] best student dev {task.main_metric} {state.best_metric:.4f} at step {state.best_step}: "
-            f"{out / STAGE_DIRS['prediction'] / 'best'}")
-    return out / STAGE_DIRS["prediction"] / "best"
+        log(f"[task] best student dev {task.main_metric} {state.best_metric:.4f} at step {state.best_step}: {best}")
+    return best
 
 
 def summarize(args, log=print) -> dict:
     """Teacher vs student: dev metric, ratio, size, and forward speed on the dev set, measured here."""
-    from .tokenizer import Tokenizer
-    task, load_split = task_loader(args)
-    out = Path(args.out)
-    teacher = load_model(out / STAGE_DIRS["teacher"] / "best")
-    student = load_model(out / STAGE_DIRS["prediction"] / "best")
-    tokenizer = Tokenizer.from_dir(out / STAGE_DIRS["teacher"] / "best")
-    dev = load_split("dev")
+    task, load_examples = task_loader(args)
+    teacher_best, student_best = _stage_dir(args, "teacher") / "best", _stage_dir(args, "prediction") / "best"
+    teacher, student = load_model(teacher_best), load_model(student_best)
+    tokenizer = Tokenizer.from_dir(teacher_best)
+    dev = load_examples("dev")
     max_length = _max_length(args, task)
     report = {"task": task.name, "metric": task.main_metric}
     for name, model in (("teacher", teacher), ("student", student)):
@@ -451,6 +270,7 @@ def summarize(args, log=print) -> dict:
     report["ratio"] = report["student"]["dev"]["main"] / report["teacher"]["dev"]["main"]
     report["size_ratio"] = report["teacher"]["parameters"] / report["student"]["parameters"]
     report["speed_ratio"] = report["teacher"]["dev_seconds"] / report["student"]["dev_seconds"]
+    out = Path(args.out)
     (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
     log(f"\n{task.name} dev {task.main_metric}: teacher {report['teacher']['dev']['main']:.4f}, student "
         f"{report['student']['dev']['main']:.4f} ({report['ratio']:.1%} of the teacher)")
@@ -469,6 +289,131 @@ def run_all(args, log=print) -> dict | None:
             log("pipeline paused: run the same command with --resume to continue")
             return None
     return summarize(args, log)
+
+
+# --- what the stages share ------------------------------------------------------------------------------
+
+def task_loader(args):
+    """(task, load(split, limit=None) -> Examples): a GLUE task from the data directory, or local
+    csv/tsv/jsonl files given by --train-file / --dev-file (read through `datasets`)."""
+    if args.train_file or args.dev_file:
+        if not (args.train_file and args.dev_file):
+            raise ValueError("local data needs both --train-file and --dev-file")
+        spec = None if args.regression else (args.labels.split(",") if args.labels else args.task)
+        files = {"train": args.train_file, "dev": args.dev_file}
+
+        def load(split, limit=None):
+            examples = load_local(files[split], spec, args.text_column, args.pair_column, args.label_column)
+            return examples.subset(np.arange(min(limit, len(examples)))) if limit else examples
+        return load("dev").task, load
+    task = get_task(args.task)
+    return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit)
+
+
+def _common_setup(args):
+    task, load = task_loader(args)
+    teacher_dir = resolve_teacher(args.teacher)
+    tokenizer = Tokenizer.from_dir(teacher_dir)
+    return task, teacher_dir, tokenizer, load
+
+
+def _stage_dir(args, stage: str) -> Path:
+    return Path(args.out) / STAGE_DIRS[stage]
+
+
+def _train_stage(args, stage: str, model: Bert, steps: int, lr: float, batches, step, evaluate=None,
+                 vocab_from=None, log=print):
+    """`steps` optimizer steps in the shared loop (training.py), checkpoints in the stage's directory.
+    `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads (parallel.py)."""
+    runner = DataParallel(model, args.workers)
+    loop = LoopConfig(total_steps=steps, lr=lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                      max_grad_norm=args.max_grad_norm, save_every=args.save_every, eval_every=args.eval_every,
+                      stop_after=args.stop_after, seed=args.seed)
+    return train(stage, model, _stage_dir(args, stage), loop, batches, lambda batch, rng: runner(step, batch, rng),
+                 evaluate=evaluate, vocab_from=vocab_from, resume=args.resume, log=log)
+
+
+def _labels_of(task):
+    return 1 if task.labels is None else len(task.labels)
+
+
+def _with_labels(config: BertConfig, task) -> BertConfig:
+    labels = {} if task.labels is None else {i: name for i, name in enumerate(task.class_names)}
+    return config.replace(num_labels=_labels_of(task), id2label=labels)
+
+
+def _max_length(args, task) -> int:
+    return args.max_length or (64 if task.pair_column is None else 128)
+
+
+def _weights(args) -> LossWeights:
+    return LossWeights(args.w_embedding, args.w_hidden, args.w_attention, args.w_prediction, args.w_hard)
+
+
+def _check_pair(teacher: Bert, student: Bert, w: LossWeights):
+    t, s = teacher.config, student.config
+    if w.attention and t.num_attention_heads != s.num_attention_heads:
+        raise ConfigError(f"the attention loss needs as many heads in the student ({s.num_attention_heads}) as "
+                          f"in the teacher ({t.num_attention_heads}); choose another student or --w-attention 0")
+    if t.vocab_size != s.vocab_size:
+        raise ConfigError(f"teacher and student vocabularies differ ({t.vocab_size} vs {s.vocab_size})")
+
+
+def _mapping(args, teacher: Bert, student: Bert, stage: str, log) -> list[int]:
+    mapping = layer_mapping(student.config.num_hidden_layers, teacher.config.num_hidden_layers, args.mapping)
+    log(f"[{stage}] mapping {describe_mapping(mapping)}")
+    return mapping
+
+
+def new_student(args, teacher: Bert, log=print) -> Bert:
+    """A student from scratch (BERT's seeded init), with TinyBERT's projections to the teacher's width."""
+    base = BertConfig.from_json(args.student) if str(args.student).endswith(".json") else preset(args.student)
+    config = base.replace(vocab_size=teacher.config.vocab_size, fit_size=teacher.config.hidden_size,
+                          fit_shared=args.shared_projection, do_lower_case=teacher.config.do_lower_case)
+    student = Bert(config, seed=args.seed)
+    log(f"[general] student {args.student}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{student.num_parameters / 1e6:.1f}M parameters (with projections)")
+    return student
+
+
+def _corpus_dir(args) -> Path:
+    corpus = Path(args.corpus) if args.corpus else data_root(args.data) / "corpus"
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"general corpus directory not found: {corpus}")
+    return corpus
+
+
+def _task_teacher_and_student(args, task, log) -> tuple[Bert, Bert]:
+    """The fine-tuned teacher and the general student (its task head added), checked to fit the task."""
+    teacher_ckpt = Path(args.finetuned_teacher) if args.finetuned_teacher else _stage_dir(args, "teacher") / "best"
+    general_ckpt = Path(args.general_student) if args.general_student else _stage_dir(args, "general") / "final"
+    for what, path, stage in (("fine-tuned teacher", teacher_ckpt, "finetune-teacher"),
+                              ("general student", general_ckpt, "general")):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} not found at {path}: run the {stage!r} stage first, or pass its path")
+    teacher = load_model(teacher_ckpt, log=log)
+    if teacher.config.num_labels != _labels_of(task):
+        raise ConfigError(f"the teacher at {teacher_ckpt} has a {teacher.config.num_labels}-output head; task "
+                          f"{task.name} needs {_labels_of(task)}: fine-tune the teacher on this task first")
+    student = load_model(general_ckpt, num_labels=_labels_of(task), seed=args.seed, log=log)
+    student.config = _with_labels(student.config, task)
+    if not student.config.fit_size:
+        raise ConfigError(f"{general_ckpt} has no fit_dense projections: it is not a general-distillation student")
+    return teacher, student
+
+
+def _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log):
+    """The first --augment-limit training examples and --n-aug augmented copies of each (cached)."""
+    train_set = load_examples("train", limit=args.augment_limit)
+    if args.n_aug <= 0:
+        return train_set
+    pretrained = load_model(teacher_dir)
+    kind = MlmCandidates if pretrained.config.mlm_head else EmbeddingCandidates
+    log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: "
+        f"{'teacher MLM head' if kind is MlmCandidates else 'nearest neighbours in the teacher embedding space'})")
+    cache = Path(args.out) / "augment-cache"
+    return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
+                            seed=args.seed, cache_dir=cache)
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -535,7 +480,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: uniform)")
     g.add_argument("--shared-projection", action="store_true",
                    help="one fit_dense for all layers, as the official code (default: one per layer)")
-    g.add_argument("--init-embeddings", choices=["random", "pca"], default="random")
     g = common.add_argument_group("augmentation")
     g.add_argument("--n-aug", type=int, default=4, help="augmented copies per example (paper: 20; 0 = off)")
     g.add_argument("--augment-p", type=float, default=0.4)

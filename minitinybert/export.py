@@ -30,7 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import FORMAT
+from . import runtime
+from .config import ConfigError
+from .datafiles import load_split
+from .metrics import evaluate
+from .runtime import FORMAT, RuntimeModelError
+from .tasks import get_task
+from .weights import WeightsError, load_model
 
 DTYPES = ("float32", "float16", "int8")
 _SAFETENSORS_DTYPE = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8"}
@@ -173,8 +179,6 @@ def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True,
 def export_runtime(checkpoint_dir, out_path, dtype: str = "float32", quantize_embeddings: bool = False,
                    max_length: int = 128) -> Path:
     """Checkpoint directory (config.json, model.safetensors, vocab.txt) -> runtime file at out_path."""
-    from .weights import load_model
-
     directory = Path(checkpoint_dir)
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -190,9 +194,6 @@ def export_runtime(checkpoint_dir, out_path, dtype: str = "float32", quantize_em
 def dev_metric(model_path, task: str, data_dir, batch_size: int = 32, limit: int | None = None,
                max_length: int | None = None) -> float:
     """The task's main dev metric for a runtime file, computed by the runtime."""
-    from . import runtime
-    from .data import evaluate, get_task, load_split
-
     spec = get_task(task)
     examples = load_split(spec, "dev", data_dir, limit=limit)
     model = runtime.load(model_path)
@@ -235,9 +236,6 @@ def main(argv=None) -> int:
     if "float32" in dtypes:     # the reference row comes first
         dtypes.remove("float32")
         dtypes.insert(0, "float32")
-    from .config import ConfigError
-    from .runtime import RuntimeModelError
-    from .weights import WeightsError
     out_dir = Path(args.out)
     rows = []
     try:

@@ -20,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 from . import runtime
+from .config import ConfigError
+from .export import export_runtime
+from .weights import WeightsError
 
 
 class InferError(Exception):
@@ -73,7 +76,6 @@ def read_inputs(args):
 def open_model(path: str, tmp_dirs: list):
     p = Path(path)
     if p.is_dir():
-        from .export import export_runtime
         tmp = Path(tempfile.mkdtemp(prefix="minitinybert-infer-"))
         tmp_dirs.append(tmp)
         path = export_runtime(p, tmp / "model.safetensors", "float32")
@@ -94,8 +96,6 @@ def main(argv=None) -> int:
     parser.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="for models without a head")
     args = parser.parse_intermixed_args(argv)
 
-    from .config import ConfigError
-    from .weights import WeightsError
     tmp_dirs: list = []
     try:
         if args.batch_size < 1:

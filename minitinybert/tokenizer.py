@@ -9,11 +9,15 @@ to `max_length` ourselves and pad each batch to its longest sequence.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -55,10 +59,6 @@ def read_vocab(path: str | Path) -> dict[str, int]:
 
 class Tokenizer:
     def __init__(self, vocab: dict[str, int], lowercase: bool = True):
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import normalizers, pre_tokenizers, processors
-        from tokenizers.models import WordPiece
-
         self.vocab = dict(vocab)
         self.id_to_token = [""] * len(self.vocab)
         for token, index in self.vocab.items():
@@ -206,7 +206,6 @@ class Tokenizer:
 
     def fingerprint(self) -> str:
         """sha256 of the vocabulary and the case setting: identifies what the ids mean."""
-        import hashlib
         h = hashlib.sha256("\n".join(self.id_to_token).encode("utf-8"))
         h.update(b"lower" if self.lowercase else b"cased")
         return h.hexdigest()

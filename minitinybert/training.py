@@ -1,6 +1,6 @@
 """The training loop every stage shares: schedule, clipping, AdamW, a progress bar, a JSONL log,
 atomic checkpoints that resume exactly, Ctrl-C that saves, evaluation that keeps the best model,
-and a loss-curve plot at the end.
+and a loss-curve plot at the end (plots.py).
 
 A stage directory holds:
     last/        the resumable state: checkpoint (HF naming) + optimizer.safetensors + trainer_state.json
@@ -18,12 +18,13 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Protocol
 
 import numpy as np
 
 from .optim import AdamW, clip_grad_norm, linear_schedule
-from .weights import WeightsError, read_safetensors, save_checkpoint
+from .plots import plot_log
+from .weights import load_model, read_safetensors, save_checkpoint
 
 
 class TrainingError(RuntimeError):
@@ -52,40 +53,209 @@ class StepResult:
 
 
 @dataclass
-class LoopState:
+class LoopState:                     # the fields' order is trainer_state.json's
     step: int = 0
     best_metric: float | None = None
     best_step: int | None = None
     done: bool = False
-    data: dict = field(default_factory=dict)
-    rng: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)     # the batch stream's state_dict()
+    rng: dict = field(default_factory=dict)      # the dropout generator's state
 
 
-def _save_state(model, optimizer: AdamW, state: LoopState, directory: Path, vocab_from, name: str):
-    tensors = {"m": optimizer.m, "v": optimizer.v}
-    extra = {"trainer_state.json": json.dumps({**state.__dict__, "optimizer_step": optimizer.step_count},
-                                              indent=1) + "\n"}
-    save_checkpoint(model, directory / name, vocab_from=vocab_from, extra_files=extra,
-                    extra_tensors={"optimizer.safetensors": tensors})
+class BatchStream(Protocol):
+    """What the loop draws batches from (batches.TaskBatches, corpus.CorpusBatcher): an endless
+    iterator whose position between two batches can be saved and restored."""
+
+    def __next__(self): ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
-def load_state(directory: Path, model, optimizer: AdamW) -> LoopState:
-    """Restores parameters, optimizer moments and loop state from a stage's last/ checkpoint."""
-    from .weights import load_model
-    last = directory / "last"
+# --- checkpoints and the log ----------------------------------------------------------------------
+
+class Checkpoints:
+    """A stage directory's checkpoints: last/ (the resumable state), best/ (by the dev metric),
+    final/ (the end of a stage without evaluation)."""
+
+    def __init__(self, directory: Path, model, optimizer: AdamW, vocab_from):
+        self.directory, self.model, self.optimizer, self.vocab_from = directory, model, optimizer, vocab_from
+        self.last = directory / "last"
+
+    def save_last(self, state: LoopState, batches: BatchStream, rng: np.random.Generator) -> None:
+        """Parameters, optimizer moments, and the loop's position: its step and best-so-far, the
+        position of the batch stream and of the dropout generator."""
+        state.data = batches.state_dict()
+        state.rng = rng.bit_generator.state
+        trainer_state = json.dumps({**state.__dict__, "optimizer_step": self.optimizer.step_count}, indent=1)
+        save_checkpoint(self.model, self.last, vocab_from=self.vocab_from,
+                        extra_files={"trainer_state.json": trainer_state + "\n"},
+                        extra_tensors={"optimizer.safetensors": {"m": self.optimizer.m, "v": self.optimizer.v}})
+
+    def load_last(self) -> LoopState:
+        """Restores parameters and optimizer moments from last/; returns the loop state saved with them."""
+        try:
+            saved = load_model(self.last)
+            raw = json.loads((self.last / "trainer_state.json").read_text())
+            moments = read_safetensors(self.last / "optimizer.safetensors")
+        except (OSError, ValueError, KeyError) as e:
+            raise TrainingError(f"cannot resume from {self.last}: {e}") from None
+        if saved.params.shapes() != self.model.params.shapes():
+            raise TrainingError(f"cannot resume from {self.last}: its parameters do not match this run's model "
+                                f"(different student, head or projections)")
+        self.model.params.data[...] = saved.params.data
+        self.optimizer.load_state_dict({"m": moments["m"], "v": moments["v"], "step": raw.pop("optimizer_step")})
+        return LoopState(**raw)
+
+    def save_best(self, step: int, metrics: dict) -> None:
+        save_checkpoint(self.model, self.directory / "best", vocab_from=self.vocab_from,
+                        extra_files={"metrics.json": json.dumps({"step": step, **metrics}, indent=1)})
+
+    def save_final(self) -> None:
+        save_checkpoint(self.model, self.directory / "final", vocab_from=self.vocab_from)
+
+
+class StepLog:
+    """log.jsonl, one JSON object a line, flushed as written. A new run starts it afresh; a resumed
+    run first drops what was logged past its checkpoint."""
+
+    def __init__(self, path: Path, resume: bool, step: int):
+        if not resume and path.exists():
+            path.unlink()
+        elif path.exists():
+            _truncate_log(path, step)
+        self.path = path
+        self._file = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drops log lines past the checkpoint being resumed (a run killed between two checkpoints
+    logged steps that will now be run again), so that every step appears once."""
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:      # a line cut short by the kill
+            continue
+    tmp = path.with_suffix(".part")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStream,
+          step_fn: Callable[[object, np.random.Generator], StepResult],
+          evaluate: Callable[[], dict] | None = None,
+          vocab_from=None, resume: bool = False, log=print) -> LoopState:
+    """Runs `cfg.total_steps` optimizer steps of `step_fn(batch, rng)` (which leaves gradients in
+    model.grads) on the batches of `batches`; a resumed run restores the stream's position.
+    `evaluate()` returns the task's metrics with a "main" entry; the best checkpoint by it is kept in best/."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    optimizer = AdamW(model.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    checkpoints = Checkpoints(directory, model, optimizer, vocab_from)
+    state = _start_or_resume(stage, checkpoints, cfg, resume, log)
+    if state.done:
+        log(f"[{stage}] already complete ({directory}); reusing it")
+        return state
+    rng = np.random.default_rng(cfg.seed)           # dropout
+    if state.rng:
+        rng.bit_generator.state = state.rng
+    if state.data:
+        batches.load_state_dict(state.data)
+    step_log = StepLog(directory / "log.jsonl", resume, state.step)
+    bar = _progress(cfg.total_steps, state.step, stage)
+    steps_this_run = 0
     try:
-        saved = load_model(last)
-        raw = json.loads((last / "trainer_state.json").read_text())
-        moments = read_safetensors(last / "optimizer.safetensors")
-    except (OSError, ValueError, KeyError) as e:
-        raise TrainingError(f"cannot resume from {last}: {e}") from None
-    if saved.params.shapes() != model.params.shapes():
-        raise TrainingError(f"cannot resume from {last}: its parameters do not match this run's model "
-                            f"(different student, head or projections)")
-    model.params.data[...] = saved.params.data
-    optimizer.load_state_dict({"m": moments["m"], "v": moments["v"], "step": raw.pop("optimizer_step")})
-    return LoopState(**raw)
+        with Stopper() as stopper:
+            while state.step < cfg.total_steps:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                lr = cfg.lr * linear_schedule(state.step, cfg.total_steps, cfg.warmup)
+                result = step_fn(batch, rng)
+                grad_norm = _clip_and_step(model, optimizer, cfg.max_grad_norm, lr, result,
+                                           where=f"[{stage}] step {state.step}")
+                state.step += 1
+                steps_this_run += 1
+                seconds = time.perf_counter() - t0
+                if state.step % cfg.log_every == 0 or state.step == cfg.total_steps:
+                    step_log.write(_step_record(stage, state.step, lr, grad_norm, result, seconds))
+                _show_progress(bar, result, seconds)
+                if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0 \
+                        and state.step < cfg.total_steps:
+                    _evaluate(stage, evaluate, state, checkpoints, step_log, log)
+                if stopper.requested or (cfg.stop_after is not None and steps_this_run >= cfg.stop_after):
+                    checkpoints.save_last(state, batches, rng)
+                    log(f"[{stage}] stopped at step {state.step}/{cfg.total_steps}; checkpoint in "
+                        f"{checkpoints.last} (continue with --resume)")
+                    return state
+                if cfg.save_every and state.step % cfg.save_every == 0:
+                    checkpoints.save_last(state, batches, rng)
+            if evaluate is not None:
+                _evaluate(stage, evaluate, state, checkpoints, step_log, log)
+            state.done = True
+            checkpoints.save_last(state, batches, rng)
+            if evaluate is None:
+                checkpoints.save_final()
+    finally:
+        if bar is not None:
+            bar.close()
+        step_log.close()
+        plot_log(step_log.path, directory / "loss.png")
+    return state
 
+
+def _start_or_resume(stage: str, checkpoints: Checkpoints, cfg: LoopConfig, resume: bool, log) -> LoopState:
+    """A fresh state, or the one in last/ with --resume; never silently over an earlier run."""
+    if not checkpoints.last.exists():
+        return LoopState()
+    if not resume:
+        raise TrainingError(f"{checkpoints.last} holds an earlier run of stage {stage!r}: pass --resume to "
+                            f"continue it, or choose another --out")
+    state = checkpoints.load_last()
+    log(f"[{stage}] resuming at step {state.step}/{cfg.total_steps} from {checkpoints.last}")
+    return state
+
+
+def _clip_and_step(model, optimizer: AdamW, max_grad_norm: float, lr: float, result: StepResult,
+                   where: str) -> float:
+    """Clips model.grads to max_grad_norm, takes the AdamW step; returns the norm before clipping."""
+    grad_norm = clip_grad_norm(model.grads.data, max_grad_norm)
+    if not np.isfinite(grad_norm):
+        raise TrainingError(f"{where}: the gradient is not finite (losses {result.losses}); lower the learning rate")
+    optimizer.step(model.grads.data, lr=lr)
+    return grad_norm
+
+
+def _step_record(stage: str, step: int, lr: float, grad_norm: float, result: StepResult, seconds: float) -> dict:
+    return {"stage": stage, "step": step, "lr": lr, "grad_norm": grad_norm, **result.losses,
+            "seq_per_s": result.sequences / seconds, "tokens_per_s": result.tokens / seconds, "seconds": seconds}
+
+
+def _evaluate(stage: str, evaluate: Callable[[], dict], state: LoopState, checkpoints: Checkpoints,
+              step_log: StepLog, log) -> None:
+    """The dev metrics, into the log; a new best (by "main") is recorded in `state` and saved in best/."""
+    metrics = evaluate()
+    step_log.write({"stage": stage, "step": state.step, "eval": metrics})
+    improved = state.best_metric is None or metrics["main"] > state.best_metric
+    if improved:
+        state.best_metric, state.best_step = float(metrics["main"]), state.step
+        checkpoints.save_best(state.step, metrics)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "main")
+    log(f"[{stage}] step {state.step}: dev {shown}" + ("  (best so far, saved)" if improved else ""))
+
+
+# --- Ctrl-C and the progress bar ------------------------------------------------------------------
 
 class Stopper:
     """Turns the first Ctrl-C into a request to stop after the current step (and save);
@@ -115,177 +285,14 @@ class Stopper:
 
 
 def _progress(total: int, initial: int, desc: str):
-    try:
+    try:   # an optional dependency: without tqdm, no bar
         from tqdm.auto import tqdm
         return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
     except ImportError:
         return None
 
 
-def train(stage: str, model, directory: Path, cfg: LoopConfig,
-          make_batches: Callable[[dict], Iterator],
-          step_fn: Callable[[object, np.random.Generator], StepResult],
-          data_state: Callable[[], dict],
-          evaluate: Callable[[], dict] | None = None,
-          vocab_from=None, resume: bool = False, log=print) -> LoopState:
-    """Runs `cfg.total_steps` optimizer steps of `step_fn` (which leaves gradients in model.grads).
-
-    `make_batches(state)` returns the batch iterator positioned at a saved data state ({} = start);
-    `data_state()` returns the position after the batches consumed so far. `evaluate()` returns the
-    task's metrics with a "main" entry; the best checkpoint by it is kept in best/."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    optimizer = AdamW(model.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if (directory / "last").exists():
-        if not resume:
-            raise TrainingError(f"{directory / 'last'} holds an earlier run of stage {stage!r}: pass --resume to "
-                                f"continue it, or choose another --out")
-        state = load_state(directory, model, optimizer)
-        log(f"[{stage}] resuming at step {state.step}/{cfg.total_steps} from {directory / 'last'}")
-    else:
-        state = LoopState()
-    if state.done:
-        log(f"[{stage}] already complete ({directory}); reusing it")
-        return state
-
-    rng = np.random.default_rng(cfg.seed)           # dropout
-    if state.rng:
-        rng.bit_generator.state = state.rng
-    batches = make_batches(state.data)
-    log_path = directory / "log.jsonl"
-    if not resume and log_path.exists():
-        log_path.unlink()
-    elif log_path.exists():
-        _truncate_log(log_path, state.step)
-    logf = open(log_path, "a")
-    bar = _progress(cfg.total_steps, state.step, stage)
-    run_steps = 0
-
-    def checkpoint(name="last"):
-        state.data = data_state()
-        state.rng = rng.bit_generator.state
-        _save_state(model, optimizer, state, directory, vocab_from, name)
-
-    def run_eval():
-        metrics = evaluate()
-        record = {"stage": stage, "step": state.step, "eval": metrics}
-        logf.write(json.dumps(record) + "\n")
-        logf.flush()
-        improved = state.best_metric is None or metrics["main"] > state.best_metric
-        if improved:
-            state.best_metric, state.best_step = float(metrics["main"]), state.step
-            save_checkpoint(model, directory / "best", vocab_from=vocab_from,
-                            extra_files={"metrics.json": json.dumps({"step": state.step, **metrics}, indent=1)})
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "main")
-        log(f"[{stage}] step {state.step}: dev {shown}" + ("  (best so far, saved)" if improved else ""))
-
-    try:
-        with Stopper() as stopper:
-            while state.step < cfg.total_steps:
-                t0 = time.perf_counter()
-                batch = next(batches)
-                lr = cfg.lr * linear_schedule(state.step, cfg.total_steps, cfg.warmup)
-                result = step_fn(batch, rng)
-                grad_norm = clip_grad_norm(model.grads.data, cfg.max_grad_norm)
-                if not np.isfinite(grad_norm):
-                    raise TrainingError(f"[{stage}] step {state.step}: the gradient is not finite (losses "
-                                        f"{result.losses}); lower the learning rate")
-                optimizer.step(model.grads.data, lr=lr)
-                state.step += 1
-                run_steps += 1
-                seconds = time.perf_counter() - t0
-                if state.step % cfg.log_every == 0 or state.step == cfg.total_steps:
-                    logf.write(json.dumps({"stage": stage, "step": state.step, "lr": lr, "grad_norm": grad_norm,
-                                           **result.losses, "seq_per_s": result.sequences / seconds,
-                                           "tokens_per_s": result.tokens / seconds, "seconds": seconds}) + "\n")
-                    logf.flush()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{result.losses['loss']:.4f}", seq_s=f"{result.sequences / seconds:.1f}")
-                if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0 \
-                        and state.step < cfg.total_steps:
-                    run_eval()
-                if stopper.requested or (cfg.stop_after is not None and run_steps >= cfg.stop_after):
-                    checkpoint()
-                    log(f"[{stage}] stopped at step {state.step}/{cfg.total_steps}; checkpoint in "
-                        f"{directory / 'last'} (continue with --resume)")
-                    return state
-                if cfg.save_every and state.step % cfg.save_every == 0:
-                    checkpoint()
-            if evaluate is not None:
-                run_eval()
-            state.done = True
-            checkpoint()
-            if evaluate is None:
-                save_checkpoint(model, directory / "final", vocab_from=vocab_from)
-    finally:
-        if bar is not None:
-            bar.close()
-        logf.close()
-        plot_log(log_path, directory / "loss.png")
-    return state
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drops log lines past the checkpoint being resumed (a run killed between two checkpoints
-    logged steps that will now be run again), so that every step appears once."""
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:      # a line cut short by the kill
-            continue
-    tmp = path.with_suffix(".part")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def plot_log(log_path: Path, png_path: Path) -> Path | None:
-    """Loss curves (one line per loss term, log scale) and the dev metric, if matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    try:
-        records = read_log(log_path)
-    except (OSError, ValueError):
-        return None
-    steps = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval" in r]
-    if not steps:
-        return None
-    terms = [k for k in steps[0] if k == "loss" or k.startswith("loss_")]
-    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)
-    ax = axes[0][0]
-    for term in terms:
-        xs = [r["step"] for r in steps if term in r]
-        ys = [r[term] for r in steps if term in r]
-        window = max(1, len(ys) // 50)
-        smooth = np.convolve(ys, np.ones(window) / window, mode="valid") if len(ys) > window else ys
-        ax.plot(xs[len(xs) - len(smooth):], smooth, label=term)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title(f"{steps[0]['stage']}: loss terms (moving average)")
-    ax.legend(fontsize=8)
-    if evals:
-        ax2 = axes[0][1]
-        ax2.plot([r["step"] for r in evals], [r["eval"]["main"] for r in evals], marker="o")
-        ax2.set_xlabel("step")
-        ax2.set_title("dev metric")
-    fig.tight_layout()
-    tmp = png_path.with_suffix(".part.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-    return png_path
-
-
-__all__ = ["LoopConfig", "StepResult", "LoopState", "TrainingError", "train", "plot_log", "read_log",
-           "WeightsError"]
+def _show_progress(bar, result: StepResult, seconds: float) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.losses['loss']:.4f}", seq_s=f"{result.sequences / seconds:.1f}")

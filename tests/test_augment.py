@@ -7,8 +7,8 @@ import pytest
 from minitinybert.augment import (AugmentError, CandidateGenerator, EmbeddingCandidates, MlmCandidates,
                                   augment_examples, is_augmentable)
 from minitinybert.config import BertConfig
-from minitinybert.data import Examples, get_task
 from minitinybert.model import Bert
+from minitinybert.tasks import Examples, get_task
 from minitinybert.teacher import resolve_teacher
 from minitinybert.tokenizer import Tokenizer
 from minitinybert.weights import load_model
@@ -170,29 +170,42 @@ def tiny(tmp_path_factory):
     return Bert(config, seed=0), tok
 
 
+class ForwardCalls:
+    """Records the inputs of every forward pass of `model` while in effect."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __enter__(self):
+        forward = self.model.forward
+
+        def recording_forward(ids, types=None, mask=None, **kw):
+            self.calls.append((ids.copy(), types.copy(), mask.copy()))
+            return forward(ids, types, mask, **kw)
+        self.model.forward = recording_forward
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward            # the class's method again
+        return False
+
+
 def test_mlm_candidates_are_batched(tiny):
     model, tok = tiny
-    forward = model.forward
-    calls = []
-
-    def counting_forward(ids, types=None, mask=None, **kw):
-        calls.append((ids.copy(), types.copy(), mask.copy()))
-        return forward(ids, types, mask, **kw)
-
-    model.forward = counting_forward
-    try:
-        gen = MlmCandidates(model, tok, k=6)
-        sentences = [tok.pre_tokenize(t) for t in ("the big cat sat on the mat .", "a sad dog ran fast",
-                                                   "unhappy films , slow plot", "good movie")]
-        positions = [[j for j, w in enumerate(s) if is_augmentable(w)] for s in sentences]
-        n_words = sum(len(p) for p in positions)
+    gen = MlmCandidates(model, tok, k=6)
+    sentences = [tok.pre_tokenize(t) for t in ("the big cat sat on the mat .", "a sad dog ran fast",
+                                               "unhappy films , slow plot", "good movie")]
+    positions = [[j for j, w in enumerate(s) if is_augmentable(w)] for s in sentences]
+    n_words = sum(len(p) for p in positions)
+    with ForwardCalls(model) as forward:
         batched = gen.candidates(sentences, positions)
-        assert len(calls) == gen.forward_calls and 1 <= len(calls) < n_words
-        one_by_one = MlmCandidates(model, tok, k=6, max_rows=1).candidates(sentences, positions)
-        assert batched == one_by_one                                        # padding changes nothing
-        assert len({tuple(c) for per_sentence in batched for c in per_sentence}) > n_words // 2
-    finally:
-        model.forward = forward
+    calls = forward.calls
+    assert 1 <= len(calls) < n_words
+    single_piece = sum(len(tok.word_pieces([s[j]])[0]) == 1 for s, p in zip(sentences, positions) for j in p)
+    assert sum(len(ids) for ids, _, _ in calls) == single_piece         # a row per single-piece word
+    one_by_one = MlmCandidates(model, tok, k=6, max_rows=1).candidates(sentences, positions)
+    assert batched == one_by_one                                        # padding changes nothing
+    assert len({tuple(c) for per_sentence in batched for c in per_sentence}) > n_words // 2
 
     # the rows are the official "[CLS] masked [SEP] sentence [SEP]" with segment ids 0 / 1
     ids, types, mask = calls[0]
@@ -218,8 +231,9 @@ def test_mlm_augmentation_end_to_end(tiny, tmp_path):
     model, tok = tiny
     gen = MlmCandidates(model, tok, k=5)
     ex = _examples(["the big cat sat on the mat", "a sad dog ran fast"])
-    out = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False)
-    assert len(out) == 2 + 6 and gen.forward_calls >= 1
-    calls = gen.forward_calls
-    again = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False)
-    assert again.texts == out.texts and gen.forward_calls == calls
+    with ForwardCalls(model) as forward:
+        out = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False)
+    assert len(out) == 2 + 6 and len(forward.calls) >= 1
+    with ForwardCalls(model) as forward:
+        again = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False)
+    assert again.texts == out.texts and forward.calls == []            # read from the cache: no model run

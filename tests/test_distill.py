@@ -15,7 +15,7 @@ from minitinybert.config import BertConfig
 from minitinybert.distill import LossWeights, intermediate_step, layer_mapping, main, prediction_step
 from minitinybert.model import Bert
 from minitinybert.optim import AdamW
-from minitinybert.tokenizer import Batch
+from minitinybert.tokenizer import Batch, Tokenizer
 from minitinybert.weights import load_model, save_checkpoint
 from gradcheck import assert_grad_close, numeric_directional
 
@@ -63,6 +63,14 @@ def cli(world, out, *extra):
     return ["--data", str(world / "data"), "--teacher", str(world / "teacher"), "--student",
             str(world / "student.json"), "--out", str(out), "--batch-size", "8", "--general-seq-len", "16",
             "--augment-limit", "16", "--n-aug", "2", "--save-every", "2", "--eval-every", "0", *extra]
+
+
+def accuracy_here(checkpoint, texts, labels):
+    """A checkpoint's accuracy computed from its forward pass alone (none of the pipeline's evaluation)."""
+    model, tok = load_model(checkpoint), Tokenizer.from_dir(checkpoint)
+    batch = tok.encode(list(texts), max_length=64)
+    logits = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    return float(np.mean(logits.argmax(1) == np.asarray(labels)))
 
 
 # --- the mapping ----------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ def test_short_distillation_lowers_every_loss_term():
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_pipeline_runs_and_resume_is_exact(world, tmp_path, workers):
     steps = ["--teacher-steps", "4", "--general-steps", "5", "--intermediate-steps", "5", "--prediction-steps", "4",
-             "--workers", workers]
+             "--workers", workers, "--eval-every", "2"]
     assert main(["all", *cli(world, tmp_path / "straight"), *steps]) == 0
     # the same run, stopped every 3 steps of each run and resumed
     out = tmp_path / "paused"
@@ -167,8 +175,20 @@ def test_pipeline_runs_and_resume_is_exact(world, tmp_path, workers):
         a = load_model(tmp_path / "straight" / stage / name).params.data
         b = load_model(out / stage / name).params.data
         np.testing.assert_array_equal(a, b, err_msg=stage)
+    # best/ holds the best model by dev accuracy, and its logged metric is what that model scores
     summary = json.loads((out / "summary.json").read_text())
-    assert 0 <= summary["student"]["dev"]["main"] <= 1
+    rows = [line.split("\t") for line in (world / "data" / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    texts, labels = [t for t, _ in rows], [int(y) for _, y in rows]
+    for stage, who in (("teacher", "teacher"), ("task-prediction", "student")):
+        saved = json.loads((out / stage / "best" / "metrics.json").read_text())
+        state = json.loads((out / stage / "last" / "trainer_state.json").read_text())
+        evals = [(r["step"], r["eval"]["main"]) for r in map(json.loads, (out / stage / "log.jsonl").read_text()
+                                                             .splitlines()) if "eval" in r]
+        assert [step for step, _ in evals] == [2, 4]
+        best = max(evals, key=lambda e: e[1])                      # the first of equals: a later tie is no gain
+        assert (state["best_step"], state["best_metric"]) == (saved["step"], saved["main"]) == best
+        assert saved["accuracy"] == saved["main"] == summary[who]["dev"]["main"]
+        assert accuracy_here(out / stage / "best", texts, labels) == saved["accuracy"], stage
     for stage in ("teacher/best", "task-prediction/best"):     # SST-2's 0/1 codes get names
         config = json.loads((out / stage / "config.json").read_text())
         assert list(config["id2label"].values()) == ["negative", "positive"]
@@ -249,7 +269,9 @@ def test_local_jsonl_task_and_unknown_label(world, tmp_path, capsys):
              "--text-column", "text", "--label-column", "sentiment", "--labels", "neg,pos", "--teacher-steps", "2"]
     assert main(["finetune-teacher", *cli(world, tmp_path / "o"), *local]) == 0
     metrics = json.loads((tmp_path / "o" / "teacher" / "best" / "metrics.json").read_text())
-    assert 0 <= metrics["accuracy"] <= 1
+    dev = [json.loads(line) for line in (tmp_path / "dev.jsonl").read_text().splitlines()]
+    assert metrics["accuracy"] == accuracy_here(tmp_path / "o" / "teacher" / "best", [r["text"] for r in dev],
+                                                [["neg", "pos"].index(r["sentiment"]) for r in dev])
     config = json.loads((tmp_path / "o" / "teacher" / "best" / "config.json").read_text())
     assert list(config["id2label"].values()) == ["neg", "pos"]
     with open(tmp_path / "train.jsonl", "a") as f:

@@ -4,13 +4,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from minitinybert import runtime
 from minitinybert.config import BertConfig
 from minitinybert.export import export_runtime
 from minitinybert.model import Bert
-from minitinybert.weights import save_checkpoint
+from minitinybert.tokenizer import Tokenizer
+from minitinybert.weights import load_model, save_checkpoint
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz.,!?") + \
         ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] + ["good", "bad", "movie", "the", "was"]
@@ -25,10 +26,35 @@ def models(tmp_path_factory):
     for num_labels in (2, 1):
         cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=24, max_position_embeddings=64, num_labels=num_labels,
-                         id2label={0: "negative", 1: "positive"} if num_labels == 2 else {})
+                         id2label={0: "negative", 1: "positive"} if num_labels == 2 else {},
+                         initializer_range=0.5)   # large weights: outputs that differ from text to text
         ckpt = save_checkpoint(Bert(cfg, seed=num_labels), tmp / f"ckpt{num_labels}", vocab_from=vocab)
         out[num_labels] = (ckpt, export_runtime(ckpt, tmp / f"m{num_labels}.safetensors", max_length=16))
     return out
+
+
+def engine(ckpt, inputs):
+    """What the training engine's Bert computes on the checkpoint, for comparison with the command's
+    output (which runs the exported file through runtime.py): {label: probability} per input for a
+    classifier, the score for a regression model."""
+    model, tok = load_model(ckpt), Tokenizer.from_dir(ckpt)
+    pairs = [b for _, b in inputs] if isinstance(inputs[0], tuple) else None
+    texts = [a for a, _ in inputs] if pairs is not None else list(inputs)
+    batch = tok.encode(texts, pairs, max_length=16)
+    logits = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits.astype(np.float64)
+    if model.config.num_labels == 1:
+        return list(logits[:, 0])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return [dict(zip(names, row)) for row in probs]
+
+
+def assert_scores_match(lines, expected):
+    assert len(lines) == len(expected)
+    for line, scores in zip(lines, expected):
+        assert line["scores"] == pytest.approx(scores, abs=1e-5)
+        assert line["label"] == max(scores, key=scores.get)
 
 
 def run(*args, stdin=None):
@@ -39,34 +65,30 @@ def run(*args, stdin=None):
 
 
 def test_texts_from_arguments(models):
-    _, model = models[2]
-    proc, lines = run(model, "the movie was good", "bad")
+    ckpt, model = models[2]
+    texts = ["the movie was good", "bad", "was the movie bad? good!"]
+    proc, lines = run(model, *texts)
     assert proc.returncode == 0, proc.stderr
-    assert [x["text"] for x in lines] == ["the movie was good", "bad"]
-    expected = runtime.load(model).predict(["the movie was good", "bad"])
-    for line, exp in zip(lines, expected):
-        assert line["label"] == exp["label"] in ("negative", "positive")
-        assert set(line["scores"]) == {"negative", "positive"}
-        assert abs(sum(line["scores"].values()) - 1) < 1e-6
+    assert [x["text"] for x in lines] == texts
+    assert_scores_match(lines, engine(ckpt, texts))
 
 
 def test_checkpoint_directory_and_regression(models):
-    ckpt, model = models[1]
-    proc, lines = run(ckpt, "good movie")
+    ckpt, _ = models[1]
+    proc, lines = run(ckpt, "good movie", "the bad movie")
     assert proc.returncode == 0, proc.stderr
     assert set(lines[0]) == {"text", "score"}
-    assert abs(lines[0]["score"] - runtime.load(model).predict(["good movie"])[0]["score"]) < 1e-5
+    assert [x["score"] for x in lines] == pytest.approx(engine(ckpt, ["good movie", "the bad movie"]), abs=1e-5)
 
 
 def test_file_with_pairs_and_blank_lines(models, tmp_path):
-    _, model = models[2]
+    ckpt, model = models[2]
     f = tmp_path / "pairs.tsv"
     f.write_text("the movie\twas good\n\n   \nbad\tgood\n", encoding="utf-8")
     proc, lines = run(model, "--file", f, "--batch-size", "1")
     assert proc.returncode == 0, proc.stderr
     assert [(x["text"], x["text_pair"]) for x in lines] == [("the movie", "was good"), ("bad", "good")]
-    expected = runtime.load(model).predict([("the movie", "was good"), ("bad", "good")])
-    assert [x["label"] for x in lines] == [e["label"] for e in expected]
+    assert_scores_match(lines, engine(ckpt, [("the movie", "was good"), ("bad", "good")]))
     mixed = tmp_path / "mixed.tsv"
     mixed.write_text("a\tb\nsingle\n", encoding="utf-8")
     proc, _ = run(model, "--file", mixed)
@@ -74,10 +96,11 @@ def test_file_with_pairs_and_blank_lines(models, tmp_path):
 
 
 def test_stdin(models):
-    _, model = models[2]
+    ckpt, model = models[2]
     proc, lines = run(model, stdin="good\n\nbad movie\n")
     assert proc.returncode == 0, proc.stderr
     assert [x["text"] for x in lines] == ["good", "bad movie"]
+    assert_scores_match(lines, engine(ckpt, ["good", "bad movie"]))
 
 
 @pytest.mark.parametrize("stdin", ["", "\n  \n\t\n"])

@@ -262,7 +262,7 @@ def test_export_cli_table(tmp_path):
                      "--dtypes", "float32,float16,int8", "--quantize-embeddings"]) == 0
     rows = [line.split() for line in buf.getvalue().splitlines()[2:]]
     assert [r[0] for r in rows] == ["float32", "float16", "int8"]
-    from minitinybert.data import evaluate
+    from minitinybert.metrics import evaluate
     expected = evaluate("sst2", runtime.load(tmp_path / "out2" / "runtime-float32.safetensors").logits(TEXTS),
                         np.arange(len(TEXTS)) % 2)["main"]
     assert abs(float(rows[0][3]) - expected) < 1e-4 and float(rows[0][4]) == 0.0

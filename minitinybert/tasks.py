@@ -1,0 +1,107 @@
+"""The GLUE tasks TinyBERT reports on (SST-2, CoLA, RTE, STS-B) and the examples of a task.
+
+A `TaskSpec` says where a task's files are, which columns hold the texts and the label, the label
+names in id order (None for regression) and the metrics; `Examples` are a task's texts, optional
+second texts and labels, in memory. Reading them from files is datafiles.py's job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Data that cannot be read as asked: the message names the file, row, column or label at fault."""
+
+
+# --- tasks --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str                          # canonical key: "sst2", "cola", "rte", "stsb"
+    train_file: str | None             # relative to the data root
+    dev_file: str | None
+    has_header: bool
+    text_column: str | int             # header name, or column index for header-less files
+    pair_column: str | int | None      # None for single-sentence tasks
+    label_column: str | int
+    labels: tuple[str, ...] | None     # label names in id order; None = regression
+    metrics: tuple[str, ...]
+    main_metric: str
+    display_name: str = ""             # as GLUE spells it ("SST-2")
+    label_names: tuple[str, ...] | None = None   # what a model calls its classes, when the files use codes
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Names of the classes in id order, for a model's id2label: "positive" rather than "1"."""
+        return self.label_names or self.labels
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        """The model head's size: 1 for regression, else the number of classes."""
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.pair_column is not None
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sst2": TaskSpec("sst2", "glue/SST-2/train.tsv", "glue/SST-2/dev.tsv", True, "sentence", None, "label",
+                     ("0", "1"), ("accuracy", "f1"), "accuracy", "SST-2", ("negative", "positive")),
+    # CoLA has no header: source, label, author's mark, sentence
+    "cola": TaskSpec("cola", "glue/CoLA/train.tsv", "glue/CoLA/dev.tsv", False, 3, None, 1,
+                     ("0", "1"), ("accuracy", "f1", "mcc"), "mcc", "CoLA", ("unacceptable", "acceptable")),
+    "rte": TaskSpec("rte", "glue/RTE/train.tsv", "glue/RTE/dev.tsv", True, "sentence1", "sentence2", "label",
+                    ("entailment", "not_entailment"), ("accuracy", "f1"), "accuracy", "RTE"),
+    "stsb": TaskSpec("stsb", "glue/STS-B/train.tsv", "glue/STS-B/dev.tsv", True, "sentence1", "sentence2",
+                     "score", None, ("pearson", "spearman"), "pearson", "STS-B"),
+}
+
+
+def _task_key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def get_task(name: str | TaskSpec) -> TaskSpec:
+    """A task by name, accepting GLUE's spellings ("SST-2", "sst-2", "STS-B", "CoLA", ...)."""
+    if isinstance(name, TaskSpec):
+        return name
+    if not isinstance(name, str) or _task_key(name) not in TASKS:
+        known = ", ".join(f"{t.name} ({t.display_name})" for t in TASKS.values())
+        raise DataError(f"unknown task {name!r}; known tasks: {known}")
+    return TASKS[_task_key(name)]
+
+
+# --- examples -----------------------------------------------------------------------------------
+
+@dataclass
+class Examples:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray     # int64 label ids, or float32 scores for regression
+    task: TaskSpec
+    source: str = field(default="", compare=False)   # where they came from, for messages
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels)
+        if len(self.labels) != len(self.texts):
+            raise DataError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+        if self.pairs is not None and len(self.pairs) != len(self.texts):
+            raise DataError(f"{len(self.texts)} texts but {len(self.pairs)} pairs")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices) -> "Examples":
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < -len(self) or indices.max() >= len(self)):
+            raise IndexError(f"subset indices out of range for {len(self)} examples")
+        return replace(self, texts=[self.texts[i] for i in indices],
+                       pairs=None if self.pairs is None else [self.pairs[i] for i in indices],
+                       labels=self.labels[indices])
