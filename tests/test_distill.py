@@ -15,8 +15,10 @@ from minitinybert.config import BertConfig
 from minitinybert.distill import LossWeights, intermediate_step, layer_mapping, main, prediction_step
 from minitinybert.model import Bert
 from minitinybert.optim import AdamW
+from minitinybert.tasks import get_task
 from minitinybert.tokenizer import Batch, Tokenizer
 from minitinybert.weights import load_model, save_checkpoint
+from glue_files import write_task
 from gradcheck import assert_grad_close, numeric_directional
 
 WORDS = ("the a film movie was is good bad great awful fun dull plot actors story , . ! and not very "
@@ -216,7 +218,7 @@ def test_corrupt_checkpoint_is_refused_on_resume(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--task", "mnli"], "unknown task"),
+    (["--task", "mnli2"], "unknown task"),
     (["--data", "/nonexistent/data"], "does not exist"),
     (["--teacher", "/nonexistent/teacher"], "not found"),
 ])
@@ -291,3 +293,50 @@ def test_resume_after_a_hard_kill_logs_each_step_once(world, tmp_path):
     assert main(["general", *args, "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "general" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_local_dataset_is_its_own_task(world, tmp_path, capsys, monkeypatch):
+    """A paraphrase dataset with 0/1 labels and no --task is not SST-2: it is named after its
+    folder, and its models call the classes what the file does ("0"/"1", or --labels' order)."""
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "paraphrase"
+    folder.mkdir()
+    for split, n in (("train", 16), ("dev", 8)):
+        rows = [f"{t}\t{u}\t{y}" for (t, y), (u, _) in zip(sentences(rng, n), sentences(rng, n))]
+        (folder / f"{split}.tsv").write_bytes(("\ufeffQuality\t#1 String\t#2 String\r\n"   # as Excel saves it
+                                               + "".join(f"{y}\t{t}\t{u}\r\n" for t, u, y in
+                                                         (r.split("\t") for r in rows))).encode())
+    local = ["--train-file", str(folder / "train.tsv"), "--dev-file", str(folder / "dev.tsv"),
+             "--text-column", "#1 String", "--pair-column", "#2 String", "--label-column", "Quality",
+             "--teacher-steps", "2"]
+    assert main(["finetune-teacher", *cli(world, tmp_path / "o"), *local]) == 0
+    out = capsys.readouterr().out
+    assert " on paraphrase:" in out and "sst2" not in out
+    config = json.loads((tmp_path / "o" / "teacher" / "best" / "config.json").read_text())
+    assert config["id2label"] == {"0": "0", "1": "1"}
+    # no --out: runs/<name>; --labels sets the classes' order
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in cli(world, tmp_path / "unused") if a not in ("--out", str(tmp_path / "unused"))]
+    assert main(["finetune-teacher", *args, *local, "--labels", "1,0"]) == 0
+    config = json.loads((tmp_path / "runs" / "paraphrase" / "teacher" / "best" / "config.json").read_text())
+    assert config["id2label"] == {"0": "1", "1": "0"}
+    assert main(["finetune-teacher", *cli(world, tmp_path / "n"), *local, "--name", "mrpc-like"]) == 0
+    assert " on mrpc-like:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("task", ["mnli", "mrpc", "qqp", "qnli", "wnli"])
+def test_glue_task_from_its_files(world, tmp_path, task):
+    """`--task T --data DIR` on the files GLUE distributes: the teacher is fine-tuned and evaluated
+    on every dev set (MNLI: matched and mismatched), with the task's metrics and class names."""
+    rng = np.random.default_rng(7)
+    spec = get_task(task)
+    def rows(n):
+        return [(a, b, spec.labels[int(rng.integers(len(spec.labels)))])
+                for (a, _), (b, _) in zip(sentences(rng, n), sentences(rng, n))]
+    write_task(world / "data", task, {"train": rows(16), **{split: rows(8) for split in spec.dev_splits}})
+    assert main(["finetune-teacher", *cli(world, tmp_path), "--task", task, "--teacher-steps", "2"]) == 0
+    metrics = json.loads((tmp_path / "teacher" / "best" / "metrics.json").read_text())
+    expected = {"step", "main", *spec.metrics} | ({"mismatched_accuracy"} if task == "mnli" else set())
+    assert set(metrics) == expected and metrics["main"] == metrics[spec.main_metric]
+    config = json.loads((tmp_path / "teacher" / "best" / "config.json").read_text())
+    assert list(config["id2label"].values()) == list(spec.class_names)
