@@ -34,10 +34,11 @@ from .datafiles import data_root, dataset_name, load_local, load_split, local_ta
 from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
+from .runlock import RunLock, RunLockError
 from .tasks import get_task
 from .teacher import TeacherError, resolve_teacher
 from .tokenizer import Tokenizer
-from .training import LoopConfig, StepResult, TrainingError, train
+from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
 from .weights import WeightsError, load_model
 
 DEFAULT_TASK = "sst2"
@@ -547,9 +548,15 @@ def main(argv=None) -> int:
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
                 "all": run_all, "summary": summarize}
     try:
-        commands[args.command](args)
-    except (TrainingError, WeightsError, ConfigError, TeacherError, FileNotFoundError, ValueError) as e:
+        # the process that writes --out holds it for the whole command (under MPI: the writing rank only)
+        with RunLock(args.out):
+            commands[args.command](args)
+    except (TrainingError, WeightsError, ConfigError, TeacherError, RunLockError, FileNotFoundError,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:               # a full disk, a read-only place, a missing permission
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     return 0
 
