@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -34,12 +35,12 @@ from .datafiles import data_root, dataset_name, load_local, load_split, local_ta
 from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
-from .runlock import RunLock, RunLockError
+from .runlock import RunLockError, writer_lock
 from .tasks import get_task
 from .teacher import TeacherError, resolve_teacher
 from .tokenizer import Tokenizer
 from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
-from .weights import WeightsError, load_model
+from .weights import WeightsError, load_model, write_file
 
 DEFAULT_TASK = "sst2"
 STAGE_DIRS = {"teacher": "teacher", "general": "general", "intermediate": "task-intermediate",
@@ -287,7 +288,8 @@ def summarize(args, log=print) -> dict:
     report["size_ratio"] = report["teacher"]["parameters"] / report["student"]["parameters"]
     report["speed_ratio"] = report["teacher"]["dev_seconds"] / report["student"]["dev_seconds"]
     out = Path(args.out)
-    (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_file(out / "summary.json.part", (json.dumps(report, indent=1) + "\n").encode())
+    os.replace(out / "summary.json.part", out / "summary.json")
     log(f"\n{task.name} dev {task.main_metric}: teacher {report['teacher']['dev']['main']:.4f}, student "
         f"{report['student']['dev']['main']:.4f} ({report['ratio']:.1%} of the teacher)")
     log(f"student: {report['student']['parameters'] / 1e6:.1f}M parameters ({report['size_ratio']:.1f}x smaller), "
@@ -319,7 +321,7 @@ def task_loader(args, log=print):
     if args.train_file or args.dev_file:
         if not (args.train_file and args.dev_file):
             raise ValueError("local data needs both --train-file and --dev-file")
-        if args.labels or args.regression or not args.task:
+        if _own_task(args):
             labels = args.labels.split(",") if args.labels else None
             task = local_task(args.train_file, args.text_column, args.pair_column, args.label_column,
                               labels=labels, regression=args.regression, name=args.name)
@@ -334,6 +336,11 @@ def task_loader(args, log=print):
         return load("dev").task, load
     task = get_task(args.task or DEFAULT_TASK)
     return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit, log=log)
+
+
+def _own_task(args) -> bool:
+    """Local data that is a task of its own, not a GLUE task's (whose labels and metrics --task lends)."""
+    return bool(args.train_file) and bool(args.labels or args.regression or not args.task)
 
 
 def _dev_sets(task, load) -> dict:
@@ -542,14 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
-        own_task = args.train_file and (args.labels or args.regression or not args.task)   # as task_loader
-        name = args.name or (dataset_name(args.train_file) if own_task else args.task or DEFAULT_TASK)
+        name = args.name or (dataset_name(args.train_file) if _own_task(args) else args.task or DEFAULT_TASK)
         args.out = str(Path("runs") / name.lower().replace("-", ""))
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
                 "all": run_all, "summary": summarize}
     try:
-        # the process that writes --out holds it for the whole command (under MPI: the writing rank only)
-        with RunLock(args.out):
+        with writer_lock(args.out):       # one run per --out; under MPI, held by rank 0 (the writer) only
             commands[args.command](args)
     except (TrainingError, WeightsError, ConfigError, TeacherError, RunLockError, FileNotFoundError,
             ValueError) as e:

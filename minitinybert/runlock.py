@@ -10,7 +10,7 @@ do), the contents decide alone: a holder on this host is alive if its pid runs a
 the file says; one on another host cannot be checked and is trusted until run.lock is removed.
 
 Only the writer takes the lock: with several processes on one run (MPI ranks), the one that writes
-checkpoints holds it and the others leave it alone.
+checkpoints (rank 0) holds it and the others leave it alone (`writer_lock`).
 """
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ import shlex
 import socket
 import sys
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
 LOCK_NAME = "run.lock"
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+# set by MPI launchers (Open MPI, MPICH/Intel MPI, PMIx, MVAPICH) in each process they start
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 
 
 class RunLockError(RuntimeError):
@@ -110,7 +113,11 @@ class RunLock:
             if previous:
                 self.log(f"[lock] {self.directory} was held by a run that is gone ({describe(previous)}); "
                          f"taking it over")
-            _write(fd, _me())
+            try:
+                _write(fd, _me())
+            except OSError as e:                          # a full disk: say where
+                os.close(fd)
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
             self._fd = fd
 
     def _try_lock(self, fd: int) -> bool:
@@ -177,3 +184,18 @@ def _write(fd: int, holder: dict) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, data, 0)
     os.fsync(fd)
+
+
+def launched_rank() -> int:
+    """This process's rank when an MPI launcher started it, else 0."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def writer_lock(directory: str | Path, log=print):
+    """The run's lock for the process that writes it (rank 0, or the only process); a no-op for
+    the other ranks of an MPI job, which share rank 0's run and must not be refused by its lock."""
+    return RunLock(directory, log) if launched_rank() == 0 else nullcontext()

@@ -98,3 +98,15 @@ def test_other_lock_errors_are_not_taken_for_a_missing_lock(tmp_path, monkeypatc
     with pytest.raises(OSError, match="Input/output"):
         with RunLock(tmp_path):
             pass
+
+
+def test_only_the_writing_rank_takes_the_lock(tmp_path, monkeypatch):
+    """Ranks of one MPI job share rank 0's run: the others must not be refused by its lock."""
+    with runlock.writer_lock(tmp_path):                          # rank 0 (or no launcher) holds it
+        monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+        with runlock.writer_lock(tmp_path):
+            assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+        monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+        with pytest.raises(RunLockError):
+            with runlock.writer_lock(tmp_path):
+                pass
