@@ -549,8 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
-        name = args.name or (dataset_name(args.train_file) if _own_task(args) else args.task or DEFAULT_TASK)
-        args.out = str(Path("runs") / name.lower().replace("-", ""))
+        if args.name or _own_task(args):
+            args.out = str(Path("runs") / (args.name or dataset_name(args.train_file)))
+        else:
+            args.out = str(Path("runs") / (args.task or DEFAULT_TASK).lower().replace("-", ""))
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
                 "all": run_all, "summary": summarize}
     try:

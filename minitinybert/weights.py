@@ -178,14 +178,16 @@ def export_tensors(model, prefixed: bool | None = None) -> dict[str, np.ndarray]
     return out
 
 
-def write_file(path: str | Path, data: bytes) -> None:
-    """`data` into a new file at `path`, flushed to the disk before returning: every file of a
-    checkpoint goes through here. An OSError (a full disk, a read-only place) names `path`."""
+def write_file(path: str | Path, data) -> None:
+    """`data` (bytes, or a list of bytes-like pieces written one after the other) into a new file at
+    `path`, flushed to the disk before returning: every file of a checkpoint goes through here. An
+    OSError (a full disk, a read-only place) names `path`."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, data)
+            for piece in [data] if isinstance(data, (bytes, bytearray)) else data:
+                _write_all(fd, piece)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -193,8 +195,8 @@ def write_file(path: str | Path, data: bytes) -> None:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
     while view:
         view = view[os.write(fd, view):]
 
@@ -213,9 +215,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict | None = None) -> bytes:
-    from safetensors.numpy import save
-    return save(tensors, metadata={"format": "pt", **(metadata or {})})
+def safetensors_pieces(tensors: dict[str, np.ndarray], metadata: dict | None = None) -> list:
+    """A safetensors file as pieces to write in turn: its header, then each tensor's bytes straight
+    from the array. The bytes are safetensors.numpy.save's (float32 tensors, ordered by name; header
+    padded with spaces to 8 bytes), without first copying hundreds of MB into one bytes object."""
+    metadata = {"format": "pt", **(metadata or {})}
+    if any(t.dtype != np.float32 for t in tensors.values()) or len(metadata) > 1:
+        from safetensors.numpy import save      # dtype and key orders of its own: let it write
+        return [save(tensors, metadata=metadata)]
+    header, arrays, offset = {"__metadata__": metadata}, [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        arrays.append(array)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return [len(text).to_bytes(8, "little") + text] + [a for a in arrays if a.nbytes]
 
 
 def write_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict | None = None):
@@ -223,7 +239,7 @@ def write_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | Path, m
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        write_file(tmp, safetensors_bytes(tensors, metadata))
+        write_file(tmp, safetensors_pieces(tensors, metadata))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -241,7 +257,7 @@ def save_checkpoint(model, directory: str | Path, vocab_from: str | Path | None 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     files = {"config.json": json.dumps(model.config.to_dict(), indent=2) + "\n",
-             "model.safetensors": safetensors_bytes(export_tensors(model))}
+             "model.safetensors": safetensors_pieces(export_tensors(model))}
     if vocab_from is not None:
         src = Path(vocab_from)
         files["vocab.txt"] = (src / "vocab.txt" if src.is_dir() else src).read_bytes()
@@ -249,7 +265,7 @@ def save_checkpoint(model, directory: str | Path, vocab_from: str | Path | None 
         {"do_lower_case": model.config.do_lower_case, "tokenizer_class": "BertTokenizer",
          "model_max_length": model.config.max_position_embeddings}, indent=2) + "\n"
     files.update(extra_files or {})
-    files.update({name: safetensors_bytes(tensors) for name, tensors in (extra_tensors or {}).items()})
+    files.update({name: safetensors_pieces(tensors) for name, tensors in (extra_tensors or {}).items()})
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".", suffix=".part", dir=directory.parent))

@@ -318,20 +318,20 @@ def test_local_dataset_is_its_own_task(world, tmp_path, capsys, monkeypatch):
     assert " on paraphrase:" in out and "sst2" not in out
     config = json.loads((tmp_path / "o" / "teacher" / "best" / "config.json").read_text())
     assert config["id2label"] == {"0": "0", "1": "1"}
-    # no --out: runs/<name>; --labels sets the classes' order
+    # --labels sets the classes' order, --name the name; no --out: runs/<name>
     monkeypatch.chdir(tmp_path)
     args = [a for a in cli(world, tmp_path / "unused") if a not in ("--out", str(tmp_path / "unused"))]
-    assert main(["finetune-teacher", *args, *local, "--labels", "1,0"]) == 0
-    config = json.loads((tmp_path / "runs" / "paraphrase" / "teacher" / "best" / "config.json").read_text())
+    assert main(["finetune-teacher", *args, *local, "--labels", "1,0", "--name", "my-pairs"]) == 0
+    assert " on my-pairs:" in capsys.readouterr().out
+    config = json.loads((tmp_path / "runs" / "my-pairs" / "teacher" / "best" / "config.json").read_text())
     assert config["id2label"] == {"0": "1", "1": "0"}
-    assert main(["finetune-teacher", *cli(world, tmp_path / "n"), *local, "--name", "mrpc-like"]) == 0
-    assert " on mrpc-like:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("task", ["mnli", "mrpc", "qqp", "qnli", "wnli"])
+@pytest.mark.parametrize("task", ["mnli", "mrpc"])
 def test_glue_task_from_its_files(world, tmp_path, task):
     """`--task T --data DIR` on the files GLUE distributes: the teacher is fine-tuned and evaluated
-    on every dev set (MNLI: matched and mismatched), with the task's metrics and class names."""
+    on every dev set (MNLI: matched and mismatched), with the task's metrics and class names (MRPC:
+    F1 first; every task's files are read in test_datafiles)."""
     rng = np.random.default_rng(7)
     spec = get_task(task)
     def rows(n):
@@ -432,7 +432,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(world, t
             models.append(path)
             if len(models) == 2:                                   # the checkpoint of step 4
                 before.update(stage_files(out / "general"))
-                real_write(path, data[: len(data) // 2])
+                real_write(path, data[: len(data) // 2])             # its header and half its tensors
                 raise OSError(code, os.strerror(code), str(path))
         real_write(path, data)
 
