@@ -472,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: all-MiniLM-L6-v2, fetched from PyPI)")
     g.add_argument("--student", default="tinybert4", help="student: preset tinybert4 or tinybert6, or a config.json "
                                                         "(default tinybert4)")
-    g.add_argument("--out", default=None, help="output directory (default runs/<task>)")
+    g.add_argument("--out", default=None, help="output directory (default runs/<task>, or runs/<name> for local "
+                                               "data); one run at a time holds it (<out>/run.lock)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
     g.add_argument("--general-student", default=None, help="task stage: the general-distillation student")
     g.add_argument("--train-file", default=None, help="local training data (.csv, .tsv, .json, .jsonl) instead "
