@@ -29,6 +29,7 @@ from . import loss_kernels, losses
 from .config import BertConfig, ConfigError, preset
 from .model import Bert
 from .parallel import DataParallel
+from .process import tune_process
 from .teacher import TeacherError
 from .training import LoopConfig, StepResult, TrainingError, train
 from .weights import WeightsError, load_model
@@ -560,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    tune_process()
     args = build_parser().parse_args(argv)
     if args.out is None:
         args.out = str(Path("runs") / args.task.lower().replace("-", ""))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .process import tune_process
 from .runtime import FORMAT
 
 DTYPES = ("float32", "float16", "int8")
@@ -215,6 +216,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    tune_process()
     parser = argparse.ArgumentParser(prog="python -m minitinybert.export",
                                      description="Export a checkpoint to the edge runtime format.")
     parser.add_argument("checkpoint", help="checkpoint directory (config.json, model.safetensors, vocab.txt)")

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from . import runtime
+from .process import tune_process
 
 
 class InferError(Exception):
@@ -83,6 +84,7 @@ def open_model(path: str, tmp_dirs: list):
 
 
 def main(argv=None) -> int:
+    tune_process()
     parser = argparse.ArgumentParser(prog="python -m minitinybert.infer",
                                      description="Classify (or embed) texts with a runtime model or a checkpoint.")
     parser.add_argument("model", help="runtime model file or checkpoint directory")
