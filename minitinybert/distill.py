@@ -35,6 +35,7 @@ from .datafiles import data_root, dataset_name, load_local, load_split, local_ta
 from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
+from .process import tune_process
 from .runlock import RunLockError, writer_lock
 from .tasks import get_task
 from .teacher import TeacherError, resolve_teacher
@@ -548,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    tune_process()
     args = build_parser().parse_args(argv)
     if args.out is None:
         if args.name or _own_task(args):

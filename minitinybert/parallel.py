@@ -13,33 +13,15 @@ generator: a run is exactly reproducible for a given number of workers.
 """
 from __future__ import annotations
 
-import contextlib
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, is_dataclass, replace
 
 import numba
 import numpy as np
 
-from . import kernels
+from .kernels import single_threaded_blas
 from .params import ParamSet
 from .training import StepResult
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """OpenBLAS at one thread for the duration (process-wide: the shards call it concurrently)."""
-    control = kernels.blas_thread_control()
-    if not control:
-        yield
-        return
-    set_threads, get_threads = control
-    saved = get_threads()
-    set_threads(1)
-    try:
-        yield
-    finally:
-        set_threads(saved)
 
 
 def shard_rows(n_rows: int, workers: int) -> list[tuple[int, int]]:
@@ -74,7 +56,6 @@ class DataParallel:
         self.workers = max(1, int(workers or numba.get_num_threads()))
         self._buffers: list[ParamSet] = []
         self._pool = None
-        self._local = threading.local()
 
     def _buffer(self, i: int) -> ParamSet:
         if self.model.grads is None or self.model.grads.dtype != self.model.params.dtype:
