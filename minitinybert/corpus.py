@@ -23,6 +23,7 @@ of all of them (every shard then reads every file, and tokenizes only its own do
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -133,6 +134,8 @@ class StreamedFiles:
 
     def _records(self, path: Path, skip: int):
         import datasets
+        # its readers log a failure before raising it; the DataError below reports it, once
+        logging.getLogger("datasets").setLevel(logging.CRITICAL)
         options = {"sample_by": "paragraph"} if self.kind == "text" else {}
         try:
             stream = datasets.load_dataset(self.kind, data_files=str(path), split="train", streaming=True, **options)
@@ -154,7 +157,8 @@ class StreamedFiles:
                     except StopIteration:
                         break
                     except Exception as e:    # noqa: BLE001  (a malformed line or row group)
-                        raise DataError(f"corpus file {files[f]}, record {record}: {type(e).__name__}: {e}") from None
+                        raise DataError(f"cannot read corpus file {files[f]} past record {record}: "
+                                        f"{type(e).__name__}: {e}") from None
                     position = {"epoch": epoch, "file": f, "record": record, "count": count}
                     record, count = record + 1, count + 1
                     if every_other and (count - 1) % shards != shard:
