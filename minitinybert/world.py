@@ -23,10 +23,10 @@ import warnings
 
 import numpy as np
 
-# Variables that the common launchers (MPICH/Hydra and Intel MPI, Open MPI, Slurm with PMI/PMIx) set
-# in each process they start: their presence means "you are one rank of a job".
-_LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
-_LAUNCHER_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+# What the common launchers (MPICH's Hydra and Intel MPI, Open MPI, MVAPICH, Slurm's srun) set in each
+# process they start: the job's size says "you are one rank of a job" without importing MPI.
+_LAUNCHER_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+_LAUNCHER_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 
 
 class WorldError(RuntimeError):
@@ -108,6 +108,8 @@ class World:
 
 
 class MpiWorld(World):
+    """The processes of an MPI job (mpi4py's communicator): collectives as MPI does them."""
+
     def __init__(self, comm):
         from mpi4py import MPI
         self.MPI, self.comm = MPI, comm
