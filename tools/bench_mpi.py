@@ -18,8 +18,14 @@ Then, from the one-process figures, the expected efficiency of K machines joined
 link, with a ring Allreduce (each rank sends and receives 2 (K-1)/K of the buffer):
     T_K = T_opt + (T_1 - T_opt) / K + 2 (K-1)/K * bytes / bandwidth        E_K = T_1 / (K T_K)
 where T_opt is the optimizer step (clipping + AdamW), which every rank repeats in full, and the
-compute is assumed to divide by K. With the Allreduce overlapped with the backward pass (not done
-here), the bound is T_K = T_opt + T_fwd/K + max(T_bwd/K, T_allreduce).
+compute is assumed to divide by K. The Allreduce is not overlapped with the backward pass; the
+'overlapped' column bounds what sending each layer's gradient as soon as the backward pass has made it
+could give: only the encoder layers' share of the buffer (`early`) is ready before the backward pass
+ends; the word embeddings' gradient (two thirds of the buffer) is made last, and the projections' after
+it, so    T_K = T_opt + T_fwd/K + max(T_bwd/K, early * T_allreduce) + (1 - early) * T_allreduce.
+`--step-seconds T` models
+machines whose one-process step takes T instead (optimizer share kept): measure T on a cluster node
+with `--ranks 1`, or use a quiet machine's figure when this one is busy.
 """
 from __future__ import annotations
 
@@ -131,7 +137,10 @@ def rank_main(args) -> None:
     if world.is_root:
         for k in sorted(rows):
             medians = {key: float(np.median([r[key] for r in rows[k]])) for key in rows[k][0]}
+            encoder = sum(v.size for name, v in student.params.views.items() if name.startswith("encoder."))
+            early = encoder / student.params.size
             print(json.dumps({"K": k, "threads": configs[k][0].workers, "bytes": int(student.grads.data.nbytes),
+                              "early": early,
                               "allreduce_alone": float(np.median(alone)) if k > 1 else 0.0, **medians}), flush=True)
 
 
@@ -147,9 +156,11 @@ def measure(k: int, args) -> list[dict]:
     return [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
 
 
-def model_table(one: dict, backward_share: float) -> list[str]:
+def model_table(one: dict, backward_share: float, step_seconds: float | None = None) -> list[str]:
     """Expected efficiency on K machines, from the one-process figures (see the module docstring)."""
-    t1, t_opt, size = one["step"], one["optimizer"], one["bytes"]
+    t1, t_opt, size, early = one["step"], one["optimizer"], one["bytes"], one["early"]
+    if step_seconds:
+        t1, t_opt = step_seconds, t_opt * step_seconds / t1
     compute = t1 - t_opt
     lines = [f"{'K':>4} {'link':>9} {'allreduce s':>12} {'step s':>8} {'efficiency':>11} {'overlapped':>11}"]
     for gbit in (10, 25):
@@ -157,7 +168,8 @@ def model_table(one: dict, backward_share: float) -> list[str]:
         for k in (2, 4, 8, 16, 32, 64):
             t_ar = 2 * (k - 1) / k * size / bandwidth
             t_k = t_opt + compute / k + t_ar
-            overlapped = t_opt + compute * (1 - backward_share) / k + max(compute * backward_share / k, t_ar)
+            overlapped = t_opt + compute * (1 - backward_share) / k + max(compute * backward_share / k,
+                                                                          early * t_ar) + (1 - early) * t_ar
             lines.append(f"{k:>4} {gbit:>4} Gb/s {t_ar:>12.3f} {t_k:>8.3f} {t1 / (k * t_k):>10.0%} "
                          f"{t1 / (k * overlapped):>10.0%}")
     return lines
@@ -172,6 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--backward-share", type=float, default=0.6,
                         help="share of the compute that is the backward pass, for the overlap bound (default 0.6)")
+    parser.add_argument("--step-seconds", type=float, default=None,
+                        help="model machines whose one-process step takes this long (default: as measured)")
     parser.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rank:
@@ -188,10 +202,13 @@ def main(argv=None) -> int:
               f"{results[0]['step'] / r['step']:>7.2f}x {r['wait']:>8.4f} {r['allreduce']:>12.4f} "
               f"{r['allreduce'] / r['step']:>6.1%} {r['allreduce_alone']:>8.4f}")
     one = results[0]
-    print(f"\nexpected on K machines like this one (T_1 {one['step']:.3f} s, optimizer {one['optimizer']:.3f} s, "
-          f"ring Allreduce of {one['bytes'] / 1e6:.0f} MB; 'overlapped': the bound with the Allreduce hidden behind "
-          f"the backward pass, {args.backward_share:.0%} of the compute):")
-    print("\n".join(model_table(one, args.backward_share)))
+    t1 = args.step_seconds or one["step"]
+    t_opt = one["optimizer"] * t1 / one["step"]
+    print(f"\nexpected on K machines (T_1 {t1:.3f} s{'' if args.step_seconds else ' as measured'}, optimizer "
+          f"{t_opt:.3f} s, ring Allreduce of {one['bytes'] / 1e6:.0f} MB; 'overlapped': the bound with the "
+          f"encoder layers' {one['early']:.0%} of it sent during the backward pass, {args.backward_share:.0%} of the "
+          f"compute):")
+    print("\n".join(model_table(one, args.backward_share, args.step_seconds)))
     return 0
 
 
