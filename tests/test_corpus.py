@@ -197,17 +197,17 @@ def test_streamed_formats_shard_by_file_and_agree(tmp_path, tok):
 def test_streamed_corpus_is_read_as_needed_and_resumes_exactly(tmp_path, tok):
     """More documents than a few batches use: the stream stays in its first files, and a state taken
     anywhere (JSON) continues exactly, across file and epoch boundaries."""
-    corpus = _save(_write_documents(tmp_path, n_files=4, docs_per_file=12), tmp_path / "jsonl", "jsonl")
+    corpus = _save(_write_documents(tmp_path, n_files=8, docs_per_file=10), tmp_path / "jsonl", "jsonl")
     make = lambda: CorpusBatcher(corpus, tok, seq_len=16, batch_size=3, seed=0, shards=Shards(1, 1, 2))  # noqa: E731
     reference = make()
-    expected = _batches(reference, 70)
+    expected = _batches(reference, 110)
     assert all(isinstance(b, Rows) and (b.lo, b.hi) == (2, 3) for b in expected)
-    assert reference.epoch >= 1                                # shard 1's two files, more than once
+    assert reference.epoch >= 1                                # shard 1's four files, more than once
     early = make()
     _batches(early, 2)
     at = early.state_dict()["streams"]["1"]["at"]
-    assert (at["epoch"], at["file"]) == (0, 0) and at["record"] < 12
-    for cut in (1, 9, 31):
+    assert (at["epoch"], at["file"]) == (0, 0) and at["record"] < 10
+    for cut in (1, 23, 67):
         first = make()
         _batches(first, cut)
         resumed = make()
