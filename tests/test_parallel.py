@@ -137,3 +137,21 @@ def test_a_wrong_share_is_caught():
     unweighted = lambda bb, rng, grads, share: step(bb, rng, grads=grads, share=1.0)  # noqa: E731
     DataParallel(student, 2)(unweighted, item, None)
     assert not np.allclose(student.grads.data, expected)
+
+
+def test_a_job_launched_without_mpi4py_is_refused(monkeypatch):
+    """K processes started by mpiexec without mpi4py would each train alone over the same files:
+    refused with a clear message. Without a launcher, one process, and MPI is not even imported."""
+    import sys
+
+    from minitinybert import world
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(world, "_world", None)
+    monkeypatch.setitem(sys.modules, "mpi4py", None)          # importing it raises ImportError
+    assert type(world.get_world()) is world.World and world.get_world().size == 1
+    monkeypatch.setattr(world, "_world", None)
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("PMI_RANK", "1")
+    with pytest.raises(world.WorldError, match="rank 1 of 2 processes, but mpi4py is not installed"):
+        world.get_world()
