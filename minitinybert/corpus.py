@@ -147,7 +147,7 @@ class StreamedFiles:
         epoch, file_pos, record, count = (0, 0, 0, 0) if start is None else (
             int(start["epoch"]), int(start["file"]), int(start["record"]), int(start["count"]))
         while True:
-            files, every_other = self.plan(shard, shards, epoch)
+            files, by_document = self.plan(shard, shards, epoch)
             kept = False
             for f in range(file_pos, len(files)):
                 records = self._records(files[f], record)
@@ -161,7 +161,7 @@ class StreamedFiles:
                                         f"{type(e).__name__}: {e}") from None
                     position = {"epoch": epoch, "file": f, "record": record, "count": count}
                     record, count = record + 1, count + 1
-                    if every_other and (count - 1) % shards != shard:
+                    if by_document and position["count"] % shards != shard:
                         continue
                     text = row.get(self.column)
                     if not isinstance(text, str):
