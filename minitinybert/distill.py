@@ -2,6 +2,7 @@
 
     python -m minitinybert.distill all                 # teacher fine-tuning, general, task distillation
     python -m minitinybert.distill finetune-teacher | general | task   [--help for each]
+    mpiexec -n K python -m minitinybert.distill ...     # the same run, data-parallel over K processes
 
 Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
   finetune-teacher  the teacher gets a task head and is fine-tuned (cross-entropy / MSE);
@@ -42,6 +43,7 @@ from .teacher import TeacherError, resolve_teacher
 from .tokenizer import Tokenizer
 from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
 from .weights import WeightsError, load_model, write_file
+from .world import describe, get_world, run_main
 
 DEFAULT_TASK = "sst2"
 STAGE_DIRS = {"teacher": "teacher", "general": "general", "intermediate": "task-intermediate",
@@ -215,18 +217,21 @@ def run_finetune_teacher(args, log=print) -> Path | None:
 def run_general(args, log=print) -> Path | None:
     """General distillation: a student from scratch learns the teacher's embedding output, hidden
     states and attention scores on the general corpus."""
-    teacher_dir = resolve_teacher(args.teacher)
+    with get_world().root_first():      # one download, then the others find it
+        teacher_dir = resolve_teacher(args.teacher)
     teacher = load_model(teacher_dir, log=log)
     tokenizer = Tokenizer.from_dir(teacher_dir)
     student = new_student(args, teacher, log)
     w = _weights(args)
     _check_pair(teacher, student, w)
     mapping = _mapping(args, teacher, student, "general", log)
+    runner = DataParallel(student, args.workers, get_world())
     corpus = CorpusBatcher(_corpus_dir(args), tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
-                           seed=args.seed)
+                           seed=args.seed, shards=runner.shards, streaming=args.corpus_streaming,
+                           column=args.corpus_column)
     state = _train_stage(args, "general", student, args.general_steps, args.general_lr, corpus,
                          lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, mapping, w, **k),
-                         vocab_from=teacher_dir, log=log)
+                         vocab_from=teacher_dir, log=log, runner=runner)
     return _stage_dir(args, "general") / "final" if state.done else None
 
 
@@ -307,7 +312,7 @@ def run_all(args, log=print) -> dict | None:
         if stage(args, log) is None:
             log("pipeline paused: run the same command with --resume to continue")
             return None
-    return summarize(args, log)
+    return summarize(args, log) if get_world().is_root else None
 
 
 # --- what the stages share ------------------------------------------------------------------------------
@@ -351,7 +356,8 @@ def _dev_sets(task, load) -> dict:
 
 def _common_setup(args, log=print):
     task, load = task_loader(args, log)
-    teacher_dir = resolve_teacher(args.teacher)
+    with get_world().root_first():      # one download, then the others find it
+        teacher_dir = resolve_teacher(args.teacher)
     tokenizer = Tokenizer.from_dir(teacher_dir)
     return task, teacher_dir, tokenizer, load
 
@@ -361,15 +367,16 @@ def _stage_dir(args, stage: str) -> Path:
 
 
 def _train_stage(args, stage: str, model: Bert, steps: int, lr: float, batches, step, evaluate=None,
-                 vocab_from=None, log=print):
+                 vocab_from=None, log=print, runner: DataParallel | None = None):
     """`steps` optimizer steps in the shared loop (training.py), checkpoints in the stage's directory.
-    `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads (parallel.py)."""
-    runner = DataParallel(model, args.workers)
+    `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads of each
+    process (parallel.py; several processes under mpiexec)."""
+    runner = runner or DataParallel(model, args.workers, get_world())
     loop = LoopConfig(total_steps=steps, lr=lr, warmup=args.warmup, weight_decay=args.weight_decay,
                       max_grad_norm=args.max_grad_norm, save_every=args.save_every, eval_every=args.eval_every,
                       stop_after=args.stop_after, seed=args.seed)
     return train(stage, model, _stage_dir(args, stage), loop, batches, lambda batch, rng: runner(step, batch, rng),
-                 evaluate=evaluate, vocab_from=vocab_from, resume=args.resume, log=log)
+                 evaluate=evaluate, vocab_from=vocab_from, resume=args.resume, log=log, world=runner.world)
 
 
 def _labels_of(task):
@@ -417,7 +424,7 @@ def new_student(args, teacher: Bert, log=print) -> Bert:
 
 def _corpus_dir(args) -> Path:
     corpus = Path(args.corpus) if args.corpus else data_root(args.data) / "corpus"
-    if not corpus.is_dir():
+    if not corpus.exists():
         raise FileNotFoundError(f"general corpus directory not found: {corpus}")
     return corpus
 
@@ -451,8 +458,9 @@ def _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log):
     log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: "
         f"{'teacher MLM head' if kind is MlmCandidates else 'nearest neighbours in the teacher embedding space'})")
     cache = Path(args.out) / "augment-cache"
-    return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
-                            seed=args.seed, cache_dir=cache)
+    with get_world().root_first():      # rank 0 writes the cache; the others read it (or make their own)
+        return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
+                                seed=args.seed, cache_dir=cache, progress=get_world().is_root)
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -489,13 +497,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--name", default=None, help="local data: the dataset's name (default: the training "
                                                 "file's stem, or its folder's for train.tsv and the like)")
     g.add_argument("--regression", action="store_true", help="local data: float scores, an MSE head")
-    g.add_argument("--corpus", default=None, help="general stage: corpus directory (default <data>/corpus)")
+    g.add_argument("--corpus", default=None,
+                   help="general stage: corpus directory or file (default <data>/corpus): .txt (one sentence a "
+                        "line, blank line between documents), .jsonl/.json or .parquet (a document a record)")
+    g.add_argument("--corpus-column", default="text", help="general stage: the text field of .jsonl/.parquet "
+                                                           "records (default text)")
+    g.add_argument("--corpus-streaming", action="store_true",
+                   help="general stage: stream .txt files through datasets as the other formats are, instead "
+                        "of indexing them at start (for corpora of many GB; documents then in file order)")
     g = common.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--workers", type=int, default=None,
                    help="threads that each run a shard of every batch (default: the thread count, "
-                        "OMP_NUM_THREADS or the cores); the dropout stream depends on it, so resume "
-                        "with the same value for an exact continuation")
+                        "OMP_NUM_THREADS or the cores, shared among the processes on a machine under "
+                        "mpiexec); the shards' dropout streams and corpus documents depend on the total, "
+                        "processes x workers, so resume with the same values for an exact continuation")
     g.add_argument("--max-length", type=int, default=None, help="tokens per example (default 64 for single "
                                                                 "sentences, 128 for pairs)")
     g.add_argument("--general-seq-len", type=int, default=128)
@@ -558,18 +574,23 @@ def main(argv=None) -> int:
             args.out = str(Path("runs") / (args.task or DEFAULT_TASK).lower().replace("-", ""))
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
                 "all": run_all, "summary": summarize}
+    world = get_world()
+    if world.size > 1:
+        line = describe(world)
+        print(f"[mpi] {world.size} processes, data-parallel: {line}", flush=True)
+    if args.command == "summary" and not world.is_root:
+        return 0
     try:
         with writer_lock(args.out):       # one run per --out; under MPI, held by rank 0 (the writer) only
             commands[args.command](args)
+    # under MPI, fail() names the rank once and ends the whole job
     except (TrainingError, WeightsError, ConfigError, TeacherError, RunLockError, FileNotFoundError,
             ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return world.fail(str(e))
     except OSError as e:               # a full disk, a read-only place, a missing permission
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
-        return 2
+        return world.fail(describe_os_error(e))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
