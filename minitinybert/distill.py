@@ -228,7 +228,7 @@ def run_general(args, log=print) -> Path | None:
     runner = DataParallel(student, args.workers, get_world())
     corpus = CorpusBatcher(_corpus_dir(args), tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
                            seed=args.seed, shards=runner.shards, streaming=args.corpus_streaming,
-                           column=args.corpus_column)
+                           column=args.corpus_column, segments=args.general_segments)
     state = _train_stage(args, "general", student, args.general_steps, args.general_lr, corpus,
                          lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, mapping, w, **k),
                          vocab_from=teacher_dir, log=log, runner=runner)
@@ -515,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=int, default=None, help="tokens per example (default 64 for single "
                                                                 "sentences, 128 for pairs)")
     g.add_argument("--general-seq-len", type=int, default=128)
+    g.add_argument("--general-segments", type=int, choices=(1, 2), default=2,
+                   help="general stage: 2 = BERT's sentence pairs, [CLS] A [SEP] B [SEP] with token types 0/1, "
+                        "B the text after A or, half the time, from another document (default); "
+                        "1 = [CLS] sentences [SEP], token type 0 only")
     g.add_argument("--teacher-steps", type=int, default=3500)
     g.add_argument("--general-steps", type=int, default=800)
     g.add_argument("--intermediate-steps", type=int, default=1000)

@@ -160,9 +160,10 @@ class Tokenizer:
                      np.array([e.type_ids for e in encodings], dtype=np.int32),
                      np.array([e.attention_mask for e in encodings], dtype=np.int32))
 
-    def batch_from_ids(self, sequences: list[list[int]], width: int | None = None) -> Batch:
-        """A padded single-segment batch from id lists that already hold their special tokens, padded
-        to the longest, or to `width`."""
+    def batch_from_ids(self, sequences: list[list[int]], width: int | None = None,
+                       type_ids: list[list[int]] | None = None) -> Batch:
+        """A padded batch from id lists that already hold their special tokens, padded to the longest,
+        or to `width`; token types from `type_ids` (one list a sequence, as long), else all 0."""
         if not sequences:
             raise TokenizerError("batch_from_ids got no sequences")
         longest = max(len(s) for s in sequences)
@@ -171,10 +172,15 @@ class Tokenizer:
         width = width or longest
         ids = np.full((len(sequences), width), self.pad_id, dtype=np.int32)
         mask = np.zeros((len(sequences), width), dtype=np.int32)
+        types = np.zeros((len(sequences), width), dtype=np.int32)
+        if type_ids is not None and [len(t) for t in type_ids] != [len(s) for s in sequences]:
+            raise TokenizerError("batch_from_ids: type_ids must hold one type per id of each sequence")
         for row, seq in enumerate(sequences):
             ids[row, :len(seq)] = seq
             mask[row, :len(seq)] = 1
-        return Batch(ids, np.zeros_like(ids), mask)
+            if type_ids is not None:
+                types[row, :len(seq)] = type_ids[row]
+        return Batch(ids, types, mask)
 
     def tokenize(self, text: str) -> list[str]:
         """WordPieces of one text, without [CLS]/[SEP] and without truncation."""
