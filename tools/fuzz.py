@@ -24,6 +24,12 @@ Targets and what each input must satisfy (anything else is a failure):
              max_length with type ids 0/1, and the `tokenizers` backend gives the same ids as the
              pure-Python one. No exception at all.
 
+Mutations: libFuzzer's (bit flips, byte edits, splices, a dictionary of header words, comparison
+operands it traces in runtime.py); for reader and load, half of them are structural instead
+(mutate_model_file: one value of the parsed header, or of the JSON in its metadata, changed to an
+edge case or another type, keys dropped or renamed, vocabulary lines edited, the header re-padded
+so that every tensor is misaligned), which keep a tenth of the inputs loadable.
+
 Layout: this process writes the seeds (small runtime files from tiny configs, a few plain safetensors
 files, the regression corpus tests/fuzz_corpus/) and runs the fuzzer in one child process (libFuzzer
 under atheris), whose output it shows and summarises. A failing input does not stop the run: it is
@@ -240,6 +246,99 @@ def check_tokenizer_case(runtime, py, rs, text, pair, max_length):
 
 
 # =================================================================================================
+# structure-aware mutations of model files
+# =================================================================================================
+# libFuzzer's byte mutations rarely keep a JSON header valid: half of the mutations instead parse
+# the header (and the JSON inside its metadata strings: config, labels) and change one value to an
+# edge case, a neighbour or another type, rename or drop a key, edit the vocabulary, or re-pad the
+# header so that every tensor is misaligned.
+
+EDGE_INTS = [0, 1, -1, 2, 3, 7, 8, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 48 + 1, 2 ** 53 + 1, 2 ** 63, 2 ** 64, 10 ** 6,
+             10 ** 6 + 1, 10 ** 7 + 1, 65536, 65537]
+EDGE_STRS = ["", "NaN", "F32", "F16", "BF16", "F64", "I8", "I32", "U8", "BOOL", "true", "false", "TRUE", " true ",
+             "gelu", "relu", "regression", "embedding", "single_label_classification", "[]", "{}", "[UNK]", "[CLS]",
+             "[SEP]", "##", "\ud800", "\u00e9", "1e999", "-1", "3", "1_0", "minitinybert-runtime/1"]
+
+
+def _mutate_value(value, rng, depth=0):
+    """value with one edit somewhere inside it."""
+    roll = rng.random()
+    if depth < 8 and isinstance(value, dict) and value and (roll < 0.8 or depth == 0):
+        key = "__metadata__" if depth == 0 and "__metadata__" in value and rng.random() < 0.4 else rng.choice(list(value))
+        out = dict(value)
+        r = rng.random()
+        if r < 0.1:
+            del out[key]
+        elif r < 0.2:
+            out[rng.choice(EDGE_STRS) + rng.choice(["", key])] = out.pop(key)
+        else:
+            out[key] = _mutate_value(value[key], rng, depth + 1)
+        return out
+    if depth < 8 and isinstance(value, list) and value and roll < 0.8:
+        out, i = list(value), rng.randrange(len(value))
+        r = rng.random()
+        if r < 0.15:
+            del out[i]
+        elif r < 0.3:
+            out.insert(i, out[i])
+        else:
+            out[i] = _mutate_value(value[i], rng, depth + 1)
+        return out
+    if isinstance(value, str):
+        try:
+            inner = json.loads(value)                      # metadata config / labels: JSON in a string
+        except (ValueError, RecursionError):
+            inner = None
+        if isinstance(inner, (dict, list)) and rng.random() < 0.8:
+            return json.dumps(_mutate_value(inner, rng, depth + 1))
+        if "\n" in value and rng.random() < 0.8:           # the vocabulary
+            tokens = value.split("\n")
+            i = rng.randrange(len(tokens))
+            r = rng.random()
+            if r < 0.5:
+                tokens[i] = rng.choice(EDGE_STRS + tokens + [tokens[i] * 2, tokens[i][1:], "a b", "\u00e9\u0301"])
+            elif r < 0.75:
+                del tokens[i]
+            else:
+                tokens.insert(i, rng.choice(tokens))
+            return "\n".join(tokens)
+        return rng.choice([rng.choice(EDGE_STRS), value[:-1], value * 2, value + rng.choice(EDGE_STRS),
+                           value.upper(), rng.choice(EDGE_STRS)])
+    if type(value) is int:
+        return rng.choice([rng.choice(EDGE_INTS), value + 1, value - 1, value * 2, -value, value + rng.choice(EDGE_INTS),
+                           float(value)])
+    if isinstance(value, float):
+        return rng.choice([float("nan"), float("inf"), -float("inf"), 0.0, 1e-12, 1.0, -1.0, int(value)])
+    return rng.choice([None, True, False, [], {}, "x", 0, 1.5, [0, 0], value])
+
+
+def mutate_model_file(data: bytes, rng) -> bytes | None:
+    """A structural edit of a safetensors file, or None when its header is not a JSON object."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        if not isinstance(header, dict):
+            return None
+    except (ValueError, RecursionError):
+        return None
+    body = data[8 + n:]
+    r = rng.random()
+    if r < 0.1:                                            # re-pad: every tensor misaligned
+        raw = json.dumps(header).encode()
+        raw += b" " * rng.randrange(0, 8)
+        return len(raw).to_bytes(8, "little") + raw + body
+    if r < 0.15:
+        cut = rng.choice([1, 2, 4, 8, 16])
+        body = body[:-cut] if rng.random() < 0.5 else body + bytes(cut)
+    else:
+        for _ in range(1 + (rng.random() < 0.3)):
+            header = _mutate_value(header, rng)
+    raw = json.dumps(header, allow_nan=True).encode("utf-8", "surrogatepass")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + body
+
+
+# =================================================================================================
 # child: the fuzzing process
 # =================================================================================================
 
@@ -307,7 +406,9 @@ def child_main(args):
         t0 = time.perf_counter()
         try:
             target(data, stats)
-        except Exception as e:  # noqa: BLE001 - every other exception is what we look for
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - what we look for (a Rust panic is a BaseException)
             sig = signature(e)
             count, message, saved = stats.failures.get(sig, (0, f"{type(e).__name__}: {str(e)[:300]}", ""))
             if not saved:
@@ -340,7 +441,18 @@ def child_main(args):
                           f"-dict={dict_file}", f"-artifact_prefix={outdir}/", "-print_final_stats=1"]
         if args.seconds:
             libfuzzer_args.append(f"-max_total_time={int(args.seconds) + 60}")
-        atheris.Setup(libfuzzer_args, one_input)
+        import random
+        custom = {}
+        if args.target != "tokenizer":
+            def mutator(data, max_size, seed):
+                rng = random.Random(seed)
+                if rng.random() < 0.5:
+                    out = mutate_model_file(data, rng)
+                    if out is not None and len(out) <= max_size:
+                        return out
+                return atheris.Mutate(data, max_size)
+            custom["custom_mutator"] = mutator
+        atheris.Setup(libfuzzer_args, one_input, **custom)
         atheris.Fuzz()
     else:
         run_hypothesis(args, seeds, one_input)
@@ -348,7 +460,8 @@ def child_main(args):
 
 
 def run_hypothesis(args, seeds, one_input):
-    """No coverage guidance: random bytes, and seeds with random byte edits, insertions and cuts."""
+    """No coverage guidance: random bytes, seeds with random byte edits, insertions and cuts, and
+    (model files) seeds with a structural edit."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
     seed_bytes = [p.read_bytes()[:MAX_LEN[args.target]] for p in seeds] or [b""]
@@ -369,6 +482,9 @@ def run_hypothesis(args, seeds, one_input):
                      max_size=8)
     inputs = st.one_of(st.binary(max_size=1024),
                        st.builds(mutate, st.sampled_from(seed_bytes), edits))
+    if args.target != "tokenizer":
+        inputs = inputs | st.builds(lambda seed, rng: mutate_model_file(seed, rng) or seed,
+                                    st.sampled_from(seed_bytes), st.randoms(use_true_random=True))
 
     @settings(max_examples=args.runs, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
