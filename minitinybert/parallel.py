@@ -119,7 +119,8 @@ class DataParallel:
         list(self._pool.map(add, range(len(parts))))
         shares = [(hi - lo) / n_rows for lo, hi in parts]
         losses = {key: sum(s * r.losses[key] for s, r in zip(shares, results)) for key in results[0].losses}
-        return StepResult(losses, sum(r.sequences for r in results), sum(r.tokens for r in results))
+        return StepResult(losses, sum(r.sequences for r in results), sum(r.tokens for r in results),
+                          sum(r.padded_tokens for r in results))
 
     def close(self):
         if self._pool is not None:

@@ -127,9 +127,10 @@ def test_prediction_objective_gradient():
     student = Bert(STUDENT.replace(num_labels=3), dtype=np.float64, seed=2)
     batch, labels = tiny_batch(rng), np.array([0, 2])
     w = LossWeights(prediction=1.0, hard=0.5)
-    prediction_step(teacher, student, batch, labels, None, w, temperature=2.0)
+    t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    prediction_step(student, batch, labels, t_logits, None, w, temperature=2.0)
     grad = student.grads.data.copy()
-    f = lambda: prediction_step(teacher, student, batch, labels, None, w, 2.0).losses["loss"]
+    f = lambda: prediction_step(student, batch, labels, t_logits, None, w, 2.0).losses["loss"]
     d = rng.standard_normal(grad.shape)
     assert_grad_close(grad @ d, numeric_directional(f, student.params.data, d), rtol=1e-5, atol=1e-8,
                       what="prediction distillation objective")
@@ -160,21 +161,25 @@ def test_short_distillation_lowers_every_loss_term():
 def test_pipeline_runs_and_resume_is_exact(world, tmp_path, workers):
     steps = ["--teacher-steps", "4", "--general-steps", "5", "--intermediate-steps", "5", "--prediction-steps", "4",
              "--workers", workers, "--eval-every", "2"]
-    assert main(["all", *cli(world, tmp_path / "straight"), *steps]) == 0
+    # each run its own general student (by default the two would share one)
+    straight = ["--general-dir", str(tmp_path / "straight-general")]
+    assert main(["all", *cli(world, tmp_path / "straight"), *steps, *straight]) == 0
     # the same run, stopped every 3 steps of each run and resumed
     out = tmp_path / "paused"
-    assert main(["all", *cli(world, out), *steps, "--stop-after", "3"]) == 0
+    paused = ["--general-dir", str(tmp_path / "paused-general")]
+    assert main(["all", *cli(world, out), *steps, *paused, "--stop-after", "3"]) == 0
     rounds = 0
     while not (out / "summary.json").exists():
-        assert main(["all", *cli(world, out), *steps, "--stop-after", "3", "--resume"]) == 0
+        assert main(["all", *cli(world, out), *steps, *paused, "--stop-after", "3", "--resume"]) == 0
         rounds += 1
         assert rounds < 10
     assert rounds >= 3
-    for stage, name in (("teacher", "best"), ("general", "final"), ("task-intermediate", "final"),
-                        ("task-prediction", "best")):
-        a = load_model(tmp_path / "straight" / stage / name).params.data
-        b = load_model(out / stage / name).params.data
-        np.testing.assert_array_equal(a, b, err_msg=stage)
+    for a, b, name in ((tmp_path / "straight" / "teacher", out / "teacher", "best"),
+                       (tmp_path / "straight-general", tmp_path / "paused-general", "final"),
+                       (tmp_path / "straight" / "task-intermediate", out / "task-intermediate", "final"),
+                       (tmp_path / "straight" / "task-prediction", out / "task-prediction", "best")):
+        np.testing.assert_array_equal(load_model(a / name).params.data, load_model(b / name).params.data,
+                                      err_msg=str(b))
     # best/ holds the best model by dev accuracy, and its logged metric is what that model scores
     summary = json.loads((out / "summary.json").read_text())
     rows = [line.split("\t") for line in (world / "data" / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
@@ -192,10 +197,13 @@ def test_pipeline_runs_and_resume_is_exact(world, tmp_path, workers):
     for stage in ("teacher/best", "task-prediction/best"):     # SST-2's 0/1 codes get names
         config = json.loads((out / stage / "config.json").read_text())
         assert list(config["id2label"].values()) == ["negative", "positive"]
-    log = [json.loads(line) for line in (out / "general" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "paused-general" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]          # resumed runs append, never repeat
     assert {"loss_embedding", "loss_hidden", "loss_attention", "lr", "seq_per_s"} <= set(log[0])
-    assert (out / "general" / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "paused-general" / "loss.png").stat().st_size > 1000
+    for stage in ("teacher", "task-intermediate", "task-prediction"):   # every step says what it computed
+        steps = [r for r in map(json.loads, (out / stage / "log.jsonl").read_text().splitlines()) if "eval" not in r]
+        assert steps and all(0 < r["tokens"] <= r["padded_tokens"] <= 8 * 64 for r in steps), stage
 
 
 def test_existing_run_is_never_overwritten_without_resume(world, tmp_path, capsys):
@@ -225,6 +233,14 @@ def test_bad_input_gives_a_clear_error(world, tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err.lower()
 
 
+def test_task_stage_needs_a_general_student(world, tmp_path, capsys):
+    args = cli(world, tmp_path / "o", "--finetuned-teacher", str(world / "teacher-sst2"))
+    assert main(["task", *args]) == 2
+    assert "general student not found" in capsys.readouterr().err
+    assert main(["task", *args, "--general-student", str(tmp_path / "nowhere")]) == 2
+    assert "general student not found" in capsys.readouterr().err
+
+
 def test_task_stage_refuses_mismatched_teacher_and_student(world, tmp_path, capsys):
     # a teacher fine-tuned with 3 labels cannot teach SST-2's 2
     save_checkpoint(Bert(TEACHER.replace(num_labels=3), seed=0), tmp_path / "t3", vocab_from=world / "vocab.txt")
@@ -243,7 +259,8 @@ def test_task_stage_refuses_mismatched_teacher_and_student(world, tmp_path, caps
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(world, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "minitinybert.distill", "general", *cli(world, out, "--general-steps", "100000",
-                                                                          "--save-every", "0")]
+                                                                          "--save-every", "0", "--general-dir",
+                                                                          str(out / "general"))]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = out / "general" / "log.jsonl"
@@ -284,7 +301,7 @@ def test_resume_after_a_hard_kill_logs_each_step_once(world, tmp_path):
     """A run killed between checkpoints: the steps after the last checkpoint are run again, and
     the log keeps one line per step."""
     out = tmp_path / "run"
-    args = cli(world, out, "--general-steps", "6", "--save-every", "2")
+    args = cli(world, out, "--general-steps", "6", "--save-every", "2", "--general-dir", str(out / "general"))
     assert main(["general", *args, "--stop-after", "3"]) == 0      # checkpoint at step 3
     with open(out / "general" / "log.jsonl", "a") as f:             # what a killed run had logged beyond it
         f.write(json.dumps({"stage": "general", "step": 4, "loss": 1.0}) + "\n" + '{"stage": "gen')
