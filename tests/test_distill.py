@@ -1,8 +1,10 @@
 """The distillation pipeline on a tiny world (tiny teacher, tiny student, tiny GLUE-shaped data):
 the whole objective's gradient, losses that go down, exact resume, Ctrl-C, and bad input."""
+import hashlib
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -308,3 +310,85 @@ def test_resume_after_a_hard_kill_logs_each_step_once(world, tmp_path):
     assert main(["general", *args, "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "general" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# --- the general student: recorded, found by other runs, extended ---------------------------------------
+
+def test_general_student_is_recorded_reused_and_extended(world, tmp_path, capsys):
+    steps = ["--teacher-steps", "2", "--general-steps", "4", "--intermediate-steps", "2", "--prediction-steps", "2"]
+    assert main(["all", *cli(world, tmp_path / "sst2"), *steps]) == 0
+    (general_dir,) = (tmp_path / "general").iterdir()          # beside the run: <parent of --out>/general/
+    record = json.loads((general_dir / "general.json").read_text())
+    assert json.loads((general_dir / "final" / "general.json").read_text()) == record
+    assert (record["steps"], record["complete"], record["cycles"]) == (4, True, [4])
+    assert general_dir.name == f"student-{record['fingerprint']}"
+    recipe = record["recipe"]
+    assert recipe["teacher"]["weights_sha256"] == hashlib.sha256(
+        (world / "teacher" / "model.safetensors").read_bytes()).hexdigest()
+    assert (recipe["student"]["num_hidden_layers"], recipe["student"]["hidden_size"],
+            recipe["student"]["fit_size"]) == (2, 12, 24)
+    corpus = world / "data" / "corpus" / "tiny.txt"
+    assert recipe["corpus"] == [{"name": "tiny.txt", "bytes": corpus.stat().st_size,
+                                 "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()}]
+    assert recipe["seq_len"] == 16 and recipe["batch_size"] == 8
+    summary = json.loads((tmp_path / "sst2" / "summary.json").read_text())
+    assert summary["general_student"]["path"] == str((general_dir / "final").resolve())
+    assert summary["general_student"]["steps"] == 4
+
+    # a second run beside it finds and reuses it, and says so
+    capsys.readouterr()
+    assert main(["all", *cli(world, tmp_path / "again"), *steps]) == 0
+    assert "reusing the general student" in capsys.readouterr().out
+    assert list((tmp_path / "general").iterdir()) == [general_dir]
+    source = json.loads((tmp_path / "again" / "task-intermediate" / "general-student.json").read_text())
+    assert source == summary["general_student"]
+
+    # more steps than it has: refused without --resume; with it, extended in its own directory
+    assert main(["general", *cli(world, tmp_path / "sst2"), "--general-steps", "7"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    shutil.copytree(general_dir, tmp_path / "copy")
+    assert main(["general", *cli(world, tmp_path / "sst2"), "--general-steps", "7", "--resume"]) == 0
+    record = json.loads((general_dir / "general.json").read_text())
+    assert (record["steps"], record["complete"], record["cycles"]) == (7, True, [4, 7])
+    log = [json.loads(line) for line in (general_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6, 7]
+    # the added steps are a schedule cycle of their own: no warm-up at 3 steps, decay from the peak
+    assert [r["lr"] for r in log[4:]] == pytest.approx([5e-4, 5e-4 * 2 / 3, 5e-4 / 3])
+    assert log[3]["lr"] < 5e-4 / 3
+    # the same extension, interrupted after every step and resumed, gives the same student
+    copy = ["--general-dir", str(tmp_path / "copy"), "--general-steps", "7", "--resume", "--stop-after", "1"]
+    for _ in range(4):                       # 3 steps, and a last call that finds them all made and finishes
+        assert main(["general", *cli(world, tmp_path / "sst2"), *copy]) == 0
+    assert json.loads((tmp_path / "copy" / "general.json").read_text())["cycles"] == [4, 7]
+    np.testing.assert_array_equal(load_model(tmp_path / "copy" / "final").params.data,
+                                  load_model(general_dir / "final").params.data)
+
+    # a run asking for fewer steps than it now has reuses the longer student
+    capsys.readouterr()
+    assert main(["all", *cli(world, tmp_path / "third"), *steps]) == 0
+    assert "7 steps" in capsys.readouterr().out
+
+
+def test_changed_corpus_makes_another_general_student_and_explicit_one_skips_the_stage(world, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(world / "data", data)
+    steps = ["--general-steps", "2"]
+    assert main(["general", *cli(world, tmp_path / "a"), "--data", str(data), *steps]) == 0
+    with open(data / "corpus" / "tiny.txt", "a") as f:
+        f.write("\nthe film was not very good\n")
+    assert main(["general", *cli(world, tmp_path / "a"), "--data", str(data), *steps]) == 0
+    assert len(list((tmp_path / "general").iterdir())) == 2
+    # --general-dir holding another recipe's student is refused, naming what differs
+    (first,) = [d for d in (tmp_path / "general").iterdir()
+                if json.loads((d / "general.json").read_text())["recipe"]["corpus"][0]["bytes"] !=
+                (data / "corpus" / "tiny.txt").stat().st_size]
+    assert main(["general", *cli(world, tmp_path / "a"), "--data", str(data), *steps,
+                 "--general-dir", str(first)]) == 2
+    assert "corpus differ" in capsys.readouterr().err
+    # all with --general-student: no general stage, that student used
+    assert main(["all", *cli(world, tmp_path / "b"), "--general-student", str(first), "--teacher-steps", "1",
+                 "--intermediate-steps", "1", "--prediction-steps", "1"]) == 0
+    assert "using the general student" in capsys.readouterr().out
+    source = json.loads((tmp_path / "b" / "task-intermediate" / "general-student.json").read_text())
+    assert source["path"] == str((first / "final").resolve()) and source["steps"] == 2
+    assert len(list((tmp_path / "general").iterdir())) == 2
