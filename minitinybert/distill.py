@@ -6,10 +6,13 @@
 Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
   finetune-teacher  the teacher gets a task head and is fine-tuned (cross-entropy / MSE);
   general           a student from scratch learns the teacher's embedding output, hidden states and
-                    attention scores on the general corpus (no prediction loss);
+                    attention scores on the general corpus (no prediction loss); task-independent, it
+                    is made once and found by every task's run (general.py);
   task              (1) the same intermediate-layer losses on the task's augmented training set,
                     starting from the general student; (2) prediction-layer distillation (soft
-                    cross-entropy to the fine-tuned teacher's logits); the best checkpoint by dev metric.
+                    cross-entropy to the fine-tuned teacher's logits, computed once before the stage);
+                    the best checkpoint by dev metric.
+Task data is batched by length (batches.py): little padding, batches still in a random order.
 Layer mapping g: student hidden state m <- teacher hidden state g(m) = round(m * N / M) (0 -> 0,
 M -> N); student layer m's attention scores <- teacher layer g(m)'s.
 """
