@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,9 @@ def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length
                 return logits
             log(f"[prediction] ignoring the teacher-logits cache {path}: {why}; computing it again")
     log(f"[prediction] teacher logits of {len(examples)} examples: one pass, batches sorted by length")
+    t0 = time.perf_counter()
     logits = predict_logits(teacher, examples, tokenizer, max_length, batch_size=batch_size)
+    log(f"[prediction] teacher logits computed in {time.perf_counter() - t0:.0f} s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_safetensors_atomic({"logits": logits}, path, metadata={

@@ -71,7 +71,7 @@ def test_a_changed_teacher_or_data_file_never_reuses_the_cache(tok, tmp_path):
     examples = write_sst2(tmp_path / "data", TEXTS)
     teacher = small(tok, 1, 8, 2, seed=1)
     first = teacher_logits(teacher, examples, tok, 64, cache_dir=cache, log=log)
-    assert "one pass" in messages[-1] and len(list(cache.iterdir())) == 1
+    assert "computed in" in messages[-1] and len(list(cache.iterdir())) == 1
     again = teacher_logits(teacher, examples, tok, 64, cache_dir=cache, log=log)
     assert "read from" in messages[-1]
     np.testing.assert_array_equal(again, first)
@@ -79,19 +79,19 @@ def test_a_changed_teacher_or_data_file_never_reuses_the_cache(tok, tmp_path):
     # the teacher trained one more (tiny) step: other weights, another cache
     teacher.params["classifier.bias"][...] += 1e-3
     changed = teacher_logits(teacher, examples, tok, 64, cache_dir=cache, log=log)
-    assert "one pass" in messages[-1] and len(list(cache.iterdir())) == 2
+    assert "computed in" in messages[-1] and len(list(cache.iterdir())) == 2
     np.testing.assert_allclose(changed - first, 1e-3, atol=1e-6)
 
     # one sentence of the data file edited: the logits are computed again, and that row differs
     edited = write_sst2(tmp_path / "data", TEXTS[:4] + ["an awful , boring mess of a film"] + TEXTS[5:])
     new = teacher_logits(teacher, edited, tok, 64, cache_dir=cache, log=log)
-    assert "one pass" in messages[-1] and len(list(cache.iterdir())) == 3
+    assert "computed in" in messages[-1] and len(list(cache.iterdir())) == 3
     differs = np.abs(new - changed).max(axis=1) > 1e-4
     assert differs.tolist() == [i == 4 for i in range(len(TEXTS))]
 
     # another max_length truncates differently: another cache too
     teacher_logits(teacher, edited, tok, 5, cache_dir=cache, log=log)
-    assert "one pass" in messages[-1] and len(list(cache.iterdir())) == 4
+    assert "computed in" in messages[-1] and len(list(cache.iterdir())) == 4
 
 
 def test_a_damaged_cache_file_is_computed_again(tok, tmp_path):
@@ -102,6 +102,6 @@ def test_a_damaged_cache_file_is_computed_again(tok, tmp_path):
     (path,) = tmp_path.glob("teacher-logits-*.safetensors")
     path.write_bytes(path.read_bytes()[:-8])
     again = teacher_logits(teacher, examples, tok, 64, cache_dir=tmp_path, log=messages.append)
-    assert "ignoring" in messages[-2] and "one pass" in messages[-1]
+    assert "ignoring" in messages[-3] and "computed in" in messages[-1]
     np.testing.assert_array_equal(again, first)
     assert "read from" not in " ".join(messages)
