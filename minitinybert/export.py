@@ -223,7 +223,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="float32,float16,int8", help="comma-separated: float32,float16,int8")
     parser.add_argument("--quantize-embeddings", action="store_true", help="int8: quantize the embedding tables too")
     parser.add_argument("--max-length", type=int, default=128, help="default truncation length stored in the file")
-    parser.add_argument("--task", help="evaluate each file on this task's dev split (sst2, cola, rte, stsb)")
+    parser.add_argument("--task", help="evaluate each file on this GLUE task's dev split (MNLI: matched; "
+                                       "the tasks of distill --task)")
     parser.add_argument("--data", help="data directory (else $MINITINYBERT_DATA)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N dev examples only")
     parser.add_argument("--batch-size", type=int, default=32)

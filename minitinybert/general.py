@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from .teacher import sha256_of
+from .weights import write_file
 
 RECORD = "general.json"
 RECORD_FORMAT = "minitinybert-general/1"
@@ -80,9 +80,8 @@ def write_record(directory: str | Path, recipe: dict, steps: int, complete: bool
               "complete": bool(complete), **details, "recipe": recipe}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=RECORD + ".", suffix=".part", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record, indent=1) + "\n")
+    tmp = directory / (RECORD + ".part")
+    write_file(tmp, (json.dumps(record, indent=1) + "\n").encode())
     os.replace(tmp, directory / RECORD)
     return record
 

@@ -7,11 +7,14 @@ A stage directory holds:
     best/        the best checkpoint by the dev metric (task stages), or final/ (general distillation)
     log.jsonl    one JSON object per step (every loss term, lr, grad norm, throughput) and per evaluation
     loss.png     the loss curves
-Every checkpoint is built beside its target and renamed into place, so an interruption at any
-moment leaves the previous good one intact.
+Every checkpoint is built beside its target, flushed to the disk and renamed into place, so an
+interruption at any moment (SIGKILL included) leaves the previous good one intact, and so does a
+write that fails: a full disk or a read-only place stops the run with one line that says which
+checkpoint is intact and how to go on.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -24,7 +27,7 @@ import numpy as np
 
 from .optim import AdamW, clip_grad_norm, linear_schedule
 from .plots import plot_log
-from .weights import load_model, read_safetensors, save_checkpoint
+from .weights import load_model, read_safetensors, recover_checkpoint, save_checkpoint
 
 
 class TrainingError(RuntimeError):
@@ -84,6 +87,13 @@ class Checkpoints:
     def __init__(self, directory: Path, model, optimizer: AdamW, vocab_from):
         self.directory, self.model, self.optimizer, self.vocab_from = directory, model, optimizer, vocab_from
         self.last = directory / "last"
+        self.saved_step: int | None = None       # the step last/ holds, once known
+
+    def recover(self, log) -> None:
+        """Puts back what a killed checkpoint write left half-swapped, and clears its unfinished copies."""
+        for name in ("last", "best", "final"):
+            if recover_checkpoint(self.directory / name):
+                log(f"{self.directory / name}: restored from {name}.old (a run was stopped while replacing it)")
 
     def save_last(self, state: LoopState, batches: BatchStream, rng: np.random.Generator) -> None:
         """Parameters, optimizer moments, and the loop's position: its step and best-so-far, the
@@ -94,6 +104,7 @@ class Checkpoints:
         save_checkpoint(self.model, self.last, vocab_from=self.vocab_from,
                         extra_files={"trainer_state.json": trainer_state + "\n"},
                         extra_tensors={"optimizer.safetensors": {"m": self.optimizer.m, "v": self.optimizer.v}})
+        self.saved_step = state.step
 
     def load_last(self) -> LoopState:
         """Restores parameters and optimizer moments from last/; returns the loop state saved with them."""
@@ -108,7 +119,9 @@ class Checkpoints:
                                 f"(different student, head or projections)")
         self.model.params.data[...] = saved.params.data
         self.optimizer.load_state_dict({"m": moments["m"], "v": moments["v"], "step": raw.pop("optimizer_step")})
-        return LoopState(**raw)
+        state = LoopState(**raw)
+        self.saved_step = state.step
+        return state
 
     def save_best(self, step: int, metrics: dict) -> None:
         save_checkpoint(self.model, self.directory / "best", vocab_from=self.vocab_from,
@@ -170,6 +183,7 @@ def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStr
     directory.mkdir(parents=True, exist_ok=True)
     optimizer = AdamW(model.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     checkpoints = Checkpoints(directory, model, optimizer, vocab_from)
+    checkpoints.recover(log)
     state = _start_or_resume(stage, checkpoints, cfg, resume, log)
     if state.done and state.step >= cfg.total_steps:
         log(f"[{stage}] already complete ({directory}, {state.step} steps); reusing it")
@@ -218,12 +232,34 @@ def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStr
             checkpoints.save_last(state, batches, rng)
             if evaluate is None:
                 checkpoints.save_final()
+    except OSError as e:                 # a full disk, a read-only place: one line, and what is safe
+        raise TrainingError(_write_failure(stage, state.step, e, checkpoints)) from None
     finally:
         if bar is not None:
             bar.close()
-        step_log.close()
-        plot_log(step_log.path, directory / "loss.png")
+        try:
+            step_log.close()
+            plot_log(step_log.path, directory / "loss.png")
+        except OSError:
+            pass                         # the disk that failed the run fails these too: its error is the one to tell
     return state
+
+
+def describe_os_error(error: OSError) -> str:
+    """"path: No space left on device (ENOSPC)": what failed, where, and the code to search for."""
+    code = errno.errorcode.get(error.errno, "") if error.errno else ""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}" + (f" ({code})" if code else "")
+
+
+def _write_failure(stage: str, step: int, error: OSError, checkpoints: Checkpoints) -> str:
+    if checkpoints.saved_step is None:
+        safe = "no checkpoint of this stage was written yet; free some space or fix the permissions and run " \
+               "the same command again"
+    else:
+        safe = (f"the checkpoint of step {checkpoints.saved_step} in {checkpoints.last} is intact: free some "
+                f"space or fix the permissions, then run the same command with --resume")
+    return f"[{stage}] stopped at step {step}: {describe_os_error(error)}; {safe}"
 
 
 def _start_or_resume(stage: str, checkpoints: Checkpoints, cfg: LoopConfig, resume: bool, log) -> LoopState:
