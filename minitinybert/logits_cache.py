@@ -86,5 +86,5 @@ def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length
         path.parent.mkdir(parents=True, exist_ok=True)
         write_safetensors_atomic({"logits": logits}, path, metadata={
             "cache_format": CACHE_FORMAT, "version": str(CACHE_VERSION), "key": key,
-            "examples": str(len(examples)), "source": examples.source})
+            "examples": str(len(examples))})
     return logits
