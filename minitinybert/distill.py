@@ -2,6 +2,7 @@
 
     python -m minitinybert.distill all                 # teacher fine-tuning, general, task distillation
     python -m minitinybert.distill finetune-teacher | general | task   [--help for each]
+    mpiexec -n K python -m minitinybert.distill ...     # the same run, data-parallel over K processes
 
 Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
   finetune-teacher  the teacher gets a task head and is fine-tuned (cross-entropy / MSE);
@@ -40,12 +41,14 @@ from .logits_cache import teacher_logits
 from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
+from .process import tune_process
 from .runlock import RunLockError, writer_lock
 from .tasks import get_task
 from .teacher import TeacherError, resolve_teacher, sha256_of
 from .tokenizer import Tokenizer
 from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
 from .weights import WeightsError, checkpoint_file, load_model, write_file
+from .world import describe, get_world, run_main
 
 DEFAULT_TASK = "sst2"
 STAGE_DIRS = {"teacher": "teacher", "general": "general", "intermediate": "task-intermediate",
@@ -229,14 +232,15 @@ def run_general(args, log=print) -> Path | None:
 
 
 def _run_general(args, plan, log) -> Path | None:
-    found = general.read_record(plan.directory)
+    world = get_world()
+    found = world.root_call(general.read_record, plan.directory)       # rank 0 reads, every rank decides alike
     if found is not None and found["fingerprint"] != plan.fingerprint:
         changed = ", ".join(general.differences(found["recipe"], plan.recipe)) or "the recipe"
         raise ConfigError(f"{plan.directory} holds a general student made differently ({changed} differ): "
                           f"choose another --general-dir")
     if found is not None and found["complete"]:
         final = plan.directory / "final"
-        if found["steps"] >= args.general_steps and final.exists():
+        if found["steps"] >= args.general_steps and world.root_call(final.exists):
             asked = "" if found["steps"] == args.general_steps else f" (asked for {args.general_steps})"
             log(f"[general] reusing the general student in {plan.directory}: {general.describe(found)}{asked}; "
                 f"the same teacher, student, corpus and settings")
@@ -253,20 +257,24 @@ def _run_general(args, plan, log) -> Path | None:
     w = _weights(args)
     _check_pair(teacher, student, w)
     log(f"[general] mapping {describe_mapping(plan.mapping)}")
-    corpus = CorpusBatcher(_corpus_dir(args), plan.tokenizer, seq_len=args.general_seq_len,
-                           batch_size=args.batch_size, seed=args.seed)
-    details = {"teacher_dir": str(plan.teacher_dir), "corpus_dir": str(_corpus_dir(args)), "student": args.student}
-    general.write_record(plan.directory, plan.recipe, found["steps"] if found else 0, False,
-                         cycles=found.get("cycles", []) if found else [], **details)
+    runner = DataParallel(student, args.workers, world)
+    corpus = CorpusBatcher(_corpus_dir(args), plan.tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
+                           seed=args.seed, shards=runner.shards, streaming=args.corpus_streaming,
+                           column=args.corpus_column)
+    details = {"teacher_dir": str(plan.teacher_dir), "corpus_dir": str(_corpus_dir(args)), "student": args.student,
+               "shards": runner.shards.total}
+    cycles = found.get("cycles", []) if found else []
+    world.root_call(general.write_record, plan.directory, plan.recipe, found["steps"] if found else 0, False,
+                    cycles=cycles, **details)
     state = _train_stage(args, "general", student, args.general_steps, args.general_lr, corpus,
                          lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, plan.mapping, w, **k),
-                         vocab_from=plan.teacher_dir, log=log, directory=plan.directory)
+                         vocab_from=plan.teacher_dir, log=log, runner=runner, directory=plan.directory)
     if not state.done:
         return None
-    cycles = (found.get("cycles", []) if found else [])
     cycles = cycles + [state.step] if not cycles or cycles[-1] != state.step else cycles
-    record = general.write_record(plan.directory, plan.recipe, state.step, True, cycles=cycles, **details)
-    general.write_record(plan.directory / "final", plan.recipe, state.step, True, cycles=cycles, **details)
+    for where in (plan.directory, plan.directory / "final"):
+        record = world.root_call(general.write_record, where, plan.recipe, state.step, True, cycles=cycles,
+                                 **details)
     log(f"[general] general student ready in {plan.directory / 'final'}: {general.describe(record)}")
     return plan.directory / "final"
 
@@ -285,18 +293,20 @@ class GeneralPlan:
 def general_plan(args, log=print) -> GeneralPlan:
     """The general student this command's settings make: its recipe, and the directory it lives in
     (--general-dir, else <parent of --out>/general/<student>-<fingerprint>)."""
-    teacher_dir = resolve_teacher(args.teacher)
+    with get_world().root_first():      # one download, then the others find it
+        teacher_dir = resolve_teacher(args.teacher)
     teacher_config = BertConfig.from_json(teacher_dir)
     tokenizer = Tokenizer.from_dir(teacher_dir)
     config = student_config(args, teacher_config)
     mapping = layer_mapping(config.num_hidden_layers, teacher_config.num_hidden_layers, args.mapping)
     settings = {"seq_len": args.general_seq_len, "batch_size": args.batch_size, "lr": args.general_lr,
                 "warmup": args.warmup, "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
-                "seed": args.seed, "mapping": mapping,
+                "seed": args.seed, "mapping": mapping, "corpus_streaming": args.corpus_streaming,
+                "corpus_column": args.corpus_column,
                 "loss_weights": {"embedding": args.w_embedding, "hidden": args.w_hidden,
                                  "attention": args.w_attention}}
-    recipe = general.make_recipe(checkpoint_file(teacher_dir), teacher_config.to_dict(), tokenizer.fingerprint(),
-                                 config.to_dict(), _corpus_dir(args), settings)
+    recipe = get_world().root_call(general.make_recipe, checkpoint_file(teacher_dir), teacher_config.to_dict(),
+                                   tokenizer.fingerprint(), config.to_dict(), _corpus_dir(args), settings)
     if args.general_dir:
         directory = Path(args.general_dir)
     elif (Path(args.out) / "general" / "last").exists():
@@ -339,7 +349,7 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     log(f"[task] {len(train_set)} training examples (with augmentation), "
         f"{' + '.join(str(len(d)) for d in dev.values())} dev")
 
-    _write_general_source(args, general_ckpt)
+    get_world().root_call(_write_general_source, args, general_ckpt)
     state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
                                      window=args.length_window),
@@ -348,7 +358,8 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     if not state.done:
         return None
 
-    logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log)
+    with get_world().root_first():      # rank 0 computes and caches them; the others read the cache
+        logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log)
     del teacher                                   # the prediction stage runs the student alone
 
     student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
@@ -410,14 +421,14 @@ def run_all(args, log=print) -> dict | None:
     general_ckpt = None
     if args.general_student:                      # checked before the teacher's long stage
         general_ckpt = general_student_dir(args, log)
-        record = general.read_record(general_ckpt)
+        record = get_world().root_call(general.read_record, general_ckpt)
         log(f"[general] using the general student {general_ckpt}" + (f": {general.describe(record)}" if record else ""))
     if run_finetune_teacher(args, log) is None:
         return _paused(log)
     general_ckpt = general_ckpt or run_general(args, log)
     if general_ckpt is None or run_task(args, log, general_ckpt) is None:
         return _paused(log)
-    return summarize(args, log)
+    return summarize(args, log) if get_world().is_root else None
 
 
 def _paused(log) -> None:
@@ -465,7 +476,8 @@ def _dev_sets(task, load) -> dict:
 
 def _common_setup(args, log=print):
     task, load = task_loader(args, log)
-    teacher_dir = resolve_teacher(args.teacher)
+    with get_world().root_first():      # one download, then the others find it
+        teacher_dir = resolve_teacher(args.teacher)
     tokenizer = Tokenizer.from_dir(teacher_dir)
     return task, teacher_dir, tokenizer, load
 
@@ -496,16 +508,17 @@ def _write_general_source(args, general_ckpt: Path) -> None:
 
 
 def _train_stage(args, stage: str, model: Bert, steps: int, lr: float, batches, step, evaluate=None,
-                 vocab_from=None, log=print, directory: Path | None = None):
+                 vocab_from=None, log=print, runner: DataParallel | None = None, directory: Path | None = None):
     """`steps` optimizer steps in the shared loop (training.py), checkpoints in the stage's directory.
-    `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads (parallel.py)."""
-    runner = DataParallel(model, args.workers)
+    `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads of each
+    process (parallel.py; several processes under mpiexec)."""
+    runner = runner or DataParallel(model, args.workers, get_world())
     loop = LoopConfig(total_steps=steps, lr=lr, warmup=args.warmup, weight_decay=args.weight_decay,
                       max_grad_norm=args.max_grad_norm, save_every=args.save_every, eval_every=args.eval_every,
                       stop_after=args.stop_after, seed=args.seed)
     return train(stage, model, directory or _stage_dir(args, stage), loop, batches,
                  lambda batch, rng: runner(step, batch, rng),
-                 evaluate=evaluate, vocab_from=vocab_from, resume=args.resume, log=log)
+                 evaluate=evaluate, vocab_from=vocab_from, resume=args.resume, log=log, world=runner.world)
 
 
 def _labels_of(task):
@@ -549,7 +562,7 @@ def student_config(args, teacher_config: BertConfig) -> BertConfig:
 
 def _corpus_dir(args) -> Path:
     corpus = Path(args.corpus) if args.corpus else data_root(args.data) / "corpus"
-    if not corpus.is_dir():
+    if not corpus.exists():
         raise FileNotFoundError(f"general corpus directory not found: {corpus}")
     return corpus
 
@@ -585,8 +598,9 @@ def _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log):
     log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: "
         f"{'teacher MLM head' if kind is MlmCandidates else 'nearest neighbours in the teacher embedding space'})")
     cache = Path(args.out) / "augment-cache"
-    return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
-                            seed=args.seed, cache_dir=cache)
+    with get_world().root_first():      # rank 0 writes the cache; the others read it (or make their own)
+        return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
+                                seed=args.seed, cache_dir=cache, progress=get_world().is_root)
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -628,13 +642,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--name", default=None, help="local data: the dataset's name (default: the training "
                                                 "file's stem, or its folder's for train.tsv and the like)")
     g.add_argument("--regression", action="store_true", help="local data: float scores, an MSE head")
-    g.add_argument("--corpus", default=None, help="general stage: corpus directory (default <data>/corpus)")
+    g.add_argument("--corpus", default=None,
+                   help="general stage: corpus directory or file (default <data>/corpus): .txt (one sentence a "
+                        "line, blank line between documents), .jsonl/.json or .parquet (a document a record)")
+    g.add_argument("--corpus-column", default="text", help="general stage: the text field of .jsonl/.parquet "
+                                                           "records (default text)")
+    g.add_argument("--corpus-streaming", action="store_true",
+                   help="general stage: stream .txt files through datasets as the other formats are, instead "
+                        "of indexing them at start (for corpora of many GB; documents then in file order)")
     g = common.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--workers", type=int, default=None,
                    help="threads that each run a shard of every batch (default: the thread count, "
-                        "OMP_NUM_THREADS or the cores); the dropout stream depends on it, so resume "
-                        "with the same value for an exact continuation")
+                        "OMP_NUM_THREADS or the cores, shared among the processes on a machine under "
+                        "mpiexec); the shards' dropout streams and corpus documents depend on the total, "
+                        "processes x workers, so resume with the same values for an exact continuation")
     g.add_argument("--length-window", type=int, default=DEFAULT_WINDOW,
                    help="task data: sort examples by length within windows of N batches, then shuffle the "
                         f"batches (less padding; default {DEFAULT_WINDOW}; 0: random batches)")
@@ -691,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    tune_process()
     args = build_parser().parse_args(argv)
     if args.out is None:
         if args.name or _own_task(args):
@@ -699,18 +722,23 @@ def main(argv=None) -> int:
             args.out = str(Path("runs") / (args.task or DEFAULT_TASK).lower().replace("-", ""))
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
                 "all": run_all, "summary": summarize}
+    world = get_world()
+    if world.size > 1:
+        line = describe(world)
+        print(f"[mpi] {world.size} processes, data-parallel: {line}", flush=True)
+    if args.command == "summary" and not world.is_root:
+        return 0
     try:
         with writer_lock(args.out):       # one run per --out; under MPI, held by rank 0 (the writer) only
             commands[args.command](args)
+    # under MPI, fail() names the rank once and ends the whole job
     except (TrainingError, WeightsError, ConfigError, TeacherError, RunLockError, FileNotFoundError,
             ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return world.fail(str(e))
     except OSError as e:               # a full disk, a read-only place, a missing permission
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
-        return 2
+        return world.fail(describe_os_error(e))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

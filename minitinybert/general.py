@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from .corpus import corpus_files
 from .teacher import sha256_of
 from .weights import write_file
 
@@ -23,14 +24,23 @@ RECORD = "general.json"
 RECORD_FORMAT = "minitinybert-general/1"
 
 
-def corpus_files(corpus: str | Path) -> list[Path]:
-    """The corpus's text files, as CorpusBatcher reads them: a file, or a directory's *.txt, sorted."""
-    corpus = Path(corpus)
-    if corpus.is_file():
-        return [corpus]
-    if not corpus.is_dir():
-        raise FileNotFoundError(f"general corpus directory not found: {corpus}")
-    return sorted(p for p in corpus.iterdir() if p.suffix == ".txt" and p.is_file())
+FULL_HASH_BYTES = 256 << 20     # larger corpus files are identified by samples of their bytes
+SAMPLES, SAMPLE_BYTES = 64, 1 << 20
+
+
+def file_identity(path: Path) -> dict:
+    """Name, size and sha256 of a corpus file; for a file over 256 MB (a Wikipedia dump), the
+    sha256 of its size and 64 evenly spaced 1 MB samples instead, so that `all` does not read
+    gigabytes to find its general student."""
+    size = path.stat().st_size
+    if size <= FULL_HASH_BYTES:
+        return {"name": path.name, "bytes": size, "sha256": sha256_of(path)}
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for k in range(SAMPLES):
+            f.seek((size - SAMPLE_BYTES) * k // (SAMPLES - 1))
+            h.update(f.read(SAMPLE_BYTES))
+    return {"name": path.name, "bytes": size, "sha256_sampled": h.hexdigest()}
 
 
 def make_recipe(teacher_weights: Path, teacher_config: dict, vocab: str, student_config: dict, corpus: Path,
@@ -39,8 +49,7 @@ def make_recipe(teacher_weights: Path, teacher_config: dict, vocab: str, student
     count, which changes only the dropout stream)."""
     return {"teacher": {"weights_sha256": sha256_of(teacher_weights), "config": teacher_config, "vocab": vocab},
             "student": student_config,
-            "corpus": [{"name": p.name, "bytes": p.stat().st_size, "sha256": sha256_of(p)}
-                       for p in corpus_files(corpus)],
+            "corpus": [file_identity(p) for p in corpus_files(corpus)[0]],
             **settings}
 
 
