@@ -521,81 +521,70 @@ def _split_inputs(inputs):
     return texts, pairs
 
 
-# =================================================================================================
-# numerical kernels: NumPy, and Numba twins used when available
-# =================================================================================================
 
-# erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 beyond (float32 saturates there); |error| < 7e-8
-# in exact arithmetic (the rational approximation Eigen and XLA use for float32).
+# =================================================================================================
+# numerical kernels: NumPy, and Numba twins used when available (same results to float rounding)
+# =================================================================================================
+# Activations are feature-major, (features, tokens): a linear layer is W @ X with W (out, in) as
+# stored, the product OpenBLAS runs fastest at these shapes, and per-feature biases are columns.
+# Kernels work in place on the buffers of a _Workspace, so that a forward pass allocates nothing
+# larger than a row of per-token statistics.
+
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 beyond (float32 saturates there); |error| < 7e-8 in
+# exact arithmetic (the rational approximation Eigen and XLA use for float32).
 _ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
           -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
 _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
           -1.42647390514189e-02)
 _F32 = np.float32
-_ERF_P32 = tuple(_F32(c) for c in _ERF_P)
-_ERF_Q32 = tuple(_F32(c) for c in _ERF_Q)
 
 
-def erf(x):
-    """Vectorised erf in NumPy (float32 in, float32 out; float64 evaluation for other inputs)."""
-    x = np.asarray(x)
-    dt = np.float32 if x.dtype == np.float32 else np.float64
-    P = _ERF_P32 if dt is np.float32 else _ERF_P
-    Q = _ERF_Q32 if dt is np.float32 else _ERF_Q
-    x = np.clip(x, -4.0, 4.0).astype(dt, copy=False)
-    x2 = x * x
-    p = np.full_like(x2, P[0])
-    for c in P[1:]:
-        p *= x2
+def _erf_ratio(t, p, q):
+    """p <- erf(t) / t... times t: p <- erf(t) for t already clipped to [-4, 4]; q: scratch."""
+    np.multiply(t, t, out=q)
+    p[...] = _ERF_P[0]
+    for c in _ERF_P[1:]:
+        p *= q
         p += c
-    q = np.full_like(x2, Q[0])
-    for c in Q[1:]:
-        q *= x2
+    p *= t                                                     # x P(x^2); t is free from here on
+    np.copyto(t, q)
+    q[...] = _ERF_Q[0]
+    for c in _ERF_Q[1:]:
+        q *= t
         q += c
-    p *= x
     p /= q
     return p
 
 
-# Activations are kept feature-major, (features, tokens): a linear layer is then W @ X with the
-# weight as stored (out, in), the product OpenBLAS runs fastest at these shapes (10-45 % faster
-# than X @ W^T at 32-128 tokens), and per-feature biases are column vectors.
-
-def _np_bias_gelu(x, bias):
-    """x <- gelu(x + bias[:, None]), exact (erf) GELU, in place on a float32 (F, N) array (or rows of one)."""
-    x += bias[:, None]
-    t = x * _F32(1.0 / math.sqrt(2.0))
-    np.clip(t, -4.0, 4.0, out=t)
-    t2 = t * t
-    p = np.full_like(t2, _ERF_P32[0])
-    for c in _ERF_P32[1:]:
-        p *= t2
-        p += c
-    q = np.full_like(t2, _ERF_Q32[0])
-    for c in _ERF_Q32[1:]:
-        q *= t2
-        q += c
-    p *= t
-    p /= q                       # erf(x / sqrt 2)
-    p += _F32(1.0)
-    p *= _F32(0.5)
-    x *= p
-    return x
+def erf(x):
+    """Vectorised erf in NumPy (float32 in, float32 out; float64 evaluation for other inputs)."""
+    x = np.clip(np.asarray(x), -4.0, 4.0).astype(_F32 if np.asarray(x).dtype == _F32 else np.float64)
+    return _erf_ratio(x, np.empty_like(x), np.empty_like(x))
 
 
-def _np_add_layernorm(x, residual, bias, gamma, beta, eps, j0=0, j1=None):
-    """x <- LayerNorm over the features of (x + bias[:, None] + residual), in place on (C, N) (on its
-    columns j0:j1 only, if given); residual and bias may be None."""
-    if j0 != 0 or (j1 is not None and j1 != x.shape[1]):
-        out = x[:, j0:j1]
-        _np_add_layernorm(out, None if residual is None else residual[:, j0:j1], bias, gamma, beta, eps)
-        return x
+def _np_bias_gelu(h, bias, ws):
+    """h <- gelu(h + bias[:, None]), exact (erf) GELU, on (F, N) float32, in row blocks of ~64K
+    values (the temporaries stay in cache and small)."""
+    step = max(1, 65536 // h.shape[1])
+    for r in range(0, h.shape[0], step):
+        x = h[r:r + step]
+        x += bias[r:r + step, None]
+        t, p, q = (ws(name, x.shape) for name in ("gelu_t", "gelu_p", "gelu_q"))
+        np.multiply(x, _F32(1 / math.sqrt(2)), out=t)
+        np.clip(t, -4.0, 4.0, out=t)
+        _erf_ratio(t, p, q)
+        p += _F32(1.0)
+        p *= _F32(0.5)
+        x *= p
+
+
+def _np_add_layernorm(x, residual, bias, gamma, beta, eps):
+    """x <- LayerNorm over the features of (x + bias[:, None] + residual), in place on (C, N)."""
     if bias is not None:
         x += bias[:, None]
     if residual is not None:
         x += residual
-    mean = x.mean(axis=0)
-    x -= mean
+    x -= x.mean(axis=0)
     var = np.einsum("ij,ij->j", x, x)
     var *= _F32(1.0 / x.shape[0])
     var += _F32(eps)
@@ -603,49 +592,66 @@ def _np_add_layernorm(x, residual, bias, gamma, beta, eps, j0=0, j1=None):
     x /= var
     x *= gamma[:, None]
     x += beta[:, None]
-    return x
 
 
-def _np_softmax(scores, mask_bias):
-    """scores (B, H, T, T) <- softmax(scores + mask_bias[:, None, None, :]) over the last axis."""
+def _np_softmax(scores, mask_bias, scale):
+    """scores (B, H, Tq, T) <- softmax(scale * scores + mask_bias[:, None, None, :]) over the last axis."""
+    scores *= scale
     if mask_bias is not None:
         scores += mask_bias[:, None, None, :]
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    return scores
 
 
-# Plain Python bodies of the Numba kernels: compiled (and cached on disk) on first use, with
-# fastmath so that LLVM vectorises them: the GELU in float32 (the same rational erf), the layer
-# norm accumulating in float64, the softmax with its own vectorisable float32 exp (Cephes' expf
-# polynomial, relative error ~1e-7; a scalar exp call per element would make it 3x slower than
-# NumPy's SIMD exp).
+def _np_int8_matmul(q, scale, x, out, ws, xt=None):
+    """out <- (q * scale[:, None]) @ x: NumPy has no mixed int8 product, so the weight is cast to
+    float32 in a reused buffer (one pass) and the row scales are applied to the (small) output."""
+    w = ws("int8_weight", q.shape)
+    np.copyto(w, q, casting="unsafe")
+    np.matmul(w, x, out=out)
+    out *= scale[:, None]
 
-def _nb_bias_gelu(x, bias):
-    f, n = x.shape
-    for i in range(f):
-        b = bias[i]
-        for j in range(n):
-            u = x[i, j] + b
+
+# Numba twins, compiled (and cached on disk) on first use, with fastmath so that LLVM vectorises
+# them: the GELU in float32 (the same rational erf), the layer norm accumulating in float64, the
+# softmax with its own vectorisable float32 exp (Cephes' expf, relative error ~1e-7; a scalar exp
+# call per element would be 3x slower than NumPy's SIMD exp), and the int8 product.
+
+def _nb_bias_gelu(h, bias):
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            u = h[i, j] + bias[i]
             t = min(max(u * np.float32(0.7071067811865476), np.float32(-4.0)), np.float32(4.0))
-            t2 = t * t
-            p = np.float32(-2.72614225801306e-10)
-            p = p * t2 + np.float32(2.77068142495902e-08)
-            p = p * t2 + np.float32(-2.10102402082508e-06)
-            p = p * t2 + np.float32(-5.69250639462346e-05)
-            p = p * t2 + np.float32(-7.34990630326855e-04)
-            p = p * t2 + np.float32(-2.95459980854025e-03)
-            p = p * t2 + np.float32(-1.60960333262415e-02)
-            q = np.float32(-1.45660718464996e-05)
-            q = q * t2 + np.float32(-2.13374055278905e-04)
-            q = q * t2 + np.float32(-1.68282697438203e-03)
-            q = q * t2 + np.float32(-7.37332916720468e-03)
-            q = q * t2 + np.float32(-1.42647390514189e-02)
-            x[i, j] = np.float32(0.5) * u * (np.float32(1.0) + t * p / q)
+            t2, p, q = t * t, np.float32(-2.72614225801306e-10), np.float32(-1.45660718464996e-05)
+            for c in (2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+                      -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02):
+                p = p * t2 + np.float32(c)
+            for c in (-2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
+                q = q * t2 + np.float32(c)
+            h[i, j] = np.float32(0.5) * u * (np.float32(1.0) + t * p / q)
 
 
-def _nb_softmax(scores, mask_bias, use_mask):
+def _nb_add_layernorm(x, residual, bias, gamma, beta, eps):
+    c, n = x.shape
+    mean, var = np.zeros(n), np.zeros(n)
+    for i in range(c):
+        for j in range(n):
+            v = x[i, j] + bias[i] + residual[i, j]
+            x[i, j] = v
+            mean[j] += v
+    mean /= c
+    for i in range(c):
+        for j in range(n):
+            var[j] += (x[i, j] - mean[j]) ** 2
+    for j in range(n):
+        var[j] = 1.0 / math.sqrt(var[j] / c + eps)
+    for i in range(c):
+        for j in range(n):
+            x[i, j] = (x[i, j] - mean[j]) * var[j] * gamma[i] + beta[i]
+
+
+def _nb_softmax(scores, mask_bias, use_mask, scale):
     nb, nh, nt, ns = scores.shape
     bits = np.empty(ns, np.int32)
     pow2 = bits.view(np.float32)
@@ -653,112 +659,106 @@ def _nb_softmax(scores, mask_bias, use_mask):
         for h in range(nh):
             for r in range(nt):
                 row = scores[b, h, r]
-                if use_mask:
-                    for j in range(ns):
-                        row[j] += mask_bias[b, j]
-                m = row[0]
                 for j in range(ns):
-                    m = max(m, row[j])
+                    row[j] = row[j] * scale + (mask_bias[b, j] if use_mask else np.float32(0.0))
+                m = row.max()
                 for j in range(ns):                 # exp(x) = 2^k exp(x - k ln 2), x <= 0
-                    x = row[j] - m
-                    keep = np.float32(x >= np.float32(-87.0))   # exp(< -87) is 0 (as NumPy's, below 1e-38)
-                    x = max(x, np.float32(-87.0))
+                    x = max(row[j] - m, np.float32(-87.0))       # exp(< -87) is 0 (as NumPy's, below 1e-38)
                     k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
                     y = x - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
                     p = np.float32(1.9875691500e-4)
-                    p = p * y + np.float32(1.3981999507e-3)
-                    p = p * y + np.float32(8.3334519073e-3)
-                    p = p * y + np.float32(4.1665795894e-2)
-                    p = p * y + np.float32(1.6666665459e-1)
-                    p = p * y + np.float32(5.0000001201e-1)
-                    row[j] = (p * y * y + y + np.float32(1.0)) * keep
+                    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+                        p = p * y + np.float32(c)
+                    row[j] = (p * y * y + y + np.float32(1.0)) * np.float32(row[j] - m >= np.float32(-87.0))
                     bits[j] = (np.int32(k) + np.int32(127)) << 23      # 2^k as float32 bits
                 total = np.float32(0.0)
                 for j in range(ns):
-                    v = row[j] * pow2[j]
-                    row[j] = v
-                    total += v
-                inv = np.float32(1.0) / total
-                for j in range(ns):
-                    row[j] *= inv
+                    row[j] *= pow2[j]
+                    total += row[j]
+                row *= np.float32(1.0) / total
 
 
-def _nb_add_layernorm(x, residual, bias, gamma, beta, eps, j0, j1):
-    """Columns j0:j1 of x (C, N): x <- LayerNorm over features of (x + bias + residual)."""
-    c = x.shape[0]
-    n = j1 - j0
-    mean = np.zeros(n)
-    var = np.zeros(n)
-    for i in range(c):
-        b = bias[i]
-        for j in range(n):
-            v = x[i, j0 + j] + b + residual[i, j0 + j]
-            x[i, j0 + j] = v
-            mean[j] += v
-    for j in range(n):
-        mean[j] /= c
-    for i in range(c):
-        for j in range(n):
-            d = x[i, j0 + j] - mean[j]
-            var[j] += d * d
-    for j in range(n):
-        var[j] = 1.0 / math.sqrt(var[j] / c + eps)
-    for i in range(c):
-        g = gamma[i]
-        b = beta[i]
-        for j in range(n):
-            x[i, j0 + j] = (x[i, j0 + j] - mean[j]) * var[j] * g + b
+def _nb_int8_matmul(q, scale, xt, out):
+    """out (O, N) <- (q * scale[:, None]) @ xt.T, the int8 weight read once and converted in
+    registers: two rows times four tokens at a time (eight sums over the input features)."""
+    (O, I), N = q.shape, xt.shape[0]
+    for o in range(0, O, 2):
+        o1 = min(o + 1, O - 1)
+        q0, q1, s0, s1 = q[o], q[o1], scale[o], scale[o1]
+        for n in range(0, N, 4):
+            x0, x1, x2, x3 = xt[n], xt[min(n + 1, N - 1)], xt[min(n + 2, N - 1)], xt[min(n + 3, N - 1)]
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+            for i in range(I):
+                w, v = np.float32(q0[i]), np.float32(q1[i])
+                a0 += w * x0[i]
+                a1 += w * x1[i]
+                a2 += w * x2[i]
+                a3 += w * x3[i]
+                b0 += v * x0[i]
+                b1 += v * x1[i]
+                b2 += v * x2[i]
+                b3 += v * x3[i]
+            for k, a, b in ((0, a0, b0), (1, a1, b1), (2, a2, b2), (3, a3, b3)):
+                if n + k < N:
+                    out[o, n + k] = a * s0
+                    out[o1, n + k] = b * s1
 
 
 class _Kernels:
-    """The memory-bound steps of a layer: NumPy by default, Numba twins when enabled and loaded."""
+    """The steps of a layer besides float32 products: NumPy by default, Numba twins when enabled."""
 
     def __init__(self):
         self.name = "numpy"
-        self.bias_gelu = _np_bias_gelu
-        self.add_layernorm = _np_add_layernorm
-        self.softmax = _np_softmax
+        self.bias_gelu, self.add_layernorm = _np_bias_gelu, _np_add_layernorm
+        self.softmax, self.int8_matmul = _np_softmax, _np_int8_matmul
+        self.int8_input = lambda x, ws: None
 
     def use_numba(self) -> bool:
         """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
         try:
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import numba
         except Exception:  # noqa: BLE001
             return False
         for cache in (True, False):   # a stale or foreign on-disk cache must not break us: recompile
             try:
                 fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
-                exact = numba.njit(cache=cache, nogil=True, error_model="numpy")
-                gelu, addln, softmax = fast(_nb_bias_gelu), exact(_nb_add_layernorm), fast(_nb_softmax)
-                # compile (or load from the cache) now, for the argument types the forward pass uses
-                x2, v1 = np.ones((2, 3), _F32), np.ones(2, _F32)
+                gelu, softmax, int8 = fast(_nb_bias_gelu), fast(_nb_softmax), fast(_nb_int8_matmul)
+                addln = numba.njit(cache=cache, nogil=True, error_model="numpy")(_nb_add_layernorm)
+                x2, v1 = np.ones((2, 3), _F32), np.ones(2, _F32)    # compile (or load) now, for these types
                 gelu(x2, v1)
-                addln(x2, np.ones((2, 3), _F32), v1, v1, v1, 1e-12, 0, 3)
-                softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True)
+                addln(x2, np.ones((2, 3), _F32), v1, v1, v1, 1e-12)
+                softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
+                int8(np.ones((2, 3), np.int8), v1, np.ones((2, 3), _F32), x2)
                 break
             except Exception:  # noqa: BLE001
                 continue
         else:
             return False
 
-        def bias_gelu(x, bias):
-            gelu(x, bias)
-            return x
-
-        def add_layernorm(x, residual, bias, gamma, beta, eps, j0=0, j1=None):
-            if residual is None or bias is None:
-                return _np_add_layernorm(x, residual, bias, gamma, beta, eps, j0, j1)
-            addln(x, residual, bias, gamma, beta, eps, j0, x.shape[1] if j1 is None else j1)
-            return x
+        def add_layernorm(x, residual, bias, gamma, beta, eps):
+            addln(x, residual, bias, gamma, beta, eps)
 
         no_mask = np.zeros((1, 0), _F32)
 
-        def softmax_(scores, mask_bias):
-            softmax(scores, no_mask if mask_bias is None else mask_bias, mask_bias is not None)
-            return scores
+        def softmax_(scores, mask_bias, scale):
+            softmax(scores, no_mask if mask_bias is None else mask_bias, mask_bias is not None, scale)
 
-        self.bias_gelu, self.add_layernorm, self.softmax = bias_gelu, add_layernorm, softmax_
+        def int8_input(x, ws):                     # the kernel streams token rows: x^T, once per product
+            if x.shape[1] > INT8_KERNEL_MAX_TOKENS:  # past that, BLAS on the cast weight wins (measured)
+                return None
+            xt = ws("int8_xt", x.shape[::-1])
+            np.copyto(xt, x.T)
+            return xt
+
+        def int8_matmul(q, scale, x, out, ws, xt):
+            if xt is None:
+                _np_int8_matmul(q, scale, x, out, ws)
+            else:
+                int8(q, scale, xt, out)
+
+        self.bias_gelu = lambda h, bias, ws: gelu(h, bias)
+        self.add_layernorm, self.softmax, self.int8_matmul = add_layernorm, softmax_, int8_matmul
+        self.int8_input = int8_input
         self.name = "numba"
         return True
 
@@ -767,180 +767,79 @@ class _Kernels:
 # threads
 # =================================================================================================
 
+_BLAS = {"setters": None, "threads": None}
+
+
 def set_blas_threads(n: int) -> bool:
     """Set the thread count of the OpenBLAS that NumPy uses (process-wide), if it can be found
     (Linux, NumPy's bundled OpenBLAS or a system one). True when done."""
-    import ctypes
-    paths = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1] if len(line.split()) >= 6 else ""
-                if "openblas" in os.path.basename(path).lower() and path not in paths:
-                    paths.append(path)
-    except OSError:
-        return False
-    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-             "openblas_set_num_threads")
-    done = False
-    for path in paths:
+    if _BLAS["setters"] is None:
+        import ctypes
+        setters, paths = [], []
         try:
-            lib = ctypes.CDLL(path)
+            with open("/proc/self/maps") as f:
+                paths = list(dict.fromkeys(line.split()[-1] for line in f if "openblas" in line.lower()))
         except OSError:
-            continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = None
-                fn(ctypes.c_int(int(n)))
-                done = True
-                break
-    return done
-
-
-_clock = __import__("time").perf_counter
-
-
-class _Job:
-    __slots__ = ("fn", "n", "next", "done", "lock", "finished", "error", "start")
-
-    def __init__(self, fn, n):
-        import itertools
-        self.start = _clock()
-        self.fn, self.n = fn, n
-        self.next = itertools.count()
-        self.done = 0
-        self.lock = threading.Lock()
-        self.finished = threading.Event()
-        self.error = None
-
-    def work(self):
-        while True:
-            i = next(self.next)          # atomic under the GIL
-            if i >= self.n:
-                return
+            pass
+        for path in paths:
             try:
-                self.fn(i)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-                self.error = e
-            with self.lock:
-                self.done += 1
-                if self.done == self.n:
-                    self.finished.set()
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                         "openblas_set_num_threads64_", "openblas_set_num_threads"):
+                if hasattr(lib, name):
+                    setters.append(getattr(lib, name))
+                    break
+        _BLAS["setters"] = setters
+    if _BLAS["threads"] != n:
+        for fn in _BLAS["setters"]:
+            fn(int(n))
+        _BLAS["threads"] = n
+    return bool(_BLAS["setters"])
 
 
-class _Pool:
-    """Work sharing over `size` threads, the caller being one of them: a job's chunks are taken in
-    turn by whichever thread is free, so a helper that the OS has not scheduled yet never holds the
-    caller up (it only waits for chunks already running), and concurrent callers each finish their
-    own job. The heavy parts (BLAS, NumPy ufuncs, nogil Numba kernels) run without the GIL. One
-    pool per size is shared by all models (see _pool_of)."""
+# =================================================================================================
+# the model
+# =================================================================================================
 
-    def __init__(self, size: int):
-        self.size = max(1, int(size))
-        self._cv = threading.Condition()
-        self._job = None
-        self._generation = 0
-        self._workers = []
-        self.late = 0.0005
-        self.work_scale = 1.0            # tests set 0 to split even tiny work
-
-    def _loop(self):
-        seen = 0
-        while True:
-            with self._cv:
-                while self._generation == seen:
-                    self._cv.wait()
-                seen, job = self._generation, self._job
-            # A helper that got a core late (the others are busy) leaves the job to the caller:
-            # starting a chunk now would likely be preempted midway and make the caller wait.
-            if _clock() - job.start < self.late:
-                job.work()
-
-    def map(self, fn, n: int) -> None:
-        """fn(0) ... fn(n - 1), spread over the threads; returns when all are done."""
-        if self.size == 1 or n <= 1:
-            for i in range(n):
-                fn(i)
-            return
-        if not self._workers:
-            for _ in range(self.size - 1):
-                t = threading.Thread(target=self._loop, daemon=True, name="minitinybert-runtime")
-                t.start()
-                self._workers.append(t)
-        job = _Job(fn, n)
-        with self._cv:
-            self._job = job
-            self._generation += 1
-            self._cv.notify_all()
-        job.work()
-        job.finished.wait()
-        if job.error is not None:
-            raise job.error
-
-    def chunks(self, total: int, work: float, min_work: float = 2e5, align: int = 1):
-        """Split range(total) into pieces: several per thread when `work` is worth it, else one."""
-        if self.size == 1 or work < min_work * self.work_scale or total < 2 * align:
-            return [(0, total)]
-        count = min(self.size * 2, total // align)
-        step = -(-total // count)
-        step = -(-step // align) * align
-        return [(a, min(a + step, total)) for a in range(0, total, step)]
+INT8_KERNEL_MAX_TOKENS = 32   # int8 products of at most this many tokens run the int8 kernel (measured)
+CHUNK_TOKENS = 1024           # a forward pass runs on sub-batches of about this many tokens
+SHARD_MIN_TOKENS = 256        # threads=N shares batches of at least this many tokens among N threads
+PARALLEL_MIN_WORK = 4_000_000  # else a product (multiply-adds) or attention runs on one thread (measured)
 
 
-_POOLS: dict = {}
-_POOLS_LOCK = threading.Lock()
+class _Workspace:
+    """Named float32 buffers, reused from one forward pass to the next and across layers (each
+    grows to the largest sub-batch seen). One per thread."""
 
+    def __init__(self):
+        self.buffers = {}
 
-def _pool_of(size: int) -> "_Pool":
-    with _POOLS_LOCK:
-        if size not in _POOLS:
-            _POOLS[size] = _Pool(size)
-        return _POOLS[size]
+    def __call__(self, name, shape):
+        size = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = self.buffers[name] = np.empty(size, _F32)
+        return buf[:size].reshape(shape)
 
 
 class _Dense:
-    """A linear layer on feature-major activations: W @ x (+ b), W (out, in) as stored: float32, or
-    int8 with per-row scales."""
-    __slots__ = ("weight", "bias", "scale", "owner")
+    """A linear layer on feature-major activations, W (out, in) as stored: float32, or int8 with
+    per-row scales."""
+    __slots__ = ("weight", "bias", "scale")
 
-    def __init__(self, weight, bias, scale, owner):
-        self.weight, self.bias, self.scale, self.owner = weight, bias, scale, owner
+    def __init__(self, weight, bias, scale):
+        self.weight, self.bias, self.scale = weight, bias, scale
 
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
-
-    def matmul(self, x, pool=None, add_bias=False, rows=None):
-        """W @ x for feature-major x (in, N): (out, N); the bias only if add_bias (else the caller
-        fuses it with what follows); `rows` (r0, r1): only those output features. Output rows are
-        split over the pool's threads."""
-        weight, scale, bias = self.weight, self.scale, self.bias
-        if rows is not None:
-            r0, r1 = rows
-            weight, bias = weight[r0:r1], bias[r0:r1]
-            scale = None if scale is None else scale[r0:r1]
-        out_f, in_f = weight.shape
-        y = np.empty((out_f, x.shape[1]), _F32)
-        w_all = None if scale is None else self.owner._scratch(weight.shape)
-
-        def compute(a, b):
-            w = weight[a:b]
-            if scale is not None:                                   # dequantize: one pass, float32
-                w = np.multiply(w, scale[a:b, None], out=w_all[a:b])
-            np.matmul(w, x, out=y[a:b])
-            if add_bias and bias is not None:
-                y[a:b] += bias[a:b, None]
-
-        parts = [(0, out_f)] if pool is None else pool.chunks(out_f, float(out_f) * in_f * x.shape[1], 1e6, 8)
-        if len(parts) == 1:
-            compute(0, out_f)
+    def __call__(self, x, out, K, ws, rows, xt=None):
+        """out <- W[r0:r1] @ x for rows (r0, r1), without the bias (the caller fuses it with what
+        follows); xt: x prepared by K.int8_input for int8 weights."""
+        w, s = self.weight[rows[0]:rows[1]], None if self.scale is None else self.scale[rows[0]:rows[1]]
+        if s is None:
+            np.matmul(w, x, out=out)
         else:
-            pool.map(lambda i: compute(*parts[i]), len(parts))
-        return y
-
-    def __call__(self, x, pool=None):
-        return self.matmul(x, pool, add_bias=True)
+            K.int8_matmul(w, s, x, out, ws, xt)
 
 
 class _Embedding:
@@ -970,7 +869,6 @@ class RuntimeModel:
         self.path = os.fspath(path)
         self._mm = mm
         self._lock = threading.RLock()
-        self._scratch_buf = None
         self._parse_metadata(metadata)
         self.tokenizer = WordPieceTokenizer(self.vocab_tokens, self.do_lower_case, backend=tokenizer_backend)
         del self.vocab_tokens
@@ -982,9 +880,8 @@ class RuntimeModel:
         if threads is not None and (type(threads) is not int or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads
-        # threads=N: the runtime runs its own N threads over single-threaded BLAS calls;
-        # None: one thread here, BLAS threads as the environment sets them.
-        self._pool = _pool_of(threads if threads and set_blas_threads(1) else 1)
+        self._workspaces = [_Workspace() for _ in range(threads or 1)]
+        self._executor = None
 
     # --- metadata and tensors -------------------------------------------------------------------
 
@@ -1123,7 +1020,7 @@ class RuntimeModel:
         def dense(prefix, out_f, in_f, parts=None):
             if not parts:
                 w, s = get(prefix + "weight", (out_f, in_f), allow_int8=True)
-                return _Dense(w, get_float(prefix + "bias", (out_f,)), s, self)
+                return _Dense(w, get_float(prefix + "bias", (out_f,)), s)
             # query, key and value as one (3 out, in) product
             wnames = [f"{prefix}{x}.weight" for x in parts]
             bnames = [f"{prefix}{x}.bias" for x in parts]
@@ -1138,7 +1035,7 @@ class RuntimeModel:
                 else:
                     w = np.concatenate([a if sc is None else a * sc[:, None] for a, sc in got])
             b = np.concatenate([get_float(n, (out_f,)) for n in bnames])
-            return _Dense(w, b, s, self)
+            return _Dense(w, b, s)
 
         # embedding tables stay as stored (float16 too): only the rows a batch uses are converted
         word, word_scale = get("embeddings.word_embeddings.weight", (cfg["vocab_size"], C), True, True)
@@ -1163,20 +1060,6 @@ class RuntimeModel:
             self._layers.append(layer)
         self._pooler = dense("pooler.dense.", C, C)
         self._classifier = dense("classifier.", self.num_labels, C) if self.num_labels else None
-        self._scratch_size = max([0] + [d.weight.size for d in self._dense_layers() if d.scale is not None])
-
-    def _dense_layers(self):
-        for layer in self._layers:
-            yield from (layer.qkv, layer.attn_out, layer.inter, layer.out)
-        yield self._pooler
-        if self._classifier is not None:
-            yield self._classifier
-
-    def _scratch(self, shape):
-        n = shape[0] * shape[1]
-        if self._scratch_buf is None or self._scratch_buf.size < n:
-            self._scratch_buf = np.empty(max(n, self._scratch_size), _F32)
-        return self._scratch_buf[:n].reshape(shape)
 
     def _get_kernels(self):
         if self._kernels is None:
@@ -1216,100 +1099,135 @@ class RuntimeModel:
             raise RuntimeModelError(f"token ids must lie in [0, {cfg['vocab_size']})")
         if types.min() < 0 or types.max() >= cfg["type_vocab_size"]:
             raise RuntimeModelError(f"token type ids must lie in [0, {cfg['type_vocab_size']})")
-        with self._lock:
-            xt, cls = self._encode(ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False), mask,
-                                   all_positions=hidden)
-            pooled_t = self._pooler(cls, self._pool)                   # from the [CLS] columns, (C, B)
-            np.tanh(pooled_t, out=pooled_t)
-            pooled = np.ascontiguousarray(pooled_t.T)
-            logits = None
-            if self._classifier is not None:
-                logits = np.ascontiguousarray(self._classifier(pooled_t).T)
-        return {"hidden": xt.T.reshape(B, T, -1) if hidden else None, "pooled": pooled, "logits": logits}
+        C, K = cfg["hidden_size"], self.num_labels
+        out = {"hidden": np.empty((B, T, C), _F32) if hidden else None, "pooled": np.empty((B, C), _F32),
+               "logits": np.empty((B, K), _F32) if K else None}
+        ids, types = ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False)
 
-    def _encode(self, ids, types, mask, all_positions=True):
+        def run(rows, ws, par):                 # sequences rows[0]:rows[1] into `out`
+            r = slice(*rows)
+            x, cls = self._encode(ids[r], types[r], mask[r], ws, par, all_positions=hidden)
+            if hidden:
+                out["hidden"][r] = x.T.reshape(-1, T, C)
+            pooled = self._product(self._pooler, cls, ws("pooled", cls.shape), ws, 1)
+            pooled += self._pooler.bias[:, None]
+            np.tanh(pooled, out=pooled)
+            out["pooled"][r] = pooled.T
+            if K:
+                logits = self._product(self._classifier, pooled, ws("logits", (K, cls.shape[1])), ws, 1)
+                out["logits"][r] = (logits + self._classifier.bias[:, None]).T
+
+        with self._lock:
+            self._get_kernels()
+            threads = self.threads or 1
+            if threads > 1:
+                set_blas_threads(1)                # our threads, never OpenBLAS's (they stall under load)
+            rows = max(1, CHUNK_TOKENS // T)       # sub-batches: bounded memory
+            if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
+                rows = min(rows, -(-B // threads))
+            chunks = [(b, min(b + rows, B)) for b in range(0, B, rows)]
+            if len(chunks) == 1:                   # one sub-batch: its products are split over the threads
+                run(chunks[0], self._workspaces[0], threads)
+            else:                                  # several: the threads share them, one at a time each
+                self._share(lambda i, ws: run(chunks[i], ws, 1), len(chunks))
+        return out
+
+    def _share(self, fn, count):
+        """fn(0, ws) ... fn(count - 1, ws) over the model's threads, each with its own workspace:
+        work sharing (a thread takes the next piece when done), the caller being one of them, so
+        that a helper the OS has not scheduled yet never holds the caller up for long."""
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(len(self._workspaces) - 1, thread_name_prefix="minitinybert-runtime")
+        pieces = iter(range(count))
+
+        def work(ws):
+            for i in pieces:                       # next() on a shared iterator is atomic under the GIL
+                fn(i, ws)
+
+        helpers = [self._executor.submit(work, ws) for ws in self._workspaces[1:count]]
+        work(self._workspaces[0])
+        for helper in helpers:
+            helper.result()
+
+    def _product(self, dense, x, out, ws, par, rows=None, then=None):
+        """out <- W @ x (rows (r0, r1) of W only, if given), without the bias; then(block, ws) on
+        each block of output rows. With par > 1 threads and enough work to pay for the hand-off,
+        blocks of rows go to the threads (each reads its share of the weights)."""
+        r0, r1 = rows or (0, dense.weight.shape[0])
+        parts = 2 * par if par > 1 and (r1 - r0) * x.size >= PARALLEL_MIN_WORK else 1
+        xt = self._kernels.int8_input(x, ws) if dense.scale is not None else None
+
+        def block(i, ws):
+            a, b = r0 + (r1 - r0) * i // parts, r0 + (r1 - r0) * (i + 1) // parts
+            dense(x, out[a - r0:b - r0], self._kernels, ws, (a, b), xt)
+            if then is not None:
+                then(slice(a - r0, b - r0), ws)
+
+        if parts == 1:
+            block(0, ws)
+        else:
+            self._share(block, parts)
+        return out
+
+    def _encode(self, ids, types, mask, ws, par, all_positions=True):
         """(last hidden states feature-major (C, B*T), column b*T + t, or None; [CLS] states (C, B)).
         all_positions=False runs the last layer for the [CLS] queries only."""
-        cfg, K, pool = self.config, self._get_kernels(), self._pool
         B, T = ids.shape
-        C, H, F = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
-        D, N, eps = C // H, B * T, cfg["layer_norm_eps"]
-        x = self._word.rows(ids)
-        x += self._pos.rows(np.arange(T))
-        x += self._type.rows(types)
-        x = np.ascontiguousarray(x.reshape(N, C).T)                    # (C, N)
-        _np_add_layernorm(x, None, None, self._emb_ln[0], self._emb_ln[1], eps)
-        mask_bias = None
-        if not np.all(mask != 0):
-            mask_bias = ((mask == 0).astype(_F32) * _F32(MASK_VALUE))
-        scale = _F32(1.0 / math.sqrt(D))
-        for index, layer in enumerate(self._layers):
-            if index == len(self._layers) - 1 and not all_positions:
-                return None, self._cls_layer(layer, x, B, T, mask_bias, scale)
-            x = self._layer(layer, x, B, T, mask_bias, scale)
-        return x, np.ascontiguousarray(x[:, ::T])
+        C, eps = self.config["hidden_size"], self.config["layer_norm_eps"]
+        emb = self._word.rows(ids)
+        emb += self._pos.rows(np.arange(T))
+        emb += self._type.rows(types)
+        x = ws("hidden0", (C, B * T))
+        np.copyto(x, emb.reshape(B * T, C).T)
+        _np_add_layernorm(x, None, None, *self._emb_ln, eps)
+        mask_bias = None if np.all(mask != 0) else (mask == 0).astype(_F32) * _F32(MASK_VALUE)
+        for i, layer in enumerate(self._layers):
+            cls_only = i == len(self._layers) - 1 and not all_positions
+            x = self._layer(layer, x, B, T, mask_bias, ws, par, "cls" if cls_only else f"hidden{(i + 1) % 2}", cls_only)
+        return (None, x) if not all_positions else (x, x[:, ::T])
 
-    def _layer(self, layer, x, B, T, mask_bias, scale):
-        """One encoder layer on feature-major x (C, N) -> (C, N)."""
-        cfg, K, pool = self.config, self._kernels, self._pool
-        C, H, F = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
-        D, N, eps = C // H, B * T, cfg["layer_norm_eps"]
-        qkv = layer.qkv(x, pool)                               # (3C, N): q, k, v features, with bias
-        qkv[:C] *= scale
-        heads = qkv.reshape(3, H, D, B, T)
-        ctx = np.empty((C, N), _F32)
-        ctx_heads = ctx.reshape(H, D, B, T).transpose(2, 0, 1, 3)       # (B, H, D, T) view
-        head_parts = pool.chunks(H, float(B) * H * T * T * D, 5e5)
+    def _layer(self, layer, x, B, T, mask_bias, ws, par, out_name, cls_only=False):
+        """One post-LN encoder layer on feature-major x (C, B*T) -> (C, B*T), or (C, B) for the
+        [CLS] positions only (their queries; keys and values of all positions)."""
+        cfg, K, product = self.config, self._kernels, self._product
+        C, H, F, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"], cfg["layer_norm_eps"]
+        D, N, Tq = C // H, B * T, 1 if cls_only else T
+        if cls_only:
+            x_q = ws("x_cls", (C, B))
+            np.copyto(x_q, x[:, ::T])
+            q = product(layer.qkv, x_q, ws("q", (C, B)), ws, par, rows=(0, C))
+            kv = product(layer.qkv, x, ws("kv", (2 * C, N)), ws, par, rows=(C, 3 * C))
+            q += layer.qkv.bias[:C, None]
+            kv += layer.qkv.bias[C:, None]
+        else:
+            x_q, qkv = x, product(layer.qkv, x, ws("qkv", (3 * C, N)), ws, par)     # (3C, N): q, k, v
+            qkv += layer.qkv.bias[:, None]
+            q, kv = qkv[:C], qkv[C:]
+        q_heads = q.reshape(H, D, B, Tq).transpose(2, 0, 3, 1)                  # (B, H, Tq, D)
+        k_heads, v_heads = kv.reshape(2, H, D, B, T).transpose(0, 3, 1, 2, 4)   # (B, H, D, T) each
+        scores = ws("scores", (B, H, Tq, T))
+        ctx = ws("ctx", (C, B * Tq))
+        ctx_heads = ctx.reshape(H, D, B, Tq).transpose(2, 0, 1, 3)              # (B, H, D, Tq) view
+        groups = 2 * par if par > 1 and B * H * Tq * T * D >= PARALLEL_MIN_WORK else 1
 
-        def attention(i):
-            h0, h1 = head_parts[i]
-            qt, kt, vt = (heads[j, h0:h1].transpose(2, 0, 1, 3) for j in range(3))   # (B, h, D, T)
-            scores = np.matmul(qt.swapaxes(-1, -2), kt)        # (B, h, T, T) = q k^T
-            K.softmax(scores, mask_bias)
-            # context^T = v^T P^T, written straight into place
-            np.matmul(vt, scores.swapaxes(-1, -2), out=ctx_heads[:, h0:h1])
+        def attention(i, _):                      # heads h0:h1: softmax(q k^T / sqrt D), ctx^T = v^T P^T
+            h = slice(H * i // groups, H * (i + 1) // groups)
+            np.matmul(q_heads[:, h], k_heads[:, h], out=scores[:, h])
+            K.softmax(scores[:, h], mask_bias, _F32(1.0 / math.sqrt(D)))
+            np.matmul(v_heads[:, h], scores[:, h].swapaxes(-1, -2), out=ctx_heads[:, h])
 
-        pool.map(attention, len(head_parts))
-        del qkv, heads, ctx_heads
-        return self._feed_forward(layer, ctx, x, pool.chunks(N, float(C) * N, 1e5, 16))
-
-    def _feed_forward(self, layer, ctx, x, col_parts):
-        """Attention output + residual + norm, then the FFN + residual + norm, on (C, n) columns."""
-        K, pool, eps = self._kernels, self._pool, self.config["layer_norm_eps"]
-        n = ctx.shape[1]
-        a = layer.attn_out.matmul(ctx, pool)
-        pool.map(lambda i: K.add_layernorm(a, x, layer.attn_out.bias, layer.ln1[0], layer.ln1[1], eps,
-                                           *col_parts[i]), len(col_parts))
-        inter = layer.inter.matmul(a, pool)
-        bias, F = layer.inter.bias, inter.shape[0]
-        row_parts = pool.chunks(F, float(F) * n, 1e5, 8)
-        pool.map(lambda i: K.bias_gelu(inter[row_parts[i][0]:row_parts[i][1]], bias[row_parts[i][0]:row_parts[i][1]]),
-                 len(row_parts))
-        y = layer.out.matmul(inter, pool)
-        del inter
-        pool.map(lambda i: K.add_layernorm(y, a, layer.out.bias, layer.ln2[0], layer.ln2[1], eps, *col_parts[i]),
-                 len(col_parts))
+        if groups == 1:
+            attention(0, ws)
+        else:
+            self._share(attention, groups)
+        a = product(layer.attn_out, ctx, ws("attn", ctx.shape), ws, par)
+        K.add_layernorm(a, x_q, layer.attn_out.bias, *layer.ln1, eps)
+        h = ws("ffn", (F, a.shape[1]))
+        product(layer.inter, a, h, ws, par, then=lambda rows, w: K.bias_gelu(h[rows], layer.inter.bias[rows], w))
+        y = product(layer.out, h, ws(out_name, a.shape), ws, par)
+        K.add_layernorm(y, a, layer.out.bias, *layer.ln2, eps)
         return y
-
-    def _cls_layer(self, layer, x, B, T, mask_bias, scale):
-        """The last layer for the [CLS] queries only: keys and values of every position, then
-        attention, FFN and norms on B columns. Returns the [CLS] states (C, B)."""
-        cfg, K, pool = self.config, self._kernels, self._pool
-        C, H = cfg["hidden_size"], cfg["num_attention_heads"]
-        D = C // H
-        x_cls = np.ascontiguousarray(x[:, ::T])                          # (C, B)
-        q = layer.qkv.matmul(x_cls, pool, add_bias=True, rows=(0, C))    # (C, B)
-        q *= scale
-        kv = layer.qkv.matmul(x, pool, add_bias=True, rows=(C, 3 * C))   # (2C, N)
-        kv_heads = kv.reshape(2, H, D, B, T)
-        kt = kv_heads[0].transpose(2, 0, 1, 3)                           # (B, H, D, T)
-        vt = kv_heads[1].transpose(2, 0, 1, 3)
-        qh = q.reshape(H, D, B).transpose(2, 0, 1)[:, :, None, :]       # (B, H, 1, D)
-        scores = np.matmul(qh, kt)                                       # (B, H, 1, T)
-        K.softmax(scores, mask_bias)
-        ctx = np.empty((C, B), _F32)
-        np.matmul(vt, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B).transpose(2, 0, 1)[..., None])
-        return self._feed_forward(layer, ctx, x_cls, [(0, B)])
 
     # --- tokenization and batching ----------------------------------------------------------------
 
@@ -1466,3 +1384,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

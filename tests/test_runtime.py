@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -104,14 +105,22 @@ def test_float32_export_equals_engine(tmp_path, num_labels):
             rm.predict(TEXTS)
 
 
-def test_fused_qkv_is_a_view_of_the_file(tmp_path):
-    model, ckpt = make_checkpoint(tmp_path, 2)
+def test_load_maps_the_weights_without_copying_them(tmp_path):
+    """float32 and int8 weights are used from the memory map: loading allocates a small fraction of
+    the file (a float32 copy of the int8 weights, or a concatenated q/k/v, would exceed it)."""
+    model, ckpt = make_checkpoint(tmp_path, 2, hidden_size=256, intermediate_size=1024, num_attention_heads=4)
     for dtype in ("float32", "int8"):
-        rm = runtime.load(export_runtime(ckpt, tmp_path / f"{dtype}.safetensors", dtype))
-        qkv = rm._layers[0].qkv
-        assert qkv.weight.shape == (96, 32) and not qkv.weight.flags.owndata
-        assert not qkv.weight.flags.writeable                 # straight from the read-only memory map
-        assert (qkv.scale is not None) == (dtype == "int8")
+        path = export_runtime(ckpt, tmp_path / f"{dtype}.safetensors", dtype)
+        tracemalloc.start()
+        try:
+            rm = runtime.load(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 0.15 * path.stat().st_size, (dtype, peak, path.stat().st_size)
+        batch = rm.tokenize(TEXTS)
+        ref = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits
+        close(rm.logits(TEXTS), ref, 1e-5 if dtype == "float32" else 0.05)
 
 
 def test_bucketing_preserves_order_and_equals_one_by_one(tmp_path):
@@ -282,28 +291,43 @@ def test_export_drops_training_tensors_and_is_readable_by_safetensors(tmp_path):
     assert rm.labels == ["class0", "class1"]
 
 
-def test_own_thread_pool_gives_the_same_results(tmp_path):
-    """threads=N (the runtime's pool over single-threaded BLAS; process-wide, hence a subprocess)."""
+THREADS_PROBE = """
+import json, sys, threading
+from minitinybert import runtime
+# every piece of work split, however small: sub-batches of a few tokens, products and attention in blocks
+runtime.PARALLEL_MIN_WORK, runtime.SHARD_MIN_TOKENS, runtime.CHUNK_TOKENS = 0, 0, int(sys.argv[4])
+m = runtime.load(sys.argv[1], threads=int(sys.argv[2]), kernels=sys.argv[3])
+texts = json.loads(sys.argv[5])
+print(json.dumps({"logits": m.logits(texts, batch_size=8).tolist(), "single": m.logits(texts[4:5]).tolist(),
+                  "embed": m.embed(texts, batch_size=8).tolist(),
+                  "helpers": sum(t.name.startswith("minitinybert-runtime") for t in threading.enumerate())}))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_threads_give_the_same_results(tmp_path, dtype):
+    """threads=N (sub-batches shared among N threads, products split by rows, attention by heads;
+    BLAS set process-wide, hence subprocesses) gives the single-threaded results."""
     _, ckpt = make_checkpoint(tmp_path, 3, seed=6, max_position_embeddings=64)
-    path = export_runtime(ckpt, tmp_path / "m.safetensors")
+    path = export_runtime(ckpt, tmp_path / "m.safetensors", dtype)
     texts = TEXTS * 4
-    code = ("import json, sys; from minitinybert import runtime; "
-            "m = runtime.load(sys.argv[1], threads=int(sys.argv[2]), kernels=sys.argv[3]); "
-            "m._pool.work_scale = 0.0; m._pool.late = 1e9; "
-            "print(json.dumps([m.logits(json.loads(sys.argv[4]), batch_size=8).tolist(), m._pool.size]))")
     outputs = {}
-    for threads, kernels in ((1, "numpy"), (3, "numpy"), (3, "auto")):   # 3: more helpers than chunks at times
-        proc = subprocess.run([sys.executable, "-c", code, str(path), str(threads), kernels, json.dumps(texts)],
-                              capture_output=True, text=True, timeout=120)
+    for threads, kernels, chunk in ((1, "numpy", 4096), (3, "numpy", 16), (3, "auto", 16), (2, "auto", 4096)):
+        proc = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(path), str(threads), kernels, str(chunk),
+                               json.dumps(texts)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
-        outputs[threads, kernels], size = json.loads(proc.stdout)
-        assert size in (1, threads)
-    close(outputs[3, "numpy"], outputs[1, "numpy"], 1e-6)
-    close(outputs[3, "auto"], outputs[1, "numpy"], 1e-5)
-    close(outputs[1, "numpy"], runtime.load(path).logits(texts), 1e-5)
+        outputs[threads, kernels, chunk] = out = json.loads(proc.stdout)
+        assert out["helpers"] == threads - 1           # the work did go to other threads
+    reference = outputs[1, "numpy", 4096]
+    for key, out in outputs.items():
+        for name in ("logits", "single", "embed"):
+            close(out[name], reference[name], 1e-5)
+    rm = runtime.load(path)
+    close(reference["logits"], rm.logits(texts), 1e-5)
+    close(reference["single"], rm.logits(texts[4:5]), 1e-5)
 
 
-def test_concurrent_callers_share_the_pool(tmp_path):
+def test_concurrent_callers(tmp_path):
     _, ckpt = make_checkpoint(tmp_path, 2, seed=8)
     path = export_runtime(ckpt, tmp_path / "m.safetensors")
     code = """
@@ -311,10 +335,8 @@ import json, sys, threading
 import numpy as np
 from minitinybert import runtime
 texts = json.loads(sys.argv[2])
+runtime.PARALLEL_MIN_WORK, runtime.SHARD_MIN_TOKENS, runtime.CHUNK_TOKENS = 0, 0, 16
 models = [runtime.load(sys.argv[1], threads=2, kernels="numpy") for _ in range(2)]
-for m in models:
-    m._pool.work_scale = 0.0
-    m._pool.late = 1e9
 expected = models[0].logits(texts)
 results, errors = [], []
 def run(m):
