@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minitinybert import runtime
 from minitinybert.config import BertConfig
@@ -185,6 +187,56 @@ def test_quantize_rows():
     assert q.dtype == np.int8 and scale.dtype == np.float32 and scale[3] == 0
     assert np.abs(q).max() == 127
     np.testing.assert_allclose(q * scale[:, None], w, atol=float(scale.max()) / 2 + 1e-7)
+
+
+def _kernel_sets():
+    sets = [runtime._Kernels()]
+    numba_kernels = runtime._Kernels()
+    if numba_kernels.use_numba():
+        sets.append(numba_kernels)
+    return sets
+
+
+KERNEL_SETS = _kernel_sets()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 70), st.integers(1, 2 * runtime.INT8_KERNEL_MAX_TOKENS),
+       st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_int8_product_equals_float32_product_of_the_dequantized_weight(out_f, in_f, tokens, seed, zero_row):
+    """The int8 product (NumPy: cast weight; Numba: int8 read in the kernel, up to
+    INT8_KERNEL_MAX_TOKENS tokens, then the NumPy path) is (q * scale) @ x, float32 rounding apart."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(out_f, in_f)).astype(np.float32) * rng.uniform(0.01, 10)
+    if zero_row:
+        w[0] = 0.0
+    q, scale = quantize_rows(w)
+    x = rng.normal(size=(in_f, tokens)).astype(np.float32)
+    expected = (q.astype(np.float64) * scale[:, None].astype(np.float64)) @ x
+    bound = (np.abs(q).astype(np.float64) * scale[:, None]) @ np.abs(x)      # sum |terms|: rounding scale
+    for kernels in KERNEL_SETS:
+        ws = runtime._Workspace()
+        out = np.full((out_f, tokens), np.nan, np.float32)
+        kernels.int8_matmul(q, scale, x, out, ws, kernels.int8_input(x, ws))
+        assert np.all(np.abs(out - expected) <= 1e-5 * bound + 1e-30), kernels.name
+
+
+def test_int8_file_computes_the_dequantized_model(tmp_path):
+    """An int8 file gives the logits of the float32 model whose weights are q * scale (so int8's
+    accuracy is that model's: no error beyond the weights' rounding, whatever the kernel)."""
+    model, ckpt = make_checkpoint(tmp_path, 2, seed=11, hidden_size=64, intermediate_size=128)
+    int8_path = export_runtime(ckpt, tmp_path / "int8.safetensors", "int8", quantize_embeddings=True)
+    from minitinybert.export import runtime_tensors
+    for name, value in runtime_tensors(model.state_dict(), "float32"):
+        if name in model.params and value.ndim == 2 and not name.startswith("classifier."):
+            q, scale = quantize_rows(value)
+            model.params[name][...] = q * scale[:, None]
+    f32_path = export_model(model, tmp_path / "dequantized.safetensors", VOCAB, True, "float32")
+    texts = TEXTS + [f"{a} {b}" for a in WORDS for b in WORDS[:12]]     # up to 2 x 32-token products and more
+    expected = runtime.load(f32_path, kernels="numpy").logits(texts)
+    for kernels in ("numpy", "auto"):
+        for batch_size in (3, 64):                 # products of a few tokens (the int8 kernel), and many
+            close(runtime.load(int8_path, kernels=kernels).logits(texts, batch_size=batch_size), expected, 2e-5)
 
 
 def test_erf_accuracy():

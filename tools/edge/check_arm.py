@@ -55,9 +55,10 @@ def build_root(arch: str, root: Path, mirror: str, suite: str) -> None:
 
 
 def make_models(directory: Path) -> dict:
-    """float32 and int8 (quantized embeddings too) files of a random tinybert4 with 3 labels, the
-    head sharpened so that the three scores differ clearly."""
+    """float32 and int8 (quantized embeddings too) files of a random tinybert4 with 3 labels, its
+    head sharpened and centred on TEXTS so that the labels vary and the scores differ clearly."""
     sys.path.insert(0, str(REPO))
+    from minitinybert import runtime
     from minitinybert.config import preset
     from minitinybert.export import export_model
     from minitinybert.model import Bert
@@ -67,6 +68,8 @@ def make_models(directory: Path) -> dict:
     tokens = [line.rstrip("\r\n") for line in open(vocab, encoding="utf-8")]
     model = Bert(preset("tinybert4", num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"}), seed=7)
     model.params["classifier.weight"][...] *= 30.0
+    first = runtime.load(export_model(model, directory / "first.safetensors", tokens, True, "float32")).logits(TEXTS)
+    model.params["classifier.bias"][...] -= first.mean(axis=0)
     return {dtype: export_model(model, directory / f"{dtype}.safetensors", tokens, True, dtype,
                                 quantize_embeddings=dtype == "int8", max_length=64)
             for dtype in ("float32", "int8")}
