@@ -11,57 +11,42 @@ Copy this file next to a model file onto any machine with Python >= 3.9 and NumP
 
     python runtime.py MODEL "text" ["text2" ...]     # JSON lines on stdout (stdin when no text)
 
-Nothing else is required. Two optional speed-ups are used when importable, with the same results
-(to float rounding): Numba (fused bias + GELU, residual + layer norm and masked softmax kernels,
-vectorised; imported and loaded from its on-disk cache at the first forward pass, not at load,
-because importing Numba alone takes ~0.3 s) and `tokenizers` (the Rust WordPiece; the built-in one
-gives the same ids). load(..., kernels="numpy", tokenizer="python") or the environment variables
+Optional speed-ups, same results to float rounding: Numba (the GELU, layer norm, softmax and int8
+product kernels; imported at the first forward pass, ~0.3 s, ~110 MB of LLVM) and `tokenizers`
+(the same ids as the built-in WordPiece). kernels="numpy" / tokenizer="python" or
 MINITINYBERT_NUMBA=0 / MINITINYBERT_TOKENIZERS=0 keep them off; script mode skips Numba for fewer
-than 64 texts, where its import costs more than it saves (it also adds ~120 MB of resident
-memory: LLVM). Threads: by default one Python thread, and BLAS threads as OMP_NUM_THREADS /
-OPENBLAS_NUM_THREADS say; load(..., threads=N) runs the runtime's own N threads over
-single-threaded BLAS calls (set process-wide through OpenBLAS's API when it can be found), which
-degrades gracefully when other processes hold the cores, where OpenBLAS's threads can stall.
-A model is safe to share between threads (forward passes are serialised).
+than 64 texts. threads=None leaves BLAS's threads as the environment sets them; threads=N runs N
+threads of the runtime's own over single-threaded BLAS (OpenBLAS's threads stall when other
+processes hold the cores): a batch's sub-batches are shared among them, a single sub-batch's
+products are split by output rows and its attention by heads, when the work pays for the hand-off.
+A forward pass runs on sub-batches of ~CHUNK_TOKENS tokens, in buffers reused across layers and
+calls: memory stays bounded whatever the batch. A model may be shared between threads.
 
-Model file format ("minitinybert-runtime/1")
---------------------------------------------
-A safetensors file: 8-byte little-endian header length N, N bytes of JSON header (padded with
-spaces), then the tensor bytes. The header's "__metadata__" holds (all values are strings):
+Model file format ("minitinybert-runtime/1"): a safetensors file whose "__metadata__" holds
   format         "minitinybert-runtime/1"
   config         JSON: vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
                  intermediate_size, max_position_embeddings, type_vocab_size, layer_norm_eps,
                  hidden_act ("gelu", exact erf), num_labels (0 embedding model, 1 regression,
-                 >= 2 classes), problem_type ("single_label_classification", "regression" or
-                 "embedding")
+                 >= 2 classes), problem_type ("single_label_classification", "regression", "embedding")
   labels         JSON list of the class names in id order ([] for regression / embedding models)
   vocab          the WordPiece vocabulary, tokens joined by "\\n" (line number = id)
   do_lower_case  "true" or "false" (lower-case + NFD accent stripping)
   max_length     default truncation length in tokens, [CLS] and [SEP]s included
   dtype          informational: "float32", "float16" or "int8"
-Tensors use Hugging Face BERT names without prefix: embeddings.{word,position,token_type}_embeddings
-.weight, embeddings.LayerNorm.{weight,bias}, encoder.layer.L.attention.self.{query,key,value}.
-{weight,bias}, encoder.layer.L.attention.output.dense.{weight,bias}, ...attention.output.LayerNorm.*,
-...intermediate.dense.*, ...output.dense.*, ...output.LayerNorm.*, pooler.dense.*, classifier.*
-(with a head). Linear weights are (out, in). Dtypes: F32; F16 (computed in float32; F64 and BF16
-are read too, converted at load); I8 for 2-D
-weights, with a F32 "<name>_scale" of one scale per row (per output channel for linear layers, per
-token for embeddings), symmetric: w = q * scale, scale = max|w_row| / 127. When a layer's query,
-key and value weights (and biases, and scales) lie back to back in the file, the runtime uses them
-as one fused (3C, C) matrix straight from the memory map; otherwise it concatenates them once.
+Tensors have Hugging Face BERT names without prefix (embeddings.*, encoder.layer.L.*, pooler.dense.*,
+classifier.*); linear weights are (out, in). Dtypes: F32; F16 (F64, BF16: converted at load); I8
+for 2-D weights with a F32 "<name>_scale" of one scale per row (per output channel, or per token
+for embeddings), symmetric: w = q * scale, scale = max|w_row| / 127. A layer's query, key and
+value weights lying back to back in the file are used as one (3C, C) matrix in place.
 
-Numerics: float32 throughout, as the training engine (post-LN BERT, exact erf GELU, additive
--10000 key mask, tanh pooler). Activations are feature-major (features, tokens), so that a linear
-layer is W @ X with W as stored, the product OpenBLAS runs fastest at these sizes. predict(),
-logits() and embed(pooling="cls") compute the last layer for the [CLS] positions only (all that the
-pooler reads), a fifth less work for a 4-layer model, same outputs. Weight storage: float32 tensors are used in place from the memory
-map (no copy at load; pages are read on first use). float16 linear weights are upcast to float32
-once at load (measured: upcasting per product made batch 1x128 1.5x and 1x32 2x slower; float16
-is a download-size format), float16 embedding tables stay float16 (only the gathered rows are
-converted). int8 weights stay int8 in memory: each product dequantizes its (out, in) weight into
-one shared float32 scratch buffer (q * scale, a single pass) and calls BLAS (measured cost vs
-float32: +2 % at 1x128, +18 % at 1x32, none at 32x128). Keeping float32 copies would undo
-the 4x memory saving, and integer products in NumPy do not use BLAS.
+Numerics: float32, as the training engine (post-LN BERT, exact erf GELU, additive -10000 key mask,
+tanh pooler); predict(), logits() and embed(pooling="cls") compute the last layer for the [CLS]
+positions only (all the pooler reads). float32 weights are used from the memory map; float16
+linear weights are upcast once at load (a download-size format), embedding tables stay as stored
+(only gathered rows are converted); int8 weights stay int8: with Numba, products of up to
+INT8_KERNEL_MAX_TOKENS tokens read them as int8 in the kernel (fewer bytes per product: the
+batch-1 fast path), larger ones and NumPy-only ones cast the weight into a reused float32 buffer
+for BLAS (NumPy has no mixed int8 product).
 """
 from __future__ import annotations
 
@@ -73,6 +58,7 @@ import re
 import sys
 import threading
 import unicodedata
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -527,8 +513,7 @@ def _split_inputs(inputs):
 # =================================================================================================
 # Activations are feature-major, (features, tokens): a linear layer is W @ X with W (out, in) as
 # stored, the product OpenBLAS runs fastest at these shapes, and per-feature biases are columns.
-# Kernels work in place on the buffers of a _Workspace, so that a forward pass allocates nothing
-# larger than a row of per-token statistics.
+# Kernels work in place, on buffers of a _Workspace: a forward pass allocates no large array.
 
 # erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 beyond (float32 saturates there); |error| < 7e-8 in
 # exact arithmetic (the rational approximation Eigen and XLA use for float32).
@@ -539,32 +524,32 @@ _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -
 _F32 = np.float32
 
 
-def _erf_ratio(t, p, q):
-    """p <- erf(t) / t... times t: p <- erf(t) for t already clipped to [-4, 4]; q: scratch."""
+def _erf_into(t, p, q):
+    """p <- erf(t) for t clipped to [-4, 4]; t and q are overwritten."""
     np.multiply(t, t, out=q)
     p[...] = _ERF_P[0]
     for c in _ERF_P[1:]:
         p *= q
         p += c
-    p *= t                                                     # x P(x^2); t is free from here on
-    np.copyto(t, q)
-    q[...] = _ERF_Q[0]
+    p *= t
+    t[...], q[...] = q, _ERF_Q[0]
     for c in _ERF_Q[1:]:
         q *= t
         q += c
     p /= q
-    return p
 
 
 def erf(x):
     """Vectorised erf in NumPy (float32 in, float32 out; float64 evaluation for other inputs)."""
-    x = np.clip(np.asarray(x), -4.0, 4.0).astype(_F32 if np.asarray(x).dtype == _F32 else np.float64)
-    return _erf_ratio(x, np.empty_like(x), np.empty_like(x))
+    x = np.clip(x, -4.0, 4.0).astype(_F32 if np.asarray(x).dtype == _F32 else np.float64)
+    p = np.empty_like(x)
+    _erf_into(x, p, np.empty_like(x))
+    return p
 
 
 def _np_bias_gelu(h, bias, ws):
-    """h <- gelu(h + bias[:, None]), exact (erf) GELU, on (F, N) float32, in row blocks of ~64K
-    values (the temporaries stay in cache and small)."""
+    """h <- gelu(h + bias[:, None]), exact (erf) GELU, on (F, N), in row blocks of ~64K values so
+    that the temporaries stay small and in cache."""
     step = max(1, 65536 // h.shape[1])
     for r in range(0, h.shape[0], step):
         x = h[r:r + step]
@@ -572,7 +557,7 @@ def _np_bias_gelu(h, bias, ws):
         t, p, q = (ws(name, x.shape) for name in ("gelu_t", "gelu_p", "gelu_q"))
         np.multiply(x, _F32(1 / math.sqrt(2)), out=t)
         np.clip(t, -4.0, 4.0, out=t)
-        _erf_ratio(t, p, q)
+        _erf_into(t, p, q)
         p += _F32(1.0)
         p *= _F32(0.5)
         x *= p
@@ -588,8 +573,7 @@ def _np_add_layernorm(x, residual, bias, gamma, beta, eps):
     var = np.einsum("ij,ij->j", x, x)
     var *= _F32(1.0 / x.shape[0])
     var += _F32(eps)
-    np.sqrt(var, out=var)
-    x /= var
+    x /= np.sqrt(var, out=var)
     x *= gamma[:, None]
     x += beta[:, None]
 
@@ -604,9 +588,9 @@ def _np_softmax(scores, mask_bias, scale):
     scores /= scores.sum(axis=-1, keepdims=True)
 
 
-def _np_int8_matmul(q, scale, x, out, ws, xt=None):
-    """out <- (q * scale[:, None]) @ x: NumPy has no mixed int8 product, so the weight is cast to
-    float32 in a reused buffer (one pass) and the row scales are applied to the (small) output."""
+def _np_int8_matmul(q, scale, x, out, ws):
+    """out <- (q * scale[:, None]) @ x. NumPy has no mixed int8 product: the weight is cast into a
+    reused float32 buffer for BLAS, the row scales applied to the (smaller) output."""
     w = ws("int8_weight", q.shape)
     np.copyto(w, q, casting="unsafe")
     np.matmul(w, x, out=out)
@@ -614,20 +598,18 @@ def _np_int8_matmul(q, scale, x, out, ws, xt=None):
 
 
 # Numba twins, compiled (and cached on disk) on first use, with fastmath so that LLVM vectorises
-# them: the GELU in float32 (the same rational erf), the layer norm accumulating in float64, the
-# softmax with its own vectorisable float32 exp (Cephes' expf, relative error ~1e-7; a scalar exp
-# call per element would be 3x slower than NumPy's SIMD exp), and the int8 product.
+# them: the GELU (the same rational erf), the layer norm accumulating in float64, the softmax with
+# its own vectorisable float32 exp (Cephes' expf, relative error ~1e-7), the int8 product.
 
 def _nb_bias_gelu(h, bias):
     for i in range(h.shape[0]):
         for j in range(h.shape[1]):
             u = h[i, j] + bias[i]
             t = min(max(u * np.float32(0.7071067811865476), np.float32(-4.0)), np.float32(4.0))
-            t2, p, q = t * t, np.float32(-2.72614225801306e-10), np.float32(-1.45660718464996e-05)
-            for c in (2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-                      -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02):
+            t2, p, q = t * t, np.float32(_ERF_P[0]), np.float32(_ERF_Q[0])
+            for c in _ERF_P[1:]:
                 p = p * t2 + np.float32(c)
-            for c in (-2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
+            for c in _ERF_Q[1:]:
                 q = q * t2 + np.float32(c)
             h[i, j] = np.float32(0.5) * u * (np.float32(1.0) + t * p / q)
 
@@ -637,15 +619,13 @@ def _nb_add_layernorm(x, residual, bias, gamma, beta, eps):
     mean, var = np.zeros(n), np.zeros(n)
     for i in range(c):
         for j in range(n):
-            v = x[i, j] + bias[i] + residual[i, j]
-            x[i, j] = v
-            mean[j] += v
+            x[i, j] += bias[i] + residual[i, j]
+            mean[j] += x[i, j]
     mean /= c
     for i in range(c):
         for j in range(n):
             var[j] += (x[i, j] - mean[j]) ** 2
-    for j in range(n):
-        var[j] = 1.0 / math.sqrt(var[j] / c + eps)
+    var = 1.0 / np.sqrt(var / c + eps)
     for i in range(c):
         for j in range(n):
             x[i, j] = (x[i, j] - mean[j]) * var[j] * gamma[i] + beta[i]
@@ -662,8 +642,8 @@ def _nb_softmax(scores, mask_bias, use_mask, scale):
                 for j in range(ns):
                     row[j] = row[j] * scale + (mask_bias[b, j] if use_mask else np.float32(0.0))
                 m = row.max()
-                for j in range(ns):                 # exp(x) = 2^k exp(x - k ln 2), x <= 0
-                    x = max(row[j] - m, np.float32(-87.0))       # exp(< -87) is 0 (as NumPy's, below 1e-38)
+                for j in range(ns):         # exp(x) = 2^k exp(x - k ln 2), x <= 0; exp(< -87) = 0
+                    x = max(row[j] - m, np.float32(-87.0))
                     k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
                     y = x - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
                     p = np.float32(1.9875691500e-4)
@@ -671,11 +651,8 @@ def _nb_softmax(scores, mask_bias, use_mask, scale):
                         p = p * y + np.float32(c)
                     row[j] = (p * y * y + y + np.float32(1.0)) * np.float32(row[j] - m >= np.float32(-87.0))
                     bits[j] = (np.int32(k) + np.int32(127)) << 23      # 2^k as float32 bits
-                total = np.float32(0.0)
-                for j in range(ns):
-                    row[j] *= pow2[j]
-                    total += row[j]
-                row *= np.float32(1.0) / total
+                row *= pow2
+                row *= np.float32(1.0) / row.sum()
 
 
 def _nb_int8_matmul(q, scale, xt, out):
@@ -684,24 +661,17 @@ def _nb_int8_matmul(q, scale, xt, out):
     (O, I), N = q.shape, xt.shape[0]
     for o in range(0, O, 2):
         o1 = min(o + 1, O - 1)
-        q0, q1, s0, s1 = q[o], q[o1], scale[o], scale[o1]
+        q0, q1 = q[o], q[o1]
         for n in range(0, N, 4):
             x0, x1, x2, x3 = xt[n], xt[min(n + 1, N - 1)], xt[min(n + 2, N - 1)], xt[min(n + 3, N - 1)]
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
             for i in range(I):
                 w, v = np.float32(q0[i]), np.float32(q1[i])
-                a0 += w * x0[i]
-                a1 += w * x1[i]
-                a2 += w * x2[i]
-                a3 += w * x3[i]
-                b0 += v * x0[i]
-                b1 += v * x1[i]
-                b2 += v * x2[i]
-                b3 += v * x3[i]
+                a0, a1, a2, a3 = a0 + w * x0[i], a1 + w * x1[i], a2 + w * x2[i], a3 + w * x3[i]
+                b0, b1, b2, b3 = b0 + v * x0[i], b1 + v * x1[i], b2 + v * x2[i], b3 + v * x3[i]
             for k, a, b in ((0, a0, b0), (1, a1, b1), (2, a2, b2), (3, a3, b3)):
                 if n + k < N:
-                    out[o, n + k] = a * s0
-                    out[o1, n + k] = b * s1
+                    out[o, n + k], out[o1, n + k] = a * scale[o], b * scale[o1]
 
 
 class _Kernels:
@@ -709,9 +679,11 @@ class _Kernels:
 
     def __init__(self):
         self.name = "numpy"
-        self.bias_gelu, self.add_layernorm = _np_bias_gelu, _np_add_layernorm
-        self.softmax, self.int8_matmul = _np_softmax, _np_int8_matmul
+        self.bias_gelu, self.add_layernorm, self.softmax = _np_bias_gelu, _np_add_layernorm, _np_softmax
         self.int8_input = lambda x, ws: None
+
+    def int8_matmul(self, q, scale, x, out, ws, xt):
+        _np_int8_matmul(q, scale, x, out, ws)
 
     def use_numba(self) -> bool:
         """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
@@ -724,41 +696,32 @@ class _Kernels:
                 fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
                 gelu, softmax, int8 = fast(_nb_bias_gelu), fast(_nb_softmax), fast(_nb_int8_matmul)
                 addln = numba.njit(cache=cache, nogil=True, error_model="numpy")(_nb_add_layernorm)
-                x2, v1 = np.ones((2, 3), _F32), np.ones(2, _F32)    # compile (or load) now, for these types
-                gelu(x2, v1)
-                addln(x2, np.ones((2, 3), _F32), v1, v1, v1, 1e-12)
+                x, v = np.ones((2, 3), _F32), np.ones(2, _F32)       # compile (or load) now, for these types
+                gelu(x, v)
+                addln(x, x.copy(), v, v, v, 1e-12)
                 softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
-                int8(np.ones((2, 3), np.int8), v1, np.ones((2, 3), _F32), x2)
+                int8(np.ones((2, 3), np.int8), v, x, x)
                 break
             except Exception:  # noqa: BLE001
                 continue
         else:
             return False
-
-        def add_layernorm(x, residual, bias, gamma, beta, eps):
-            addln(x, residual, bias, gamma, beta, eps)
-
         no_mask = np.zeros((1, 0), _F32)
 
-        def softmax_(scores, mask_bias, scale):
-            softmax(scores, no_mask if mask_bias is None else mask_bias, mask_bias is not None, scale)
-
-        def int8_input(x, ws):                     # the kernel streams token rows: x^T, once per product
-            if x.shape[1] > INT8_KERNEL_MAX_TOKENS:  # past that, BLAS on the cast weight wins (measured)
+        def int8_input(x, ws):                   # the kernel streams token rows: x^T, once per product
+            if x.shape[1] > INT8_KERNEL_MAX_TOKENS:    # past that, BLAS on the cast weight wins (measured)
                 return None
             xt = ws("int8_xt", x.shape[::-1])
             np.copyto(xt, x.T)
             return xt
 
-        def int8_matmul(q, scale, x, out, ws, xt):
-            if xt is None:
-                _np_int8_matmul(q, scale, x, out, ws)
-            else:
-                int8(q, scale, xt, out)
-
         self.bias_gelu = lambda h, bias, ws: gelu(h, bias)
-        self.add_layernorm, self.softmax, self.int8_matmul = add_layernorm, softmax_, int8_matmul
+        self.add_layernorm = addln
+        self.softmax = lambda s, mask_bias, scale: softmax(s, no_mask if mask_bias is None else mask_bias,
+                                                           mask_bias is not None, scale)
         self.int8_input = int8_input
+        self.int8_matmul = lambda q, s, x, out, ws, xt: (_np_int8_matmul(q, s, x, out, ws) if xt is None
+                                                          else int8(q, s, xt, out))
         self.name = "numba"
         return True
 
@@ -775,23 +738,20 @@ def set_blas_threads(n: int) -> bool:
     (Linux, NumPy's bundled OpenBLAS or a system one). True when done."""
     if _BLAS["setters"] is None:
         import ctypes
-        setters, paths = [], []
+        _BLAS["setters"] = []
         try:
             with open("/proc/self/maps") as f:
-                paths = list(dict.fromkeys(line.split()[-1] for line in f if "openblas" in line.lower()))
+                paths = dict.fromkeys(line.split()[-1] for line in f if "openblas" in line.lower())
         except OSError:
-            pass
+            paths = {}
         for path in paths:
             try:
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                         "openblas_set_num_threads64_", "openblas_set_num_threads"):
-                if hasattr(lib, name):
-                    setters.append(getattr(lib, name))
-                    break
-        _BLAS["setters"] = setters
+            _BLAS["setters"] += [getattr(lib, name) for name in ("scipy_openblas_set_num_threads64_",
+                                 "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+                                 "openblas_set_num_threads") if hasattr(lib, name)][:1]
     if _BLAS["threads"] != n:
         for fn in _BLAS["setters"]:
             fn(int(n))
@@ -803,25 +763,24 @@ def set_blas_threads(n: int) -> bool:
 # the model
 # =================================================================================================
 
-INT8_KERNEL_MAX_TOKENS = 32   # int8 products of at most this many tokens run the int8 kernel (measured)
-CHUNK_TOKENS = 1024           # a forward pass runs on sub-batches of about this many tokens
-SHARD_MIN_TOKENS = 256        # threads=N shares batches of at least this many tokens among N threads
-PARALLEL_MIN_WORK = 4_000_000  # else a product (multiply-adds) or attention runs on one thread (measured)
+INT8_KERNEL_MAX_TOKENS = 32     # int8 products of at most this many tokens run the int8 kernel (measured)
+CHUNK_TOKENS = 1024             # a forward pass runs on sub-batches of about this many tokens
+SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
+PARALLEL_MIN_WORK = 4_000_000   # smaller products and attentions (multiply-adds) run on one thread (measured)
 
 
 class _Workspace:
-    """Named float32 buffers, reused from one forward pass to the next and across layers (each
-    grows to the largest sub-batch seen). One per thread."""
+    """Named float32 buffers reused from one forward pass to the next and across layers (each grows
+    to the largest sub-batch seen). One per thread."""
 
     def __init__(self):
         self.buffers = {}
 
     def __call__(self, name, shape):
         size = math.prod(shape)
-        buf = self.buffers.get(name)
-        if buf is None or buf.size < size:
-            buf = self.buffers[name] = np.empty(size, _F32)
-        return buf[:size].reshape(shape)
+        if self.buffers.get(name, np.empty(0)).size < size:
+            self.buffers[name] = np.empty(size, _F32)
+        return self.buffers[name][:size].reshape(shape)
 
 
 class _Dense:
@@ -833,261 +792,175 @@ class _Dense:
         self.weight, self.bias, self.scale = weight, bias, scale
 
     def __call__(self, x, out, K, ws, rows, xt=None):
-        """out <- W[r0:r1] @ x for rows (r0, r1), without the bias (the caller fuses it with what
-        follows); xt: x prepared by K.int8_input for int8 weights."""
-        w, s = self.weight[rows[0]:rows[1]], None if self.scale is None else self.scale[rows[0]:rows[1]]
-        if s is None:
+        """out <- W[r0:r1] @ x, without the bias (the caller fuses it with what follows); xt: x as
+        K.int8_input prepared it, for int8 weights."""
+        w = self.weight[rows[0]:rows[1]]
+        if self.scale is None:
             np.matmul(w, x, out=out)
         else:
-            K.int8_matmul(w, s, x, out, ws, xt)
+            K.int8_matmul(w, self.scale[rows[0]:rows[1]], x, out, ws, xt)
 
 
-class _Embedding:
-    __slots__ = ("table", "scale")
-
-    def __init__(self, table, scale):
-        self.table, self.scale = table, scale
-
-    def rows(self, ids):
-        """Float32 rows, a new writeable array."""
-        out = self.table[ids]
-        if out.dtype != _F32:
-            out = out.astype(_F32)
-        if self.scale is not None:
-            out *= self.scale[ids][..., None]
-        return out
-
-
-class _Layer:
-    __slots__ = ("qkv", "attn_out", "ln1", "inter", "out", "ln2")
+def _embedding_rows(table, ids):
+    """Float32 rows of an embedding (array as stored, int8 scales or None): a new array."""
+    array, scale = table
+    rows = array[ids].astype(_F32, copy=False)
+    if scale is not None:
+        rows *= scale[ids][..., None]
+    return rows
 
 
 class RuntimeModel:
     """A loaded model: predict(), embed(), tokenize(), forward(). See load()."""
 
     def __init__(self, path, metadata, tensors, mm, tokenizer_backend="auto", kernels="auto", threads=None):
-        self.path = os.fspath(path)
-        self._mm = mm
-        self._lock = threading.RLock()
-        self._parse_metadata(metadata)
-        self.tokenizer = WordPieceTokenizer(self.vocab_tokens, self.do_lower_case, backend=tokenizer_backend)
-        del self.vocab_tokens
-        self._build(tensors)
         if kernels not in ("auto", "numpy", "numba"):
             raise ValueError(f"kernels must be 'auto', 'numpy' or 'numba', got {kernels!r}")
-        self._kernel_choice = kernels
-        self._kernels = None
         if threads is not None and (type(threads) is not int or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        self.threads = threads
-        self._workspaces = [_Workspace() for _ in range(threads or 1)]
-        self._executor = None
+        self.path, self._mm, self._lock = os.fspath(path), mm, threading.RLock()
+        tokens = self._parse_metadata(metadata)
+        self.tokenizer = WordPieceTokenizer(tokens, self.do_lower_case, backend=tokenizer_backend)
+        self._build(tensors)
+        self._kernel_choice, self._kernels, self.threads = kernels, None, threads
+        self._workspaces, self._executor = [_Workspace() for _ in range(threads or 1)], None
 
     # --- metadata and tensors -------------------------------------------------------------------
 
     def _parse_metadata(self, meta):
-        p = self.path
-        if meta.get("format") != FORMAT:
-            raise RuntimeModelError(f"{p}: not a minitinybert runtime model (metadata format "
-                                    f"{meta.get('format')!r}, expected {FORMAT!r}); export one with "
-                                    f"python -m minitinybert.export")
+        """Checks the metadata and sets config, labels, ...; returns the vocabulary."""
+        def need(ok, message):
+            if not ok:
+                raise RuntimeModelError(f"{self.path}: {message}")
+
+        need(meta.get("format") == FORMAT, f"not a minitinybert runtime model (metadata format "
+             f"{meta.get('format')!r}, expected {FORMAT!r}); export one with python -m minitinybert.export")
         for key in ("config", "labels", "vocab", "do_lower_case", "max_length"):
-            if key not in meta:
-                raise RuntimeModelError(f"{p}: metadata lacks {key!r}")
+            need(key in meta, f"metadata lacks {key!r}")
         try:
-            cfg = json.loads(meta["config"])
-            labels = json.loads(meta["labels"])
+            cfg, labels = json.loads(meta["config"]), json.loads(meta["labels"])
         except (ValueError, RecursionError) as e:
-            raise RuntimeModelError(f"{p}: metadata config/labels are not valid JSON ({str(e)[:200]})") from None
-        if not isinstance(cfg, dict):
-            raise RuntimeModelError(f"{p}: metadata config is not a JSON object")
-        limits = dict(vocab_size=10 ** 7, hidden_size=65536, num_hidden_layers=1024, num_attention_heads=4096,
-                      intermediate_size=10 ** 6, max_position_embeddings=10 ** 6, type_vocab_size=10 ** 6)
-        for key, limit in limits.items():
-            value = cfg.get(key)
-            if type(value) is not int or not 1 <= value <= limit:
-                raise RuntimeModelError(f"{p}: config {key} must be an integer in [1, {limit}], got {value!r}")
-        num_labels = cfg.get("num_labels", 0)
-        if type(num_labels) is not int or not 0 <= num_labels <= 10 ** 6:
-            raise RuntimeModelError(f"{p}: config num_labels must be an integer >= 0, got {num_labels!r}")
+            raise RuntimeModelError(f"{self.path}: metadata config/labels are not valid JSON ({str(e)[:200]})") from None
+        need(isinstance(cfg, dict), "metadata config is not a JSON object")
+        for key, limit in dict(vocab_size=10 ** 7, hidden_size=65536, num_hidden_layers=1024, num_attention_heads=4096,
+                               intermediate_size=10 ** 6, max_position_embeddings=10 ** 6,
+                               type_vocab_size=10 ** 6).items():
+            need(type(cfg.get(key)) is int and 1 <= cfg[key] <= limit,
+                 f"config {key} must be an integer in [1, {limit}], got {cfg.get(key)!r}")
+        n = cfg.get("num_labels", 0)
+        need(type(n) is int and 0 <= n <= 10 ** 6, f"config num_labels must be an integer >= 0, got {n!r}")
         eps = cfg.get("layer_norm_eps", 1e-12)
-        if type(eps) not in (int, float) or not 0 < eps < 1:
-            raise RuntimeModelError(f"{p}: config layer_norm_eps must be a small positive number, got {eps!r}")
-        if cfg["hidden_size"] % cfg["num_attention_heads"]:
-            raise RuntimeModelError(f"{p}: hidden_size {cfg['hidden_size']} is not divisible by "
-                                    f"num_attention_heads {cfg['num_attention_heads']}")
-        act = cfg.get("hidden_act", "gelu")
-        if act not in ("gelu", "gelu_python"):
-            raise RuntimeModelError(f"{p}: hidden_act {act!r} is not supported (exact erf GELU only)")
-        problem = cfg.get("problem_type") or ("embedding" if num_labels == 0 else
-                                              "regression" if num_labels == 1 else "single_label_classification")
-        expected_problem = ("embedding" if num_labels == 0 else "regression" if num_labels == 1
-                            else "single_label_classification")
-        if problem != expected_problem:
-            raise RuntimeModelError(f"{p}: problem_type {problem!r} does not fit num_labels {num_labels}")
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise RuntimeModelError(f"{p}: metadata labels must be a JSON list of strings")
-        if num_labels >= 2:
-            if not labels:
-                labels = [f"LABEL_{i}" for i in range(num_labels)]
-            if len(labels) != num_labels or len(set(labels)) != len(labels):
-                raise RuntimeModelError(f"{p}: {len(labels)} distinct label names for {num_labels} classes")
-        else:
-            labels = []
+        need(type(eps) in (int, float) and 0 < eps < 1, f"config layer_norm_eps must be a small positive number, "
+                                                        f"got {eps!r}")
+        need(cfg["hidden_size"] % cfg["num_attention_heads"] == 0, f"hidden_size {cfg['hidden_size']} is not "
+             f"divisible by num_attention_heads {cfg['num_attention_heads']}")
+        need(cfg.get("hidden_act", "gelu") in ("gelu", "gelu_python"),
+             f"hidden_act {cfg.get('hidden_act')!r} is not supported (exact erf GELU only)")
+        problem = "embedding" if n == 0 else "regression" if n == 1 else "single_label_classification"
+        need(cfg.get("problem_type") in (None, "", problem),
+             f"problem_type {cfg.get('problem_type')!r} does not fit num_labels {n}")
+        need(isinstance(labels, list) and all(isinstance(x, str) for x in labels),
+             "metadata labels must be a JSON list of strings")
+        labels = (labels or [f"LABEL_{i}" for i in range(n)]) if n >= 2 else []
+        need(len(labels) == len(set(labels)) == (n if n >= 2 else 0), f"{len(labels)} distinct label names for "
+                                                                     f"{n} classes")
         tokens = meta["vocab"].split("\n")
-        if len(tokens) != cfg["vocab_size"]:
-            raise RuntimeModelError(f"{p}: the vocabulary has {len(tokens)} tokens, config vocab_size is "
-                                    f"{cfg['vocab_size']}")
+        need(len(tokens) == cfg["vocab_size"], f"the vocabulary has {len(tokens)} tokens, config vocab_size is "
+                                               f"{cfg['vocab_size']}")
         lower = meta["do_lower_case"].strip().lower()
-        if lower not in ("true", "false"):
-            raise RuntimeModelError(f"{p}: do_lower_case must be 'true' or 'false', got {meta['do_lower_case']!r}")
-        try:
-            max_length = int(meta["max_length"])
-        except ValueError:
-            max_length = -1
-        if not 3 <= max_length <= cfg["max_position_embeddings"]:
-            raise RuntimeModelError(f"{p}: max_length must be an integer in [3, {cfg['max_position_embeddings']}], "
-                                    f"got {meta['max_length']!r}")
-        self.config = dict(cfg, num_labels=num_labels, layer_norm_eps=float(eps), problem_type=problem)
-        self.labels = labels
-        self.num_labels = num_labels
-        self.problem_type = problem
-        self.vocab_tokens = tokens
-        self.do_lower_case = lower == "true"
-        self.max_length = max_length
-        self.dtype = meta.get("dtype", "")
+        need(lower in ("true", "false"), f"do_lower_case must be 'true' or 'false', got {meta['do_lower_case']!r}")
+        max_length = int(meta["max_length"]) if re.fullmatch(r"\s*\d{1,9}\s*", meta["max_length"]) else -1
+        need(3 <= max_length <= cfg["max_position_embeddings"], f"max_length must be an integer in "
+             f"[3, {cfg['max_position_embeddings']}], got {meta['max_length']!r}")
+        self.config = dict(cfg, num_labels=n, layer_norm_eps=float(eps), problem_type=problem)
+        self.labels, self.num_labels, self.problem_type, self.dtype = labels, n, problem, meta.get("dtype", "")
+        self.do_lower_case, self.max_length = lower == "true", max_length
+        return tokens
 
     def _build(self, tensors):
-        cfg, p = self.config, self.path
-        C, F, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-        used = set()
+        cfg, path = self.config, self.path
+        C, F = cfg["hidden_size"], cfg["intermediate_size"]
 
-        def get(name, shape, allow_int8=False, keep_f16=False):
-            """(float32 array, None) or, for int8, (int8 array, float32 per-row scales)."""
+        def get(name, shape, int8=False):
+            """(array as stored, float or int8; int8's per-row scales or None)."""
             if name not in tensors:
-                raise RuntimeModelError(f"{p}: missing tensor {name!r}")
-            used.add(name)
-            dtype, arr, _ = tensors[name]
-            if arr.shape != shape:
-                raise RuntimeModelError(f"{p}: tensor {name!r} has shape {arr.shape}, the config says {shape}")
-            if dtype == "I8":
-                if not allow_int8:
-                    raise RuntimeModelError(f"{p}: tensor {name!r} is int8, which only 2-D weights may be")
-                return arr, get_scale(name + "_scale", shape[0])
-            if keep_f16 and dtype == "F16" and arr.dtype.isnative:
-                return arr, None
-            return to_float(name, dtype, arr), None
+                raise RuntimeModelError(f"{path}: missing tensor {name!r}")
+            dtype, array, _ = tensors[name]
+            if array.shape != shape:
+                raise RuntimeModelError(f"{path}: tensor {name!r} has shape {array.shape}, the config says {shape}")
+            if dtype == "I8" and int8:
+                scale = vector(name + "_scale", shape[0])
+                if not np.all(np.isfinite(scale)):
+                    raise RuntimeModelError(f"{path}: tensor {name + '_scale'!r} holds NaN or infinite values")
+                return array, scale
+            if dtype not in ("F32", "F16", "F64", "BF16"):
+                raise RuntimeModelError(f"{path}: tensor {name!r} has dtype {dtype}, expected F32, F16"
+                                        + (" or I8" if int8 else " (int8 is for 2-D weights only)"))
+            return (array.astype(np.uint32) << 16).view(_F32) if dtype == "BF16" else array, None
 
-        def get_float(name, shape):
-            """A float32 array; 1-D ones (biases, norms: tiny) as writable copies, so that every kernel
-            argument has one type whatever the file's dtype (Numba compiles per type)."""
-            arr = get(name, shape)[0]
-            return np.array(arr, dtype=_F32) if len(shape) == 1 else arr
+        def vector(name, n):                  # biases, norms, scales: tiny, copied (one type for the kernels)
+            return np.array(get(name, (n,))[0], dtype=_F32)
 
-        def get_scale(name, rows):
-            scale = get_float(name, (rows,))
-            if not np.all(np.isfinite(scale)):
-                raise RuntimeModelError(f"{p}: tensor {name!r} holds NaN or infinite values")
-            return scale
+        def dense(prefix, out_f, in_f, parts=("",)):
+            """A linear layer; query, key and value (parts) as one (3 out, in) product, used in place
+            when their weights lie back to back in the file."""
+            names = [f"{prefix}{x}weight" for x in parts]
+            got = [get(n, (out_f, in_f), int8=True) for n in names]
+            weights = [w if s is not None else w.astype(_F32, copy=False) for w, s in got]
+            scales = [s for _, s in got]
+            if any(s is None for s in scales):     # float (or mixed) parts: float32
+                weights = [w if s is None else w * s[:, None] for w, s in zip(weights, scales)]
+                scales = [None]
+            offsets = [tensors[n][2] for n in names]
+            if len(names) > 1 and all(o is not None for o in offsets) and all(w is tensors[n][1] for w, n in zip(weights, names)) \
+                    and all(o == offsets[0] + i * weights[0].nbytes for i, o in enumerate(offsets)):
+                weight = np.frombuffer(self._mm, weights[0].dtype, len(names) * weights[0].size,
+                                       offsets[0]).reshape(-1, in_f)
+            else:
+                weight = weights[0] if len(names) == 1 else np.concatenate(weights)
+            bias = np.concatenate([vector(f"{prefix}{x}bias", out_f) for x in parts])
+            return _Dense(weight, bias, None if scales[0] is None else np.concatenate(scales))
 
-        def to_float(name, dtype, arr):
-            if dtype == "F32":
-                return arr if arr.dtype.isnative else arr.astype(_F32)
-            if dtype in ("F16", "F64"):
-                return arr.astype(_F32)
-            if dtype == "BF16":
-                return (arr.astype(np.uint32) << 16).view(_F32)
-            raise RuntimeModelError(f"{p}: tensor {name!r} has dtype {dtype}, expected F32, F16 or I8")
-
-        def fused(names, shape):
-            """The tensors as one array viewed in place, when they lie back to back in the file."""
-            parts = [tensors.get(n) for n in names]
-            if any(x is None or x[2] is None for x in parts):
-                return None, None
-            dtype = parts[0][0]
-            if dtype not in ("F32", "I8") or any(x[0] != dtype or x[1].shape != shape for x in parts):
-                return None, None
-            if not parts[0][1].dtype.isnative:
-                return None, None
-            nbytes = parts[0][1].nbytes
-            if any(x[2] != parts[0][2] + i * nbytes for i, x in enumerate(parts)):
-                return None, None
-            view = np.frombuffer(self._mm, dtype=parts[0][1].dtype, count=len(parts) * parts[0][1].size,
-                                 offset=parts[0][2]).reshape((len(parts) * shape[0],) + shape[1:])
-            used.update(names)
-            return view, dtype
-
-        def dense(prefix, out_f, in_f, parts=None):
-            if not parts:
-                w, s = get(prefix + "weight", (out_f, in_f), allow_int8=True)
-                return _Dense(w, get_float(prefix + "bias", (out_f,)), s)
-            # query, key and value as one (3 out, in) product
-            wnames = [f"{prefix}{x}.weight" for x in parts]
-            bnames = [f"{prefix}{x}.bias" for x in parts]
-            w, wdt = fused(wnames, (out_f, in_f))
-            s = None
-            if w is not None and wdt == "I8":       # scales: tiny, copied (and checked) like biases
-                s = np.concatenate([get_scale(n + "_scale", out_f) for n in wnames])
-            elif w is None:
-                got = [get(n, (out_f, in_f), allow_int8=True) for n in wnames]
-                if all(sc is not None for _, sc in got):
-                    w, s = np.concatenate([a for a, _ in got]), np.concatenate([sc for _, sc in got])
-                else:
-                    w = np.concatenate([a if sc is None else a * sc[:, None] for a, sc in got])
-            b = np.concatenate([get_float(n, (out_f,)) for n in bnames])
-            return _Dense(w, b, s)
-
-        # embedding tables stay as stored (float16 too): only the rows a batch uses are converted
-        word, word_scale = get("embeddings.word_embeddings.weight", (cfg["vocab_size"], C), True, True)
-        pos, pos_scale = get("embeddings.position_embeddings.weight", (cfg["max_position_embeddings"], C), True, True)
-        typ, typ_scale = get("embeddings.token_type_embeddings.weight", (cfg["type_vocab_size"], C), True, True)
-        self._word = _Embedding(word, word_scale)
-        self._pos = _Embedding(pos, pos_scale)
-        self._type = _Embedding(typ, typ_scale)
-        self._emb_ln = (get_float("embeddings.LayerNorm.weight", (C,)), get_float("embeddings.LayerNorm.bias", (C,)))
+        # embedding tables stay as stored (float16, int8): only the rows a batch uses are converted
+        self._embeddings = [get(f"embeddings.{name}_embeddings.weight", (cfg[size], C), int8=True) for name, size in
+                            (("word", "vocab_size"), ("position", "max_position_embeddings"),
+                             ("token_type", "type_vocab_size"))]
+        self._emb_ln = vector("embeddings.LayerNorm.weight", C), vector("embeddings.LayerNorm.bias", C)
         self._layers = []
-        for i in range(L):
+        for i in range(cfg["num_hidden_layers"]):
             pre = f"encoder.layer.{i}."
-            layer = _Layer()
-            layer.qkv = dense(pre + "attention.self.", C, C, parts=("query", "key", "value"))
-            layer.attn_out = dense(pre + "attention.output.dense.", C, C)
-            layer.ln1 = (get_float(pre + "attention.output.LayerNorm.weight", (C,)),
-                         get_float(pre + "attention.output.LayerNorm.bias", (C,)))
-            layer.inter = dense(pre + "intermediate.dense.", F, C)
-            layer.out = dense(pre + "output.dense.", C, F)
-            layer.ln2 = (get_float(pre + "output.LayerNorm.weight", (C,)),
-                         get_float(pre + "output.LayerNorm.bias", (C,)))
-            self._layers.append(layer)
+            self._layers.append(SimpleNamespace(
+                qkv=dense(pre + "attention.self.", C, C, parts=("query.", "key.", "value.")),
+                attn_out=dense(pre + "attention.output.dense.", C, C),
+                ln1=(vector(pre + "attention.output.LayerNorm.weight", C), vector(pre + "attention.output.LayerNorm.bias", C)),
+                inter=dense(pre + "intermediate.dense.", F, C), out=dense(pre + "output.dense.", C, F),
+                ln2=(vector(pre + "output.LayerNorm.weight", C), vector(pre + "output.LayerNorm.bias", C))))
         self._pooler = dense("pooler.dense.", C, C)
         self._classifier = dense("classifier.", self.num_labels, C) if self.num_labels else None
 
-    def _get_kernels(self):
+    @property
+    def kernels(self) -> str:
+        """"numba" or "numpy" (settled at the first forward pass)."""
         if self._kernels is None:
             k = _Kernels()
             if self._kernel_choice == "numba" or (self._kernel_choice == "auto" and HAVE_NUMBA):
                 if not k.use_numba() and self._kernel_choice == "numba":
                     raise RuntimeModelError("Numba kernels were asked for but Numba cannot be imported")
             self._kernels = k
-        return self._kernels
-
-    @property
-    def kernels(self) -> str:
-        """"numba" or "numpy" (settled at the first forward pass)."""
-        return self._get_kernels().name
+        return self._kernels.name
 
     # --- forward -------------------------------------------------------------------------------
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, hidden=True):
         """(B, T) ids -> dict(hidden (B, T, C), pooled (B, C), logits (B, K) or None), float32.
-
         hidden=False computes the last layer for the [CLS] positions only (all the pooler and the
-        head read; about a fifth less work for a 4-layer model) and returns hidden None."""
+        head read; a fifth less work for a 4-layer model) and returns hidden None."""
         cfg = self.config
         ids = np.asarray(input_ids)
         if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
             raise RuntimeModelError(f"input_ids must be a non-empty (batch, tokens) integer array, got "
                                     f"{ids.dtype} {ids.shape}")
-        B, T = ids.shape
+        (B, T), C, K = ids.shape, cfg["hidden_size"], self.num_labels
         types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         if types.shape != ids.shape or mask.shape != ids.shape:
@@ -1099,50 +972,49 @@ class RuntimeModel:
             raise RuntimeModelError(f"token ids must lie in [0, {cfg['vocab_size']})")
         if types.min() < 0 or types.max() >= cfg["type_vocab_size"]:
             raise RuntimeModelError(f"token type ids must lie in [0, {cfg['type_vocab_size']})")
-        C, K = cfg["hidden_size"], self.num_labels
         out = {"hidden": np.empty((B, T, C), _F32) if hidden else None, "pooled": np.empty((B, C), _F32),
                "logits": np.empty((B, K), _F32) if K else None}
         ids, types = ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False)
 
-        def run(rows, ws, par):                 # sequences rows[0]:rows[1] into `out`
+        def run(rows, ws, par):                   # sequences rows[0]:rows[1] into `out`
             r = slice(*rows)
             x, cls = self._encode(ids[r], types[r], mask[r], ws, par, all_positions=hidden)
             if hidden:
                 out["hidden"][r] = x.T.reshape(-1, T, C)
             pooled = self._product(self._pooler, cls, ws("pooled", cls.shape), ws, 1)
             pooled += self._pooler.bias[:, None]
-            np.tanh(pooled, out=pooled)
-            out["pooled"][r] = pooled.T
+            out["pooled"][r] = np.tanh(pooled, out=pooled).T
             if K:
                 logits = self._product(self._classifier, pooled, ws("logits", (K, cls.shape[1])), ws, 1)
                 out["logits"][r] = (logits + self._classifier.bias[:, None]).T
 
         with self._lock:
-            self._get_kernels()
+            self.kernels                          # settled at the first forward pass
             threads = self.threads or 1
             if threads > 1:
-                set_blas_threads(1)                # our threads, never OpenBLAS's (they stall under load)
-            rows = max(1, CHUNK_TOKENS // T)       # sub-batches: bounded memory
+                set_blas_threads(1)               # our threads, never OpenBLAS's (they stall under load)
+            rows = max(1, CHUNK_TOKENS // T)      # sub-batches: bounded memory
             if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
                 rows = min(rows, -(-B // threads))
             chunks = [(b, min(b + rows, B)) for b in range(0, B, rows)]
-            if len(chunks) == 1:                   # one sub-batch: its products are split over the threads
-                run(chunks[0], self._workspaces[0], threads)
-            else:                                  # several: the threads share them, one at a time each
+            if threads == 1 or len(chunks) == 1:  # one sub-batch: its products are split over the threads
+                for chunk in chunks:
+                    run(chunk, self._workspaces[0], threads)
+            else:                                 # several: the threads share them, one at a time each
                 self._share(lambda i, ws: run(chunks[i], ws, 1), len(chunks))
         return out
 
     def _share(self, fn, count):
-        """fn(0, ws) ... fn(count - 1, ws) over the model's threads, each with its own workspace:
-        work sharing (a thread takes the next piece when done), the caller being one of them, so
-        that a helper the OS has not scheduled yet never holds the caller up for long."""
+        """fn(0, ws) ... fn(count - 1, ws) over the model's threads, each with its own workspace: a
+        thread takes the next piece when done, the caller being one of them, so that a helper the OS
+        has not scheduled yet holds the caller up for at most the piece it has started."""
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
             self._executor = ThreadPoolExecutor(len(self._workspaces) - 1, thread_name_prefix="minitinybert-runtime")
         pieces = iter(range(count))
 
         def work(ws):
-            for i in pieces:                       # next() on a shared iterator is atomic under the GIL
+            for i in pieces:                      # next() on a shared iterator is atomic under the GIL
                 fn(i, ws)
 
         helpers = [self._executor.submit(work, ws) for ws in self._workspaces[1:count]]
@@ -1151,41 +1023,38 @@ class RuntimeModel:
             helper.result()
 
     def _product(self, dense, x, out, ws, par, rows=None, then=None):
-        """out <- W @ x (rows (r0, r1) of W only, if given), without the bias; then(block, ws) on
-        each block of output rows. With par > 1 threads and enough work to pay for the hand-off,
-        blocks of rows go to the threads (each reads its share of the weights)."""
+        """out <- W @ x (W's rows r0:r1, if given), without the bias; then(rows, ws) on each block
+        of output rows. With par > 1 threads and enough work to pay for the hand-off, blocks of
+        rows go to the threads (each reads its share of the weights)."""
         r0, r1 = rows or (0, dense.weight.shape[0])
         parts = 2 * par if par > 1 and (r1 - r0) * x.size >= PARALLEL_MIN_WORK else 1
         xt = self._kernels.int8_input(x, ws) if dense.scale is not None else None
 
         def block(i, ws):
-            a, b = r0 + (r1 - r0) * i // parts, r0 + (r1 - r0) * (i + 1) // parts
-            dense(x, out[a - r0:b - r0], self._kernels, ws, (a, b), xt)
+            a, b = (r1 - r0) * i // parts, (r1 - r0) * (i + 1) // parts
+            dense(x, out[a:b], self._kernels, ws, (r0 + a, r0 + b), xt)
             if then is not None:
-                then(slice(a - r0, b - r0), ws)
+                then(slice(a, b), ws)
 
-        if parts == 1:
-            block(0, ws)
-        else:
-            self._share(block, parts)
+        block(0, ws) if parts == 1 else self._share(block, parts)
         return out
 
     def _encode(self, ids, types, mask, ws, par, all_positions=True):
         """(last hidden states feature-major (C, B*T), column b*T + t, or None; [CLS] states (C, B)).
         all_positions=False runs the last layer for the [CLS] queries only."""
-        B, T = ids.shape
-        C, eps = self.config["hidden_size"], self.config["layer_norm_eps"]
-        emb = self._word.rows(ids)
-        emb += self._pos.rows(np.arange(T))
-        emb += self._type.rows(types)
+        (B, T), C = ids.shape, self.config["hidden_size"]
+        word, position, token_type = self._embeddings
+        emb = _embedding_rows(word, ids)
+        emb += _embedding_rows(position, np.arange(T))
+        emb += _embedding_rows(token_type, types)
         x = ws("hidden0", (C, B * T))
         np.copyto(x, emb.reshape(B * T, C).T)
-        _np_add_layernorm(x, None, None, *self._emb_ln, eps)
+        _np_add_layernorm(x, None, None, *self._emb_ln, self.config["layer_norm_eps"])
         mask_bias = None if np.all(mask != 0) else (mask == 0).astype(_F32) * _F32(MASK_VALUE)
         for i, layer in enumerate(self._layers):
             cls_only = i == len(self._layers) - 1 and not all_positions
             x = self._layer(layer, x, B, T, mask_bias, ws, par, "cls" if cls_only else f"hidden{(i + 1) % 2}", cls_only)
-        return (None, x) if not all_positions else (x, x[:, ::T])
+        return (x, x[:, ::T]) if all_positions else (None, x)
 
     def _layer(self, layer, x, B, T, mask_bias, ws, par, out_name, cls_only=False):
         """One post-LN encoder layer on feature-major x (C, B*T) -> (C, B*T), or (C, B) for the
@@ -1206,21 +1075,17 @@ class RuntimeModel:
             q, kv = qkv[:C], qkv[C:]
         q_heads = q.reshape(H, D, B, Tq).transpose(2, 0, 3, 1)                  # (B, H, Tq, D)
         k_heads, v_heads = kv.reshape(2, H, D, B, T).transpose(0, 3, 1, 2, 4)   # (B, H, D, T) each
-        scores = ws("scores", (B, H, Tq, T))
-        ctx = ws("ctx", (C, B * Tq))
+        scores, ctx = ws("scores", (B, H, Tq, T)), ws("ctx", (C, B * Tq))
         ctx_heads = ctx.reshape(H, D, B, Tq).transpose(2, 0, 1, 3)              # (B, H, D, Tq) view
         groups = 2 * par if par > 1 and B * H * Tq * T * D >= PARALLEL_MIN_WORK else 1
 
-        def attention(i, _):                      # heads h0:h1: softmax(q k^T / sqrt D), ctx^T = v^T P^T
+        def attention(i, _):                      # heads h: softmax(q k^T / sqrt D), ctx^T = v^T P^T
             h = slice(H * i // groups, H * (i + 1) // groups)
             np.matmul(q_heads[:, h], k_heads[:, h], out=scores[:, h])
             K.softmax(scores[:, h], mask_bias, _F32(1.0 / math.sqrt(D)))
             np.matmul(v_heads[:, h], scores[:, h].swapaxes(-1, -2), out=ctx_heads[:, h])
 
-        if groups == 1:
-            attention(0, ws)
-        else:
-            self._share(attention, groups)
+        attention(0, ws) if groups == 1 else self._share(attention, groups)
         a = product(layer.attn_out, ctx, ws("attn", ctx.shape), ws, par)
         K.add_layernorm(a, x_q, layer.attn_out.bias, *layer.ln1, eps)
         h = ws("ffn", (F, a.shape[1]))

@@ -364,7 +364,8 @@ def test_threads_give_the_same_results(tmp_path, dtype):
     path = export_runtime(ckpt, tmp_path / "m.safetensors", dtype)
     texts = TEXTS * 4
     outputs = {}
-    for threads, kernels, chunk in ((1, "numpy", 4096), (3, "numpy", 16), (3, "auto", 16), (2, "auto", 4096)):
+    for threads, kernels, chunk in ((1, "numpy", 4096), (1, "auto", 16), (3, "numpy", 16), (3, "auto", 16),
+                                    (2, "auto", 4096)):
         proc = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(path), str(threads), kernels, str(chunk),
                                json.dumps(texts)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
