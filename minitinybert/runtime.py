@@ -1,7 +1,5 @@
 """minitinybert edge runtime: BERT inference from one file, on the standard library and NumPy.
 
-Copy this file next to a model file onto any machine with Python >= 3.9 and NumPy:
-
     import runtime
     model = runtime.load("sst2-int8.safetensors")
     model.predict(["a gripping film", "dull and lifeless"])
@@ -11,42 +9,33 @@ Copy this file next to a model file onto any machine with Python >= 3.9 and NumP
 
     python runtime.py MODEL "text" ["text2" ...]     # JSON lines on stdout (stdin when no text)
 
-Optional speed-ups, same results to float rounding: Numba (the GELU, layer norm, softmax and int8
-product kernels; imported at the first forward pass, ~0.3 s, ~110 MB of LLVM) and `tokenizers`
-(the same ids as the built-in WordPiece). kernels="numpy" / tokenizer="python" or
-MINITINYBERT_NUMBA=0 / MINITINYBERT_TOKENIZERS=0 keep them off; script mode skips Numba for fewer
-than 64 texts. threads=None leaves BLAS's threads as the environment sets them; threads=N runs N
-threads of the runtime's own over single-threaded BLAS (OpenBLAS's threads stall when other
-processes hold the cores): a batch's sub-batches are shared among them, a single sub-batch's
-products are split by output rows and its attention by heads, when the work pays for the hand-off.
-A forward pass runs on sub-batches of ~CHUNK_TOKENS tokens, in buffers reused across layers and
-calls: memory stays bounded whatever the batch. A model may be shared between threads.
+Optional, same results to float rounding: Numba (GELU, layer norm, softmax and int8 product
+kernels; imported at the first forward pass: ~0.3 s, ~110 MB of LLVM; script mode skips it under
+64 texts); kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off.
+threads=None leaves BLAS's threads as the environment sets them; threads=N runs N threads of the
+runtime's own over single-threaded BLAS (OpenBLAS's threads stall when other processes hold the
+cores): sub-batches are shared among them, and a single sub-batch's large products are split by
+rows, its attention by heads. A forward pass runs on sub-batches of ~CHUNK_TOKENS tokens in
+buffers reused across layers and calls: bounded memory. A model may be shared between threads.
 
-Model file format ("minitinybert-runtime/1"): a safetensors file whose "__metadata__" holds
-  format         "minitinybert-runtime/1"
-  config         JSON: vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
-                 intermediate_size, max_position_embeddings, type_vocab_size, layer_norm_eps,
-                 hidden_act ("gelu", exact erf), num_labels (0 embedding model, 1 regression,
-                 >= 2 classes), problem_type ("single_label_classification", "regression", "embedding")
-  labels         JSON list of the class names in id order ([] for regression / embedding models)
-  vocab          the WordPiece vocabulary, tokens joined by "\\n" (line number = id)
-  do_lower_case  "true" or "false" (lower-case + NFD accent stripping)
-  max_length     default truncation length in tokens, [CLS] and [SEP]s included
-  dtype          informational: "float32", "float16" or "int8"
-Tensors have Hugging Face BERT names without prefix (embeddings.*, encoder.layer.L.*, pooler.dense.*,
-classifier.*); linear weights are (out, in). Dtypes: F32; F16 (F64, BF16: converted at load); I8
-for 2-D weights with a F32 "<name>_scale" of one scale per row (per output channel, or per token
-for embeddings), symmetric: w = q * scale, scale = max|w_row| / 127. A layer's query, key and
-value weights lying back to back in the file are used as one (3C, C) matrix in place.
+File format "minitinybert-runtime/1": safetensors, whose "__metadata__" holds format, config
+(JSON: vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
+max_position_embeddings, type_vocab_size, layer_norm_eps, hidden_act "gelu" (exact erf),
+num_labels (0 embedding model, 1 regression, >= 2 classes), problem_type), labels (JSON list of
+class names, id order), vocab (the WordPiece tokens joined by newlines), do_lower_case ("true" /
+"false"), max_length (default truncation, special tokens included) and dtype (informational).
+Tensors have Hugging Face BERT names without prefix; linear weights are (out, in). F32; F16 (F64,
+BF16: converted at load); I8 for 2-D weights with a F32 "<name>_scale" per row (output channel,
+or token for embeddings): w = q * scale, scale = max|w_row| / 127. Query, key and value weights
+lying back to back in the file are used as one (3C, C) matrix, in place.
 
-Numerics: float32, as the training engine (post-LN BERT, exact erf GELU, additive -10000 key mask,
-tanh pooler); predict(), logits() and embed(pooling="cls") compute the last layer for the [CLS]
-positions only (all the pooler reads). float32 weights are used from the memory map; float16
-linear weights are upcast once at load (a download-size format), embedding tables stay as stored
-(only gathered rows are converted); int8 weights stay int8: with Numba, products of up to
-INT8_KERNEL_MAX_TOKENS tokens read them as int8 in the kernel (fewer bytes per product: the
-batch-1 fast path), larger ones and NumPy-only ones cast the weight into a reused float32 buffer
-for BLAS (NumPy has no mixed int8 product).
+Numerics: float32, as the training engine (post-LN BERT, exact erf GELU, additive -10000 key
+mask, tanh pooler); predict(), logits() and embed(pooling="cls") compute the last layer for the
+[CLS] positions only. float32 weights are used from the memory map, float16 linear weights upcast
+once at load (a download-size format), embedding tables kept as stored (gathered rows converted).
+int8 weights stay int8: with Numba, products of up to INT8_KERNEL_MAX_TOKENS tokens read them as
+int8 in the kernel (a quarter of float32's bytes: the batch-1 fast path); larger products, and all
+without Numba, cast the weight into a reused float32 buffer for BLAS (NumPy has no int8 product).
 """
 from __future__ import annotations
 
@@ -74,12 +63,9 @@ SPECIAL_TOKENS = ("[UNK]", "[SEP]", "[CLS]", "[PAD]", "[MASK]")
 MAX_WORD_CHARS = 100
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off", "")
-
-
 def _can_import(name: str) -> bool:
-    if not _env_flag("MINITINYBERT_" + name.upper()):
+    """Importable, and not turned off by MINITINYBERT_<NAME>=0 (false, no, off)."""
+    if os.environ.get("MINITINYBERT_" + name.upper(), "1").strip().lower() in ("0", "false", "no", "off", ""):
         return False
     try:
         from importlib.util import find_spec
@@ -88,9 +74,7 @@ def _can_import(name: str) -> bool:
         return False
 
 
-# Optional speed-ups, detected at import without importing them (Numba alone costs ~0.3 s).
-HAVE_NUMBA = _can_import("numba")
-HAVE_TOKENIZERS = _can_import("tokenizers")
+HAVE_NUMBA = _can_import("numba")    # the optional speed-up, found without importing it (that takes ~0.3 s)
 
 
 class RuntimeModelError(ValueError):
@@ -325,7 +309,8 @@ class WordPieceTokenizer:
     non-spacing marks, then per-character lower-casing; split on whitespace and punctuation;
     greedy longest-match-first WordPiece with "##" continuations, words over 100 characters ->
     [UNK]. encode() adds [CLS] A [SEP] (B [SEP]) with token types 0/1 and truncates longest-first.
-    `backend`: "auto" (tokenizers when importable), "python" or "tokenizers"."""
+    `backend`: "auto" or "python", the same (the `tokenizers` backend went: this one is faster,
+    measured by tools/bench_runtime.py)."""
 
     def __init__(self, tokens, do_lower_case=True, backend="auto"):
         tokens = list(tokens)
@@ -347,12 +332,9 @@ class WordPieceTokenizer:
                                                                                     reverse=True)) + ")")
         self._max_piece = max([len(t) - 2 if t.startswith("##") else len(t) for t in tokens] + [1])
         self._cache = {}
-        if backend not in ("auto", "python", "tokenizers"):
-            raise ValueError(f"backend must be 'auto', 'python' or 'tokenizers', got {backend!r}")
-        if backend == "tokenizers" and not HAVE_TOKENIZERS:
-            raise RuntimeModelError("the tokenizers package is not available")
-        self.backend = "tokenizers" if backend == "tokenizers" or (backend == "auto" and HAVE_TOKENIZERS) else "python"
-        self._hf = None
+        if backend not in ("auto", "python"):
+            raise ValueError(f"backend must be 'auto' or 'python', got {backend!r}")
+        self.backend = "python"
 
     # --- one text -> word-piece ids ------------------------------------------------------------
 
@@ -416,29 +398,9 @@ class WordPieceTokenizer:
                     out.extend(self._word_ids(word))
         return out
 
-    def _hf_tokenizer(self):
-        if self._hf is None:
-            from tokenizers import Tokenizer, normalizers, pre_tokenizers
-            from tokenizers.models import WordPiece
-            tk = Tokenizer(WordPiece(vocab=self.vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS))
-            tk.add_special_tokens(self.specials)
-            tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                       strip_accents=None, lowercase=self.do_lower_case)
-            tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            self._hf = tk
-        return self._hf
-
     def token_ids(self, texts) -> list:
         """Word-piece ids of each text, without special tokens and without truncation."""
-        texts = [_check_text(t) for t in texts]
-        if self.backend == "tokenizers" and texts:
-            try:
-                hf = self._hf_tokenizer()
-            except Exception:  # noqa: BLE001 - a broken install: the built-in tokenizer gives the same ids
-                self.backend = "python"
-            else:
-                return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
-        return [self._python_ids(t) for t in texts]
+        return [self._python_ids(_check_text(t)) for t in texts]
 
     def tokenize(self, text: str) -> list:
         """Word-piece strings of one text (no special tokens, no truncation)."""
@@ -539,14 +501,6 @@ def _erf_into(t, p, q):
     p /= q
 
 
-def erf(x):
-    """Vectorised erf in NumPy (float32 in, float32 out; float64 evaluation for other inputs)."""
-    x = np.clip(x, -4.0, 4.0).astype(_F32 if np.asarray(x).dtype == _F32 else np.float64)
-    p = np.empty_like(x)
-    _erf_into(x, p, np.empty_like(x))
-    return p
-
-
 def _np_bias_gelu(h, bias, ws):
     """h <- gelu(h + bias[:, None]), exact (erf) GELU, on (F, N), in row blocks of ~64K values so
     that the temporaries stay small and in cache."""
@@ -588,7 +542,7 @@ def _np_softmax(scores, mask_bias, scale):
     scores /= scores.sum(axis=-1, keepdims=True)
 
 
-def _np_int8_matmul(q, scale, x, out, ws):
+def _np_int8_matmul(q, scale, x, out, ws, xt=None):
     """out <- (q * scale[:, None]) @ x. NumPy has no mixed int8 product: the weight is cast into a
     reused float32 buffer for BLAS, the row scales applied to the (smaller) output."""
     w = ws("int8_weight", q.shape)
@@ -680,10 +634,7 @@ class _Kernels:
     def __init__(self):
         self.name = "numpy"
         self.bias_gelu, self.add_layernorm, self.softmax = _np_bias_gelu, _np_add_layernorm, _np_softmax
-        self.int8_input = lambda x, ws: None
-
-    def int8_matmul(self, q, scale, x, out, ws, xt):
-        _np_int8_matmul(q, scale, x, out, ws)
+        self.int8_input, self.int8_matmul = (lambda x, ws: None), _np_int8_matmul
 
     def use_numba(self) -> bool:
         """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
@@ -715,20 +666,14 @@ class _Kernels:
             np.copyto(xt, x.T)
             return xt
 
+        self.name, self.add_layernorm, self.int8_input = "numba", addln, int8_input
         self.bias_gelu = lambda h, bias, ws: gelu(h, bias)
-        self.add_layernorm = addln
         self.softmax = lambda s, mask_bias, scale: softmax(s, no_mask if mask_bias is None else mask_bias,
                                                            mask_bias is not None, scale)
-        self.int8_input = int8_input
-        self.int8_matmul = lambda q, s, x, out, ws, xt: (_np_int8_matmul(q, s, x, out, ws) if xt is None
-                                                          else int8(q, s, xt, out))
-        self.name = "numba"
+        self.int8_matmul = lambda q, s, x, out, ws, xt: _np_int8_matmul(q, s, x, out, ws) if xt is None \
+            else int8(q, s, xt, out)
         return True
 
-
-# =================================================================================================
-# threads
-# =================================================================================================
 
 _BLAS = {"setters": None, "threads": None}
 
@@ -781,24 +726,6 @@ class _Workspace:
         if self.buffers.get(name, np.empty(0)).size < size:
             self.buffers[name] = np.empty(size, _F32)
         return self.buffers[name][:size].reshape(shape)
-
-
-class _Dense:
-    """A linear layer on feature-major activations, W (out, in) as stored: float32, or int8 with
-    per-row scales."""
-    __slots__ = ("weight", "bias", "scale")
-
-    def __init__(self, weight, bias, scale):
-        self.weight, self.bias, self.scale = weight, bias, scale
-
-    def __call__(self, x, out, K, ws, rows, xt=None):
-        """out <- W[r0:r1] @ x, without the bias (the caller fuses it with what follows); xt: x as
-        K.int8_input prepared it, for int8 weights."""
-        w = self.weight[rows[0]:rows[1]]
-        if self.scale is None:
-            np.matmul(w, x, out=out)
-        else:
-            K.int8_matmul(w, self.scale[rows[0]:rows[1]], x, out, ws, xt)
 
 
 def _embedding_rows(table, ids):
@@ -919,7 +846,7 @@ class RuntimeModel:
             else:
                 weight = weights[0] if len(names) == 1 else np.concatenate(weights)
             bias = np.concatenate([vector(f"{prefix}{x}bias", out_f) for x in parts])
-            return _Dense(weight, bias, None if scales[0] is None else np.concatenate(scales))
+            return SimpleNamespace(weight=weight, bias=bias, scale=None if scales[0] is None else np.concatenate(scales))
 
         # embedding tables stay as stored (float16, int8): only the rows a batch uses are converted
         self._embeddings = [get(f"embeddings.{name}_embeddings.weight", (cfg[size], C), int8=True) for name, size in
@@ -1023,16 +950,20 @@ class RuntimeModel:
             helper.result()
 
     def _product(self, dense, x, out, ws, par, rows=None, then=None):
-        """out <- W @ x (W's rows r0:r1, if given), without the bias; then(rows, ws) on each block
-        of output rows. With par > 1 threads and enough work to pay for the hand-off, blocks of
-        rows go to the threads (each reads its share of the weights)."""
+        """out <- W @ x for a linear layer (W's rows r0:r1, if given; float32, or int8 with per-row
+        scales), without the bias; then(rows, ws) on each block of output rows. With par > 1
+        threads and enough work to pay for the hand-off, blocks of rows go to the threads."""
         r0, r1 = rows or (0, dense.weight.shape[0])
         parts = 2 * par if par > 1 and (r1 - r0) * x.size >= PARALLEL_MIN_WORK else 1
         xt = self._kernels.int8_input(x, ws) if dense.scale is not None else None
 
         def block(i, ws):
             a, b = (r1 - r0) * i // parts, (r1 - r0) * (i + 1) // parts
-            dense(x, out[a:b], self._kernels, ws, (r0 + a, r0 + b), xt)
+            w = dense.weight[r0 + a:r0 + b]
+            if dense.scale is None:
+                np.matmul(w, x, out=out[a:b])
+            else:
+                self._kernels.int8_matmul(w, dense.scale[r0 + a:r0 + b], x, out[a:b], ws, xt)
             if then is not None:
                 then(slice(a, b), ws)
 
@@ -1094,32 +1025,24 @@ class RuntimeModel:
         K.add_layernorm(y, a, layer.out.bias, *layer.ln2, eps)
         return y
 
-    # --- tokenization and batching ----------------------------------------------------------------
+    # --- tokenization, batching and the public API --------------------------------------------------
 
     def _check_max_length(self, max_length):
-        if max_length is None:
-            return self.max_length
         limit = self.config["max_position_embeddings"]
-        if type(max_length) is not int or not 3 <= max_length <= limit:
+        if max_length is not None and (type(max_length) is not int or not 3 <= max_length <= limit):
             raise RuntimeModelError(f"max_length must be an integer in [3, {limit}], got {max_length!r}")
-        return max_length
+        return self.max_length if max_length is None else max_length
 
     def tokenize(self, inputs, max_length=None):
         """Model inputs for texts or (text, pair) tuples, padded to the longest:
         dict(input_ids, token_type_ids, attention_mask) of (B, T) int64 arrays, plus "truncated" (B,) bool."""
-        encoded = self.tokenizer.encode(inputs, self._check_max_length(max_length))
-        return self._pad(encoded)
+        return self._pad(self.tokenizer.encode(inputs, self._check_max_length(max_length)))
 
     def _pad(self, encoded):
-        T = max(len(ids) for ids, _, _ in encoded)
-        B = len(encoded)
-        ids = np.full((B, T), self.tokenizer.pad_id, np.int64)
-        types = np.zeros((B, T), np.int64)
-        mask = np.zeros((B, T), np.int64)
+        shape = (len(encoded), max(len(ids) for ids, _, _ in encoded))
+        ids, types, mask = np.full(shape, self.tokenizer.pad_id, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
         for row, (i, t, _) in enumerate(encoded):
-            ids[row, :len(i)] = i
-            types[row, :len(t)] = t
-            mask[row, :len(i)] = 1
+            ids[row, :len(i)], types[row, :len(t)], mask[row, :len(i)] = i, t, 1
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
                 "truncated": np.array([tr for _, _, tr in encoded], bool)}
 
@@ -1136,18 +1059,12 @@ class RuntimeModel:
             batch = self._pad([encoded[i] for i in chunk])
             out = self.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                                hidden=want == "mean")
-            if want == "logits":
-                values = out["logits"]
-            elif want == "pooled":
-                values = out["pooled"]
-            else:
+            if want == "mean":
                 m = batch["attention_mask"].astype(_F32)[:, :, None]
-                values = (out["hidden"] * m).sum(axis=1) / m.sum(axis=1)
+                out["mean"] = (out["hidden"] * m).sum(axis=1) / m.sum(axis=1)
             for row, index in enumerate(chunk):
-                results[index] = values[row]
+                results[index] = out[want][row]
         return np.stack(results).astype(_F32, copy=False), [e[2] for e in encoded]
-
-    # --- public API -------------------------------------------------------------------------------
 
     def logits(self, inputs, batch_size=32, max_length=None) -> np.ndarray:
         """(N, num_labels) raw head outputs (for evaluation)."""
@@ -1161,17 +1078,13 @@ class RuntimeModel:
         if self._classifier is None:
             raise RuntimeModelError(f"{self.path} is an embedding model without a task head: use embed()")
         logits, truncated = self._run(inputs, batch_size, max_length, "logits")
-        out = []
         if self.num_labels == 1:
             out = [{"score": float(row[0])} for row in logits]
         else:
-            z = logits.astype(np.float64)
-            z = np.exp(z - z.max(axis=1, keepdims=True))
+            z = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
             z /= z.sum(axis=1, keepdims=True)
-            for row in z:
-                best = int(np.argmax(row))
-                out.append({"label": self.labels[best],
-                            "scores": {name: float(v) for name, v in zip(self.labels, row)}})
+            out = [{"label": self.labels[int(np.argmax(row))], "scores": dict(zip(self.labels, row.tolist()))}
+                   for row in z]
         return (out, truncated) if return_truncated else out
 
     def embed(self, inputs, pooling="mean", batch_size=32, max_length=None, normalize=True) -> np.ndarray:
@@ -1181,8 +1094,7 @@ class RuntimeModel:
             raise RuntimeModelError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         vectors = self._run(inputs, batch_size, max_length, "mean" if pooling == "mean" else "pooled")[0]
         if normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, _F32(1e-12))
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), _F32(1e-12))
         return vectors
 
     def __repr__(self):
@@ -1192,9 +1104,9 @@ class RuntimeModel:
 
 
 def load(path, tokenizer="auto", kernels="auto", threads=None) -> RuntimeModel:
-    """A runtime model from its file. `tokenizer`: "auto" | "python" | "tokenizers";
-    `kernels`: "auto" (Numba when available) | "numpy" | "numba"; `threads`: None (BLAS threads as
-    the environment sets them) or N: the runtime's own N threads, BLAS set to one thread per call
+    """A runtime model from its file. `tokenizer`: "auto" | "python" (the same: the built-in
+    WordPiece); `kernels`: "auto" (Numba when available) | "numpy" | "numba"; `threads`: None (BLAS
+    threads as the environment sets them) or N: the runtime's own N threads, BLAS set to one thread
     (process-wide; degrades gracefully when other processes hold the cores)."""
     metadata, tensors, mm = read_safetensors(path)
     return RuntimeModel(path, metadata, tensors, mm, tokenizer_backend=tokenizer, kernels=kernels, threads=threads)
@@ -1217,23 +1129,17 @@ def main(argv=None) -> int:
                         help="embedding models: how token states become one vector")
     args = parser.parse_intermixed_args(argv)
     try:
-        if args.texts:
-            inputs = list(args.texts)
-        else:
-            try:
-                lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
-            except UnicodeDecodeError as e:
-                raise RuntimeModelError(f"stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
-            inputs = [tuple(line.split("\t", 1)) if "\t" in line else line for line in lines if line.strip()]
+        try:
+            lines = list(args.texts) or sys.stdin.buffer.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise RuntimeModelError(f"stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        inputs = lines if args.texts else [tuple(x.split("\t", 1)) if "\t" in x else x for x in lines if x.strip()]
         if not inputs:
             raise RuntimeModelError("no input texts (give them as arguments or on stdin)")
         model = load(args.model, kernels="auto" if len(inputs) >= 64 else "numpy")
-        if model.num_labels:
-            results = model.predict(inputs, batch_size=args.batch_size, max_length=args.max_length)
-        else:
-            vectors = model.embed(inputs, pooling=args.pooling, batch_size=args.batch_size,
-                                  max_length=args.max_length)
-            results = [{"embedding": [round(float(v), 6) for v in row]} for row in vectors]
+        options = dict(batch_size=args.batch_size, max_length=args.max_length)
+        results = model.predict(inputs, **options) if model.num_labels else [
+            {"embedding": [round(float(v), 6) for v in row]} for row in model.embed(inputs, args.pooling, **options)]
     except RuntimeModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -242,25 +242,30 @@ def prepare(workdir: Path, log=print) -> dict:
 
 
 def tokenizer_speed(log=print) -> None:
-    """The two WordPiece backends on SST-2 dev sentences (or a fixed text set): same ids, time each."""
+    """runtime.py's WordPiece against the `tokenizers` library's (Rust; runtime.py's backend until it
+    was measured slower) on SST-2 dev sentences (or a fixed text set): same ids, time each."""
+    from tokenizers.implementations import BertWordPieceTokenizer
     rt = _import_runtime()
     tokens = [line.rstrip("\r\n") for line in open(REPO / "weights" / "all-MiniLM-L6-v2" / "vocab.txt",
                                                       encoding="utf-8")]
     dev = Path(os.environ.get("MINITINYBERT_DATA", "/work/shared/data")) / "glue" / "SST-2" / "dev.tsv"
     texts = ([line.split("\t")[0] for line in dev.read_text(encoding="utf-8").splitlines()[1:]] if dev.exists()
              else [f"sentence number {i}: a gripping, well-acted film (caf\u00e9 scene)" for i in range(872)])
-    ids = {}
-    for backend in ("python", "tokenizers"):
-        tk = rt.WordPieceTokenizer(tokens, True, backend=backend)
-        for batch in ([texts[0]], texts):          # one text (a device's request), then the whole set
-            times = []
-            for _ in range(5):
-                tk._cache.clear()
+    ours = rt.WordPieceTokenizer(tokens, True)
+    rust = BertWordPieceTokenizer(str(REPO / "weights" / "all-MiniLM-L6-v2" / "vocab.txt"), lowercase=True)
+    runners = {"runtime.py": ours.token_ids,
+               "tokenizers": lambda batch: [e.ids for e in rust.encode_batch(batch, add_special_tokens=False)]}
+    for batch in ([texts[0]], texts[:32], texts):   # one text (a device's request), a batch, the dev set
+        times = {name: [] for name in runners}
+        for _ in range(9):                          # interleaved; runtime.py's word cache emptied each time
+            for name, run in runners.items():
+                ours._cache.clear()
                 t = time.perf_counter()
-                ids[backend] = tk.token_ids(batch)
-                times.append(time.perf_counter() - t)
-            log(f"tokenizer {backend:<10} {len(batch):>4} texts: {statistics.median(times) * 1e3:8.3f} ms (cold cache)")
-    assert ids["python"] == ids["tokenizers"]
+                ids = run(batch)
+                times[name].append(time.perf_counter() - t)
+                assert ids == ours.token_ids(batch)
+        a, b = (statistics.median(times[name]) * 1e3 for name in runners)
+        log(f"tokenizer, {len(batch):>4} texts: runtime.py {a:8.3f} ms, tokenizers (Rust) {b:8.3f} ms: {b / a:.2f}x")
 
 
 # --- orchestration ----------------------------------------------------------------------------------

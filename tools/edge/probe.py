@@ -21,7 +21,7 @@ pairs = [(a, b) for a, b in zip(texts, texts[1:] + texts[:1])]
 batch = model.tokenize(texts)
 print(json.dumps({
     "machine": platform.machine(), "numpy": np.__version__, "kernels": model.kernels,
-    "tokenizer": model.tokenizer.backend, "dtype": model.dtype,
+    "dtype": model.dtype,
     "ids": [row[row_mask.astype(bool)].tolist() for row, row_mask in zip(batch["input_ids"], batch["attention_mask"])],
     "predictions": model.predict(texts, batch_size=4),
     "pairs": model.predict(pairs, batch_size=4),
