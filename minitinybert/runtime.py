@@ -81,6 +81,11 @@ class RuntimeModelError(ValueError):
     """A model file that cannot be used, or inputs the model cannot take: the message says which."""
 
 
+def _need(ok, message):
+    if not ok:
+        raise RuntimeModelError(message)
+
+
 # =================================================================================================
 # safetensors reader
 # =================================================================================================
@@ -470,9 +475,7 @@ def _split_inputs(inputs):
 
 
 
-# =================================================================================================
-# numerical kernels: NumPy, and Numba twins used when available (same results to float rounding)
-# =================================================================================================
+# === numerical kernels: NumPy, and Numba twins used when available (same results to float rounding) ===
 # Activations are feature-major, (features, tokens): a linear layer is W @ X with W (out, in) as
 # stored, the product OpenBLAS runs fastest at these shapes, and per-feature biases are columns.
 # Kernels work in place, on buffers of a _Workspace: a forward pass allocates no large array.
@@ -675,43 +678,35 @@ class _Kernels:
         return True
 
 
-_BLAS = {"setters": None, "threads": None}
+_BLAS_SETTERS = []
 
 
 def set_blas_threads(n: int) -> bool:
     """Set the thread count of the OpenBLAS that NumPy uses (process-wide), if it can be found
     (Linux, NumPy's bundled OpenBLAS or a system one). True when done."""
-    if _BLAS["setters"] is None:
+    if not _BLAS_SETTERS:
         import ctypes
-        _BLAS["setters"] = []
         try:
             with open("/proc/self/maps") as f:
                 paths = dict.fromkeys(line.split()[-1] for line in f if "openblas" in line.lower())
         except OSError:
             paths = {}
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            _BLAS["setters"] += [getattr(lib, name) for name in ("scipy_openblas_set_num_threads64_",
-                                 "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-                                 "openblas_set_num_threads") if hasattr(lib, name)][:1]
-    if _BLAS["threads"] != n:
-        for fn in _BLAS["setters"]:
-            fn(int(n))
-        _BLAS["threads"] = n
-    return bool(_BLAS["setters"])
+        for lib in (ctypes.CDLL(path) for path in paths if os.path.exists(path)):
+            _BLAS_SETTERS.extend([getattr(lib, name) for name in ("scipy_openblas_set_num_threads64_",
+                                  "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+                                  "openblas_set_num_threads") if hasattr(lib, name)][:1])
+        _BLAS_SETTERS.append(None)                # searched
+    for fn in _BLAS_SETTERS[:-1]:
+        fn(int(n))
+    return len(_BLAS_SETTERS) > 1
 
 
-# =================================================================================================
-# the model
-# =================================================================================================
+# === the model ====================================================================================
 
 INT8_KERNEL_MAX_TOKENS = 32     # int8 products of at most this many tokens run the int8 kernel (measured)
 CHUNK_TOKENS = 1024             # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
-PARALLEL_MIN_WORK = 4_000_000   # smaller products and attentions (multiply-adds) run on one thread (measured)
+PARALLEL_MIN_WORK = 32_000_000  # smaller products and attentions (multiply-adds) run on one thread (measured)
 
 
 class _Workspace:
@@ -757,8 +752,7 @@ class RuntimeModel:
     def _parse_metadata(self, meta):
         """Checks the metadata and sets config, labels, ...; returns the vocabulary."""
         def need(ok, message):
-            if not ok:
-                raise RuntimeModelError(f"{self.path}: {message}")
+            _need(ok, f"{self.path}: {message}")
 
         need(meta.get("format") == FORMAT, f"not a minitinybert runtime model (metadata format "
              f"{meta.get('format')!r}, expected {FORMAT!r}); export one with python -m minitinybert.export")
@@ -810,19 +804,15 @@ class RuntimeModel:
 
         def get(name, shape, int8=False):
             """(array as stored, float or int8; int8's per-row scales or None)."""
-            if name not in tensors:
-                raise RuntimeModelError(f"{path}: missing tensor {name!r}")
+            _need(name in tensors, f"{path}: missing tensor {name!r}")
             dtype, array, _ = tensors[name]
-            if array.shape != shape:
-                raise RuntimeModelError(f"{path}: tensor {name!r} has shape {array.shape}, the config says {shape}")
+            _need(array.shape == shape, f"{path}: tensor {name!r} has shape {array.shape}, the config says {shape}")
             if dtype == "I8" and int8:
                 scale = vector(name + "_scale", shape[0])
-                if not np.all(np.isfinite(scale)):
-                    raise RuntimeModelError(f"{path}: tensor {name + '_scale'!r} holds NaN or infinite values")
+                _need(np.all(np.isfinite(scale)), f"{path}: tensor {name + '_scale'!r} holds NaN or infinite values")
                 return array, scale
-            if dtype not in ("F32", "F16", "F64", "BF16"):
-                raise RuntimeModelError(f"{path}: tensor {name!r} has dtype {dtype}, expected F32, F16"
-                                        + (" or I8" if int8 else " (int8 is for 2-D weights only)"))
+            _need(dtype in ("F32", "F16", "F64", "BF16"), f"{path}: tensor {name!r} has dtype {dtype}, expected "
+                  f"F32, F16" + (" or I8" if int8 else " (int8 is for 2-D weights only)"))
             return (array.astype(np.uint32) << 16).view(_F32) if dtype == "BF16" else array, None
 
         def vector(name, n):                  # biases, norms, scales: tiny, copied (one type for the kernels)
@@ -882,23 +872,19 @@ class RuntimeModel:
         """(B, T) ids -> dict(hidden (B, T, C), pooled (B, C), logits (B, K) or None), float32.
         hidden=False computes the last layer for the [CLS] positions only (all the pooler and the
         head read; a fifth less work for a 4-layer model) and returns hidden None."""
-        cfg = self.config
-        ids = np.asarray(input_ids)
-        if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise RuntimeModelError(f"input_ids must be a non-empty (batch, tokens) integer array, got "
-                                    f"{ids.dtype} {ids.shape}")
+        cfg, ids = self.config, np.asarray(input_ids)
+        _need(ids.ndim == 2 and ids.size and np.issubdtype(ids.dtype, np.integer),
+              f"input_ids must be a non-empty (batch, tokens) integer array, got {ids.dtype} {ids.shape}")
         (B, T), C, K = ids.shape, cfg["hidden_size"], self.num_labels
         types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        if types.shape != ids.shape or mask.shape != ids.shape:
-            raise RuntimeModelError(f"token_type_ids {types.shape} and attention_mask {mask.shape} must have "
-                                    f"input_ids' shape {ids.shape}")
-        if T > cfg["max_position_embeddings"]:
-            raise RuntimeModelError(f"{T} tokens exceed max_position_embeddings {cfg['max_position_embeddings']}")
-        if ids.min() < 0 or ids.max() >= cfg["vocab_size"]:
-            raise RuntimeModelError(f"token ids must lie in [0, {cfg['vocab_size']})")
-        if types.min() < 0 or types.max() >= cfg["type_vocab_size"]:
-            raise RuntimeModelError(f"token type ids must lie in [0, {cfg['type_vocab_size']})")
+        _need(types.shape == ids.shape == mask.shape, f"token_type_ids {types.shape} and attention_mask "
+              f"{mask.shape} must have input_ids' shape {ids.shape}")
+        _need(T <= cfg["max_position_embeddings"], f"{T} tokens exceed max_position_embeddings "
+              f"{cfg['max_position_embeddings']}")
+        _need(0 <= ids.min() and ids.max() < cfg["vocab_size"], f"token ids must lie in [0, {cfg['vocab_size']})")
+        _need(0 <= types.min() and types.max() < cfg["type_vocab_size"],
+              f"token type ids must lie in [0, {cfg['type_vocab_size']})")
         out = {"hidden": np.empty((B, T, C), _F32) if hidden else None, "pooled": np.empty((B, C), _F32),
                "logits": np.empty((B, K), _F32) if K else None}
         ids, types = ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False)
@@ -918,7 +904,7 @@ class RuntimeModel:
         with self._lock:
             self.kernels                          # settled at the first forward pass
             threads = self.threads or 1
-            if threads > 1:
+            if self.threads:
                 set_blas_threads(1)               # our threads, never OpenBLAS's (they stall under load)
             rows = max(1, CHUNK_TOKENS // T)      # sub-batches: bounded memory
             if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
@@ -1029,8 +1015,8 @@ class RuntimeModel:
 
     def _check_max_length(self, max_length):
         limit = self.config["max_position_embeddings"]
-        if max_length is not None and (type(max_length) is not int or not 3 <= max_length <= limit):
-            raise RuntimeModelError(f"max_length must be an integer in [3, {limit}], got {max_length!r}")
+        _need(max_length is None or type(max_length) is int and 3 <= max_length <= limit,
+              f"max_length must be an integer in [3, {limit}], got {max_length!r}")
         return self.max_length if max_length is None else max_length
 
     def tokenize(self, inputs, max_length=None):
@@ -1049,8 +1035,7 @@ class RuntimeModel:
     def _run(self, inputs, batch_size, max_length, want):
         """Outputs of `want` ("logits", "mean" or "pooled") per input, in input order: inputs are
         sorted by length into buckets of batch_size, each padded only to its own longest."""
-        if type(batch_size) is not int or batch_size < 1:
-            raise RuntimeModelError(f"batch_size must be a positive integer, got {batch_size!r}")
+        _need(type(batch_size) is int and batch_size >= 1, f"batch_size must be a positive integer, got {batch_size!r}")
         encoded = self.tokenizer.encode(inputs, self._check_max_length(max_length))
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         results = [None] * len(encoded)
@@ -1068,15 +1053,13 @@ class RuntimeModel:
 
     def logits(self, inputs, batch_size=32, max_length=None) -> np.ndarray:
         """(N, num_labels) raw head outputs (for evaluation)."""
-        if self._classifier is None:
-            raise RuntimeModelError(f"{self.path} is an embedding model without a task head: use embed()")
+        _need(self._classifier, f"{self.path} is an embedding model without a task head: use embed()")
         return self._run(inputs, batch_size, max_length, "logits")[0]
 
     def predict(self, inputs, batch_size=32, max_length=None, return_truncated=False):
         """Texts or (text, pair) tuples -> [{"label", "scores": {label: probability}}] for classifiers,
         [{"score"}] for regression models; in input order. A single text or pair may be given bare."""
-        if self._classifier is None:
-            raise RuntimeModelError(f"{self.path} is an embedding model without a task head: use embed()")
+        _need(self._classifier, f"{self.path} is an embedding model without a task head: use embed()")
         logits, truncated = self._run(inputs, batch_size, max_length, "logits")
         if self.num_labels == 1:
             out = [{"score": float(row[0])} for row in logits]
@@ -1090,8 +1073,7 @@ class RuntimeModel:
     def embed(self, inputs, pooling="mean", batch_size=32, max_length=None, normalize=True) -> np.ndarray:
         """(N, hidden) sentence embeddings, L2-normalised unless normalize=False. pooling: "mean"
         (mean of the last hidden states over real tokens) or "cls" (the pooler output, tanh(W h_CLS + b))."""
-        if pooling not in ("mean", "cls", "pooler"):
-            raise RuntimeModelError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        _need(pooling in ("mean", "cls", "pooler"), f"pooling must be 'mean' or 'cls', got {pooling!r}")
         vectors = self._run(inputs, batch_size, max_length, "mean" if pooling == "mean" else "pooled")[0]
         if normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), _F32(1e-12))
@@ -1112,9 +1094,7 @@ def load(path, tokenizer="auto", kernels="auto", threads=None) -> RuntimeModel:
     return RuntimeModel(path, metadata, tensors, mm, tokenizer_backend=tokenizer, kernels=kernels, threads=threads)
 
 
-# =================================================================================================
-# script mode
-# =================================================================================================
+# === script mode ==================================================================================
 
 def main(argv=None) -> int:
     import argparse

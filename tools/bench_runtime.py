@@ -16,6 +16,7 @@ gets load(threads=N) except the "-blas" variant (threads=None: BLAS threads only
 Rows: runtime-f32 / runtime-int8 (Numba kernels; the last layer computed for the [CLS] position
 only, as predict() does: same logits), runtime-f32-full (every position, as the ONNX graph does),
 runtime-f32-numpy / runtime-int8-numpy (no Numba: a NumPy-only board), runtime-f32-blas,
+runtime-f32-1t (threads=1 in every table: what the runtime's own threads bring),
 runtime-int8-emb-numpy (NumPy only, int8 with quantized embeddings: the small-board memory
 figures), ort-f32, ort-int8 (onnxruntime.quantization.quantize_dynamic, int8 weights).
 The rounds are interleaved (runtime, ORT, runtime, ...) so that load from other processes hits
@@ -48,7 +49,8 @@ RUNTIME_VARIANTS = {
     "runtime-int8": dict(file="runtime-int8"),
     "runtime-f32-full": dict(file="runtime-f32", hidden=True),      # every position of the last layer, as ORT
     "runtime-f32-numpy": dict(file="runtime-f32", numba=False),     # no Numba: what a NumPy-only board gets
-    "runtime-f32-blas": dict(file="runtime-f32", blas=True),        # OpenBLAS's threads instead of the pool
+    "runtime-f32-blas": dict(file="runtime-f32", blas=True),        # OpenBLAS's threads instead of ours
+    "runtime-f32-1t": dict(file="runtime-f32", threads=1),          # one thread, whatever the table's count
     "runtime-int8-numpy": dict(file="runtime-int8", numba=False),   # NumPy only: int8 weights cast per product
     # a small board: NumPy only, int8 with quantized embeddings (the memory targets)
     "runtime-int8-emb-numpy": dict(file="runtime-int8-emb", numba=False),
@@ -101,7 +103,7 @@ def _make_runner(engine: str, path: str, threads: int):  # noqa: C901
     rt = _import_runtime()
     # threads: the runtime's own pool over single-threaded BLAS calls, or (blas) one Python
     # thread and OpenBLAS's own threads (from OMP/OPENBLAS_NUM_THREADS)
-    model = rt.load(path, threads=None if opts.get("blas") else threads)
+    model = rt.load(path, threads=None if opts.get("blas") else opts.get("threads", threads))
     hidden = opts.get("hidden", False)
 
     def run(ids, types, mask):
@@ -279,7 +281,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", default="2,1", help="comma-separated thread counts, one table each")
     parser.add_argument("--shapes", default=",".join(f"{b}x{t}" for b, t in SHAPES))
     parser.add_argument("--engines", default="runtime-f32,runtime-int8,runtime-f32-numpy,runtime-int8-numpy,"
-                                             "runtime-f32-blas,runtime-int8-emb-numpy,ort-f32,ort-int8",
+                                             "runtime-f32-blas,runtime-f32-1t,runtime-int8-emb-numpy,ort-f32,ort-int8",
                         help="any of " + ", ".join(list(RUNTIME_VARIANTS) + list(ORT_ENGINES)))
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
@@ -315,6 +317,7 @@ def kind(engine: str) -> str:
 
 def bench_threads(files: dict, engines: list, threads: int, args) -> dict:
     shapes = args.shapes
+    engines = [e for e in engines if not (threads == 1 and e.endswith("-1t"))]     # the same as runtime-f32
     results = {(e, s): [] for e in engines for s in shapes}
     startup = {e: [] for e in engines}
     cli = []
