@@ -11,12 +11,11 @@
 
 Optional, same results to float rounding: Numba (GELU, layer norm, softmax and int8 product
 kernels; imported at the first forward pass: ~0.3 s, ~110 MB of LLVM; script mode skips it under
-64 texts); kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off.
+64 texts); kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off. A forward pass runs on
+sub-batches of ~CHUNK_TOKENS tokens in buffers reused across layers and calls (bounded memory).
 threads=None leaves BLAS's threads as the environment sets them; threads=N runs N threads of the
 runtime's own over single-threaded BLAS (OpenBLAS's threads stall when other processes hold the
-cores): sub-batches are shared among them, and a single sub-batch's large products are split by
-rows, its attention by heads. A forward pass runs on sub-batches of ~CHUNK_TOKENS tokens in
-buffers reused across layers and calls: bounded memory. A model may be shared between threads.
+cores): they share the sub-batches; a single sub-batch's large products are split by rows.
 
 File format "minitinybert-runtime/1": safetensors, whose "__metadata__" holds format, config
 (JSON: vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
@@ -29,13 +28,12 @@ BF16: converted at load); I8 for 2-D weights with a F32 "<name>_scale" per row (
 or token for embeddings): w = q * scale, scale = max|w_row| / 127. Query, key and value weights
 lying back to back in the file are used as one (3C, C) matrix, in place.
 
-Numerics: float32, as the training engine (post-LN BERT, exact erf GELU, additive -10000 key
-mask, tanh pooler); predict(), logits() and embed(pooling="cls") compute the last layer for the
-[CLS] positions only. float32 weights are used from the memory map, float16 linear weights upcast
-once at load (a download-size format), embedding tables kept as stored (gathered rows converted).
-int8 weights stay int8: with Numba, products of up to INT8_KERNEL_MAX_TOKENS tokens read them as
-int8 in the kernel (a quarter of float32's bytes: the batch-1 fast path); larger products, and all
-without Numba, cast the weight into a reused float32 buffer for BLAS (NumPy has no int8 product).
+Numerics: float32, as the training engine (post-LN, exact erf GELU, -10000 key mask, tanh pooler);
+predict(), logits(), embed(pooling="cls") run the last layer for the [CLS] positions only. float32
+weights are used from the memory map, float16 linear weights upcast at load, embedding tables kept
+as stored. int8 weights stay int8: with Numba, products of up to INT8_KERNEL_MAX_TOKENS tokens read
+them as int8 in the kernel (the batch-1 fast path); larger ones, and all without Numba, cast the
+weight into a reused float32 buffer for BLAS (NumPy has no int8 product).
 """
 from __future__ import annotations
 
@@ -64,17 +62,16 @@ MAX_WORD_CHARS = 100
 
 
 def _can_import(name: str) -> bool:
-    """Importable, and not turned off by MINITINYBERT_<NAME>=0 (false, no, off)."""
-    if os.environ.get("MINITINYBERT_" + name.upper(), "1").strip().lower() in ("0", "false", "no", "off", ""):
-        return False
+    """Importable (found without importing it), and not turned off by MINITINYBERT_<NAME>=0."""
+    from importlib.util import find_spec
+    off = os.environ.get("MINITINYBERT_" + name.upper(), "1").strip().lower() in ("0", "false", "no", "off", "")
     try:
-        from importlib.util import find_spec
-        return find_spec(name) is not None
+        return not off and find_spec(name) is not None
     except (ImportError, ValueError):
         return False
 
 
-HAVE_NUMBA = _can_import("numba")    # the optional speed-up, found without importing it (that takes ~0.3 s)
+HAVE_NUMBA = _can_import("numba")
 
 
 class RuntimeModelError(ValueError):
@@ -86,9 +83,7 @@ def _need(ok, message):
         raise RuntimeModelError(message)
 
 
-# =================================================================================================
-# safetensors reader
-# =================================================================================================
+# === safetensors reader ===========================================================================
 
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
            "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
@@ -204,9 +199,7 @@ def _check_entry(path, name, info, data_size):
     return dtype, tuple(shape), begin, end
 
 
-# =================================================================================================
-# WordPiece tokenizer (equal to tokenizers' BertWordPieceTokenizer)
-# =================================================================================================
+# === WordPiece tokenizer (equal to tokenizers' BertWordPieceTokenizer) ============================
 # Character classes as tokenizers' BertNormalizer and BertPreTokenizer see them (their Unicode
 # tables, not Python's, which are newer for some characters): "other" (Cc Cf Co Cs, dropped by
 # clean-up), "Mn" (non-spacing marks, dropped by accent stripping) and punctuation (ASCII
@@ -314,8 +307,7 @@ class WordPieceTokenizer:
     non-spacing marks, then per-character lower-casing; split on whitespace and punctuation;
     greedy longest-match-first WordPiece with "##" continuations, words over 100 characters ->
     [UNK]. encode() adds [CLS] A [SEP] (B [SEP]) with token types 0/1 and truncates longest-first.
-    `backend`: "auto" or "python", the same (the `tokenizers` backend went: this one is faster,
-    measured by tools/bench_runtime.py)."""
+    `backend`: "auto" or "python", the same (this is faster than `tokenizers`: tools/bench_runtime.py)."""
 
     def __init__(self, tokens, do_lower_case=True, backend="auto"):
         tokens = list(tokens)
@@ -527,10 +519,7 @@ def _np_add_layernorm(x, residual, bias, gamma, beta, eps):
     if residual is not None:
         x += residual
     x -= x.mean(axis=0)
-    var = np.einsum("ij,ij->j", x, x)
-    var *= _F32(1.0 / x.shape[0])
-    var += _F32(eps)
-    x /= np.sqrt(var, out=var)
+    x /= np.sqrt(np.einsum("ij,ij->j", x, x) * _F32(1.0 / x.shape[0]) + _F32(eps))
     x *= gamma[:, None]
     x += beta[:, None]
 
@@ -546,8 +535,7 @@ def _np_softmax(scores, mask_bias, scale):
 
 
 def _np_int8_matmul(q, scale, x, out, ws, xt=None):
-    """out <- (q * scale[:, None]) @ x. NumPy has no mixed int8 product: the weight is cast into a
-    reused float32 buffer for BLAS, the row scales applied to the (smaller) output."""
+    """out <- (q * scale[:, None]) @ x: q cast into a reused float32 buffer (NumPy has no int8 product)."""
     w = ws("int8_weight", q.shape)
     np.copyto(w, q, casting="unsafe")
     np.matmul(w, x, out=out)
@@ -635,9 +623,8 @@ class _Kernels:
     """The steps of a layer besides float32 products: NumPy by default, Numba twins when enabled."""
 
     def __init__(self):
-        self.name = "numpy"
+        self.name, self.int8_input, self.int8_matmul = "numpy", (lambda x, ws: None), _np_int8_matmul
         self.bias_gelu, self.add_layernorm, self.softmax = _np_bias_gelu, _np_add_layernorm, _np_softmax
-        self.int8_input, self.int8_matmul = (lambda x, ws: None), _np_int8_matmul
 
     def use_numba(self) -> bool:
         """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
@@ -682,8 +669,7 @@ _BLAS_SETTERS = []
 
 
 def set_blas_threads(n: int) -> bool:
-    """Set the thread count of the OpenBLAS that NumPy uses (process-wide), if it can be found
-    (Linux, NumPy's bundled OpenBLAS or a system one). True when done."""
+    """Set the thread count of NumPy's OpenBLAS (process-wide; Linux, bundled or system). True if done."""
     if not _BLAS_SETTERS:
         import ctypes
         try:
@@ -691,7 +677,7 @@ def set_blas_threads(n: int) -> bool:
                 paths = dict.fromkeys(line.split()[-1] for line in f if "openblas" in line.lower())
         except OSError:
             paths = {}
-        for lib in (ctypes.CDLL(path) for path in paths if os.path.exists(path)):
+        for lib in (ctypes.CDLL(path) for path in paths if os.path.isfile(path)):
             _BLAS_SETTERS.extend([getattr(lib, name) for name in ("scipy_openblas_set_num_threads64_",
                                   "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
                                   "openblas_set_num_threads") if hasattr(lib, name)][:1])
@@ -706,46 +692,40 @@ def set_blas_threads(n: int) -> bool:
 INT8_KERNEL_MAX_TOKENS = 32     # int8 products of at most this many tokens run the int8 kernel (measured)
 CHUNK_TOKENS = 1024             # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
-PARALLEL_MIN_WORK = 32_000_000  # smaller products and attentions (multiply-adds) run on one thread (measured)
+PARALLEL_MIN_WORK = 32_000_000  # smaller products (multiply-adds) run on one thread (measured)
 
 
-class _Workspace:
-    """Named float32 buffers reused from one forward pass to the next and across layers (each grows
-    to the largest sub-batch seen). One per thread."""
+def _workspace():
+    """ws(name, shape): named float32 buffers reused from one forward pass to the next and across
+    layers (each grows to the largest sub-batch seen). One per thread."""
+    buffers = {}
 
-    def __init__(self):
-        self.buffers = {}
-
-    def __call__(self, name, shape):
+    def ws(name, shape):
         size = math.prod(shape)
-        if self.buffers.get(name, np.empty(0)).size < size:
-            self.buffers[name] = np.empty(size, _F32)
-        return self.buffers[name][:size].reshape(shape)
+        if name not in buffers or buffers[name].size < size:
+            buffers[name] = np.empty(size, _F32)
+        return buffers[name][:size].reshape(shape)
+    return ws
 
 
 def _embedding_rows(table, ids):
     """Float32 rows of an embedding (array as stored, int8 scales or None): a new array."""
-    array, scale = table
-    rows = array[ids].astype(_F32, copy=False)
-    if scale is not None:
-        rows *= scale[ids][..., None]
-    return rows
+    rows = table[0][ids].astype(_F32, copy=False)
+    return rows if table[1] is None else rows * table[1][ids][..., None]
 
 
 class RuntimeModel:
     """A loaded model: predict(), embed(), tokenize(), forward(). See load()."""
 
     def __init__(self, path, metadata, tensors, mm, tokenizer_backend="auto", kernels="auto", threads=None):
-        if kernels not in ("auto", "numpy", "numba"):
-            raise ValueError(f"kernels must be 'auto', 'numpy' or 'numba', got {kernels!r}")
-        if threads is not None and (type(threads) is not int or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        _need(kernels in ("auto", "numpy", "numba"), f"kernels must be 'auto', 'numpy' or 'numba', got {kernels!r}")
+        _need(threads is None or type(threads) is int and threads > 0, f"threads must be None or > 0: {threads!r}")
         self.path, self._mm, self._lock = os.fspath(path), mm, threading.RLock()
         tokens = self._parse_metadata(metadata)
         self.tokenizer = WordPieceTokenizer(tokens, self.do_lower_case, backend=tokenizer_backend)
         self._build(tensors)
         self._kernel_choice, self._kernels, self.threads = kernels, None, threads
-        self._workspaces, self._executor = [_Workspace() for _ in range(threads or 1)], None
+        self._workspaces, self._executor = [_workspace() for _ in range(threads or 1)], None
 
     # --- metadata and tensors -------------------------------------------------------------------
 
@@ -761,7 +741,7 @@ class RuntimeModel:
         try:
             cfg, labels = json.loads(meta["config"]), json.loads(meta["labels"])
         except (ValueError, RecursionError) as e:
-            raise RuntimeModelError(f"{self.path}: metadata config/labels are not valid JSON ({str(e)[:200]})") from None
+            raise RuntimeModelError(f"{self.path}: metadata config/labels are not valid JSON ({str(e)[:99]})") from None
         need(isinstance(cfg, dict), "metadata config is not a JSON object")
         for key, limit in dict(vocab_size=10 ** 7, hidden_size=65536, num_hidden_layers=1024, num_attention_heads=4096,
                                intermediate_size=10 ** 6, max_position_embeddings=10 ** 6,
@@ -808,50 +788,49 @@ class RuntimeModel:
             dtype, array, _ = tensors[name]
             _need(array.shape == shape, f"{path}: tensor {name!r} has shape {array.shape}, the config says {shape}")
             if dtype == "I8" and int8:
-                scale = vector(name + "_scale", shape[0])
+                scale = vec(name + "_scale", shape[0])
                 _need(np.all(np.isfinite(scale)), f"{path}: tensor {name + '_scale'!r} holds NaN or infinite values")
                 return array, scale
             _need(dtype in ("F32", "F16", "F64", "BF16"), f"{path}: tensor {name!r} has dtype {dtype}, expected "
                   f"F32, F16" + (" or I8" if int8 else " (int8 is for 2-D weights only)"))
             return (array.astype(np.uint32) << 16).view(_F32) if dtype == "BF16" else array, None
 
-        def vector(name, n):                  # biases, norms, scales: tiny, copied (one type for the kernels)
+        def vec(name, n):                  # biases, norms, scales: tiny, copied (one type for the kernels)
             return np.array(get(name, (n,))[0], dtype=_F32)
 
         def dense(prefix, out_f, in_f, parts=("",)):
-            """A linear layer; query, key and value (parts) as one (3 out, in) product, used in place
-            when their weights lie back to back in the file."""
+            """A linear layer; query, key and value parts as one product (in place if back to back)."""
             names = [f"{prefix}{x}weight" for x in parts]
             got = [get(n, (out_f, in_f), int8=True) for n in names]
             weights = [w if s is not None else w.astype(_F32, copy=False) for w, s in got]
             scales = [s for _, s in got]
             if any(s is None for s in scales):     # float (or mixed) parts: float32
                 weights = [w if s is None else w * s[:, None] for w, s in zip(weights, scales)]
-                scales = [None]
+                scales = None
             offsets = [tensors[n][2] for n in names]
-            if len(names) > 1 and all(o is not None for o in offsets) and all(w is tensors[n][1] for w, n in zip(weights, names)) \
+            if len(names) > 1 and all(w is tensors[n][1] for w, n in zip(weights, names)) and None not in offsets \
                     and all(o == offsets[0] + i * weights[0].nbytes for i, o in enumerate(offsets)):
                 weight = np.frombuffer(self._mm, weights[0].dtype, len(names) * weights[0].size,
                                        offsets[0]).reshape(-1, in_f)
             else:
                 weight = weights[0] if len(names) == 1 else np.concatenate(weights)
-            bias = np.concatenate([vector(f"{prefix}{x}bias", out_f) for x in parts])
-            return SimpleNamespace(weight=weight, bias=bias, scale=None if scales[0] is None else np.concatenate(scales))
+            bias = np.concatenate([vec(f"{prefix}{x}bias", out_f) for x in parts])
+            return SimpleNamespace(weight=weight, bias=bias, scale=scales and np.concatenate(scales))
 
         # embedding tables stay as stored (float16, int8): only the rows a batch uses are converted
         self._embeddings = [get(f"embeddings.{name}_embeddings.weight", (cfg[size], C), int8=True) for name, size in
                             (("word", "vocab_size"), ("position", "max_position_embeddings"),
                              ("token_type", "type_vocab_size"))]
-        self._emb_ln = vector("embeddings.LayerNorm.weight", C), vector("embeddings.LayerNorm.bias", C)
+        self._emb_ln = vec("embeddings.LayerNorm.weight", C), vec("embeddings.LayerNorm.bias", C)
         self._layers = []
         for i in range(cfg["num_hidden_layers"]):
-            pre = f"encoder.layer.{i}."
+            p = f"encoder.layer.{i}."
             self._layers.append(SimpleNamespace(
-                qkv=dense(pre + "attention.self.", C, C, parts=("query.", "key.", "value.")),
-                attn_out=dense(pre + "attention.output.dense.", C, C),
-                ln1=(vector(pre + "attention.output.LayerNorm.weight", C), vector(pre + "attention.output.LayerNorm.bias", C)),
-                inter=dense(pre + "intermediate.dense.", F, C), out=dense(pre + "output.dense.", C, F),
-                ln2=(vector(pre + "output.LayerNorm.weight", C), vector(pre + "output.LayerNorm.bias", C))))
+                qkv=dense(p + "attention.self.", C, C, parts=("query.", "key.", "value.")),
+                attn_out=dense(p + "attention.output.dense.", C, C),
+                ln1=(vec(f"{p}attention.output.LayerNorm.weight", C), vec(f"{p}attention.output.LayerNorm.bias", C)),
+                inter=dense(p + "intermediate.dense.", F, C), out=dense(p + "output.dense.", C, F),
+                ln2=(vec(p + "output.LayerNorm.weight", C), vec(p + "output.LayerNorm.bias", C))))
         self._pooler = dense("pooler.dense.", C, C)
         self._classifier = dense("classifier.", self.num_labels, C) if self.num_labels else None
 
@@ -869,9 +848,8 @@ class RuntimeModel:
     # --- forward -------------------------------------------------------------------------------
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, hidden=True):
-        """(B, T) ids -> dict(hidden (B, T, C), pooled (B, C), logits (B, K) or None), float32.
-        hidden=False computes the last layer for the [CLS] positions only (all the pooler and the
-        head read; a fifth less work for a 4-layer model) and returns hidden None."""
+        """(B, T) ids -> dict(hidden (B, T, C), pooled (B, C), logits (B, K) or None), float32. hidden=False
+        runs the last layer for the [CLS] positions only (all the pooler and head read) and returns hidden None."""
         cfg, ids = self.config, np.asarray(input_ids)
         _need(ids.ndim == 2 and ids.size and np.issubdtype(ids.dtype, np.integer),
               f"input_ids must be a non-empty (batch, tokens) integer array, got {ids.dtype} {ids.shape}")
@@ -918,9 +896,8 @@ class RuntimeModel:
         return out
 
     def _share(self, fn, count):
-        """fn(0, ws) ... fn(count - 1, ws) over the model's threads, each with its own workspace: a
-        thread takes the next piece when done, the caller being one of them, so that a helper the OS
-        has not scheduled yet holds the caller up for at most the piece it has started."""
+        """fn(i, ws) for i < count over the model's threads (own workspaces), each taking the next i
+        when done, the caller too: a helper the OS has not scheduled yet never holds it up for long."""
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
             self._executor = ThreadPoolExecutor(len(self._workspaces) - 1, thread_name_prefix="minitinybert-runtime")
@@ -936,9 +913,8 @@ class RuntimeModel:
             helper.result()
 
     def _product(self, dense, x, out, ws, par, rows=None, then=None):
-        """out <- W @ x for a linear layer (W's rows r0:r1, if given; float32, or int8 with per-row
-        scales), without the bias; then(rows, ws) on each block of output rows. With par > 1
-        threads and enough work to pay for the hand-off, blocks of rows go to the threads."""
+        """out <- W[r0:r1] @ x, no bias (float32 W, or int8 with row scales); then(rows, ws) on each
+        block of output rows. Blocks go to par threads when the work pays for the hand-off."""
         r0, r1 = rows or (0, dense.weight.shape[0])
         parts = 2 * par if par > 1 and (r1 - r0) * x.size >= PARALLEL_MIN_WORK else 1
         xt = self._kernels.int8_input(x, ws) if dense.scale is not None else None
@@ -960,10 +936,7 @@ class RuntimeModel:
         """(last hidden states feature-major (C, B*T), column b*T + t, or None; [CLS] states (C, B)).
         all_positions=False runs the last layer for the [CLS] queries only."""
         (B, T), C = ids.shape, self.config["hidden_size"]
-        word, position, token_type = self._embeddings
-        emb = _embedding_rows(word, ids)
-        emb += _embedding_rows(position, np.arange(T))
-        emb += _embedding_rows(token_type, types)
+        emb = sum(_embedding_rows(table, i) for table, i in zip(self._embeddings, (ids, np.arange(T), types)))
         x = ws("hidden0", (C, B * T))
         np.copyto(x, emb.reshape(B * T, C).T)
         _np_add_layernorm(x, None, None, *self._emb_ln, self.config["layer_norm_eps"])
@@ -992,17 +965,10 @@ class RuntimeModel:
             q, kv = qkv[:C], qkv[C:]
         q_heads = q.reshape(H, D, B, Tq).transpose(2, 0, 3, 1)                  # (B, H, Tq, D)
         k_heads, v_heads = kv.reshape(2, H, D, B, T).transpose(0, 3, 1, 2, 4)   # (B, H, D, T) each
-        scores, ctx = ws("scores", (B, H, Tq, T)), ws("ctx", (C, B * Tq))
-        ctx_heads = ctx.reshape(H, D, B, Tq).transpose(2, 0, 1, 3)              # (B, H, D, Tq) view
-        groups = 2 * par if par > 1 and B * H * Tq * T * D >= PARALLEL_MIN_WORK else 1
-
-        def attention(i, _):                      # heads h: softmax(q k^T / sqrt D), ctx^T = v^T P^T
-            h = slice(H * i // groups, H * (i + 1) // groups)
-            np.matmul(q_heads[:, h], k_heads[:, h], out=scores[:, h])
-            K.softmax(scores[:, h], mask_bias, _F32(1.0 / math.sqrt(D)))
-            np.matmul(v_heads[:, h], scores[:, h].swapaxes(-1, -2), out=ctx_heads[:, h])
-
-        attention(0, ws) if groups == 1 else self._share(attention, groups)
+        scores = np.matmul(q_heads, k_heads, out=ws("scores", (B, H, Tq, T)))   # softmax(q k^T / sqrt D)
+        K.softmax(scores, mask_bias, _F32(1.0 / math.sqrt(D)))
+        ctx = ws("ctx", (C, B * Tq))                                          # ctx^T = v^T P^T, in place
+        np.matmul(v_heads, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B, Tq).transpose(2, 0, 1, 3))
         a = product(layer.attn_out, ctx, ws("attn", ctx.shape), ws, par)
         K.add_layernorm(a, x_q, layer.attn_out.bias, *layer.ln1, eps)
         h = ws("ffn", (F, a.shape[1]))
@@ -1026,7 +992,7 @@ class RuntimeModel:
 
     def _pad(self, encoded):
         shape = (len(encoded), max(len(ids) for ids, _, _ in encoded))
-        ids, types, mask = np.full(shape, self.tokenizer.pad_id, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+        ids, types, mask = (np.full(shape, value, np.int64) for value in (self.tokenizer.pad_id, 0, 0))
         for row, (i, t, _) in enumerate(encoded):
             ids[row, :len(i)], types[row, :len(t)], mask[row, :len(i)] = i, t, 1
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
@@ -1080,16 +1046,14 @@ class RuntimeModel:
         return vectors
 
     def __repr__(self):
-        cfg = self.config
-        return (f"RuntimeModel({self.path!r}, {self.problem_type}, layers={cfg['num_hidden_layers']}, "
-                f"hidden={cfg['hidden_size']}, labels={self.labels}, dtype={self.dtype or '?'})")
+        return (f"RuntimeModel({self.path!r}, {self.problem_type}, layers={self.config['num_hidden_layers']}, "
+                f"hidden={self.config['hidden_size']}, labels={self.labels}, dtype={self.dtype or '?'})")
 
 
 def load(path, tokenizer="auto", kernels="auto", threads=None) -> RuntimeModel:
-    """A runtime model from its file. `tokenizer`: "auto" | "python" (the same: the built-in
-    WordPiece); `kernels`: "auto" (Numba when available) | "numpy" | "numba"; `threads`: None (BLAS
-    threads as the environment sets them) or N: the runtime's own N threads, BLAS set to one thread
-    (process-wide; degrades gracefully when other processes hold the cores)."""
+    """A runtime model from its file. `tokenizer`: "auto" | "python" (the same); `kernels`: "auto" (Numba
+    when available) | "numpy" | "numba"; `threads`: None (BLAS threads as the environment sets them) or N:
+    the runtime's own N threads, BLAS set to one thread (process-wide; robust when others hold the cores)."""
     metadata, tensors, mm = read_safetensors(path)
     return RuntimeModel(path, metadata, tensors, mm, tokenizer_backend=tokenizer, kernels=kernels, threads=threads)
 
@@ -1098,15 +1062,13 @@ def load(path, tokenizer="auto", kernels="auto", threads=None) -> RuntimeModel:
 
 def main(argv=None) -> int:
     import argparse
-    parser = argparse.ArgumentParser(prog="runtime.py", description="Run a minitinybert runtime model: one JSON "
-                                     "line per input. Texts come from the arguments, else from stdin, one per "
-                                     "line (a tab-separated line is a sentence pair; blank lines are skipped).")
+    parser = argparse.ArgumentParser(prog="runtime.py", description="Run a minitinybert runtime model: one JSON line "
+                                     "per input; texts from the arguments, else stdin lines (TAB: a sentence pair)")
     parser.add_argument("model", help="the runtime model file")
     parser.add_argument("texts", nargs="*", help="texts to classify (or embed)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=None)
-    parser.add_argument("--pooling", default="mean", choices=("mean", "cls"),
-                        help="embedding models: how token states become one vector")
+    parser.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="embedding models' pooling")
     args = parser.parse_intermixed_args(argv)
     try:
         try:

@@ -215,7 +215,7 @@ def test_int8_product_equals_float32_product_of_the_dequantized_weight(out_f, in
     expected = (q.astype(np.float64) * scale[:, None].astype(np.float64)) @ x
     bound = (np.abs(q).astype(np.float64) * scale[:, None]) @ np.abs(x)      # sum |terms|: rounding scale
     for kernels in KERNEL_SETS:
-        ws = runtime._Workspace()
+        ws = runtime._workspace()
         out = np.full((out_f, tokens), np.nan, np.float32)
         kernels.int8_matmul(q, scale, x, out, ws, kernels.int8_input(x, ws))
         assert np.all(np.abs(out - expected) <= 1e-5 * bound + 1e-30), kernels.name
@@ -245,7 +245,7 @@ def test_gelu_accuracy():
     ref = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
     for kernels in KERNEL_SETS:
         h = x.astype(np.float32).reshape(2, -1).copy()                  # (features, tokens)
-        kernels.bias_gelu(h, np.zeros(2, np.float32), runtime._Workspace())
+        kernels.bias_gelu(h, np.zeros(2, np.float32), runtime._workspace())
         assert np.all(np.abs(h.ravel() - ref) <= 1e-6 + 3e-7 * np.abs(ref)), kernels.name
 
 
@@ -361,7 +361,7 @@ print(json.dumps({"logits": m.logits(texts, batch_size=8).tolist(), "single": m.
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_threads_give_the_same_results(tmp_path, dtype):
-    """threads=N (sub-batches shared among N threads, products split by rows, attention by heads;
+    """threads=N (sub-batches shared among N threads, products split by rows;
     BLAS set process-wide, hence subprocesses) gives the single-threaded results."""
     _, ckpt = make_checkpoint(tmp_path, 3, seed=6, max_position_embeddings=64)
     path = export_runtime(ckpt, tmp_path / "m.safetensors", dtype)
