@@ -944,7 +944,7 @@ class RuntimeModel:
         for i, layer in enumerate(self._layers):
             cls_only = i == len(self._layers) - 1 and not all_positions
             x = self._layer(layer, x, B, T, mask_bias, ws, par, "cls" if cls_only else f"hidden{(i + 1) % 2}", cls_only)
-        return (x, x[:, ::T]) if all_positions else (None, x)
+        return (x, np.ascontiguousarray(x[:, ::T])) if all_positions else (None, x)   # (BLAS: contiguous)
 
     def _layer(self, layer, x, B, T, mask_bias, ws, par, out_name, cls_only=False):
         """One post-LN encoder layer on feature-major x (C, B*T) -> (C, B*T), or (C, B) for the

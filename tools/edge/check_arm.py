@@ -3,12 +3,13 @@ BLAS) for arm64 and armhf, run under qemu-user-static, give the labels, scores, 
 embeddings that x86-64 gives, for a float32 and an int8 file (tinybert4 shape, real vocabulary).
 
     apt-get update && apt-get install -y mmdebstrap qemu-user-static     # once; needs root
-    python3 tools/edge/check_arm.py [--roots /var/tmp/minitinybert-edge] [--arch arm64,armhf]
+    python3 tools/edge/check_arm.py [--roots /var/tmp/minitinybert-edge] [--arch arm64,armhf] [--blas openblas]
 
 Each root is built once with `mmdebstrap --variant=extract` (packages unpacked, no maintainer
 script run: the libblas.so.3 / liblapack.so.3 alternative links are made here by hand) from the
 main archive, ~30 s each; the root's python3 runs through qemu-aarch64-static / qemu-arm-static
 with QEMU_LD_PREFIX set to the root, so no binfmt registration is needed. A few minutes in all.
+--blas openblas adds libopenblas0-pthread and links the alternatives to it (a Raspberry Pi's setup).
 Exit status 0 when every check passes. No speed figures: emulation says nothing about a board's.
 """
 from __future__ import annotations
@@ -36,17 +37,19 @@ TEXTS = [
 ]
 
 
-def build_root(arch: str, root: Path, mirror: str, suite: str) -> None:
-    """python3 + python3-numpy for `arch`, unpacked, with the BLAS/LAPACK alternatives linked."""
+def build_root(arch: str, root: Path, mirror: str, suite: str, blas: str) -> None:
+    """python3 + python3-numpy (+ OpenBLAS) for `arch`, unpacked, the BLAS/LAPACK alternatives linked."""
     triplet = ARCHES[arch][1]
     if not (root / "usr" / "bin" / "python3").exists():
-        print(f"[{arch}] building {root} (mmdebstrap --variant=extract, {suite})", flush=True)
+        print(f"[{arch}] building {root} (mmdebstrap --variant=extract, {suite}, {blas} BLAS)", flush=True)
         if root.exists():
             shutil.rmtree(root)
-        subprocess.run(["mmdebstrap", "--variant=extract", f"--architectures={arch}", "--include=python3-numpy",
+        include = "python3-numpy" + (",libopenblas0-pthread" if blas == "openblas" else "")
+        subprocess.run(["mmdebstrap", "--variant=extract", f"--architectures={arch}", f"--include={include}",
                         suite, str(root), mirror], check=True, stdout=subprocess.DEVNULL)
     libdir = root / "usr" / "lib" / triplet
-    for name, folder in (("libblas.so.3", "blas"), ("liblapack.so.3", "lapack")):
+    folders = ("blas", "lapack") if blas == "reference" else ("openblas-pthread", "openblas-pthread")
+    for name, folder in zip(("libblas.so.3", "liblapack.so.3"), folders):
         if not (libdir / folder / name).exists():
             raise SystemExit(f"[{arch}] {libdir / folder / name} missing: the root is incomplete (use --rebuild)")
         link = libdir / name
@@ -106,6 +109,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="arm64,armhf")
     parser.add_argument("--suite", default="bookworm")
     parser.add_argument("--mirror", default="http://deb.debian.org/debian")
+    parser.add_argument("--blas", default="reference", choices=("reference", "openblas"),
+                        help="python3-numpy's default reference BLAS, or libopenblas0-pthread (a Raspberry Pi's setup)")
     parser.add_argument("--rebuild", action="store_true", help="build the roots again")
     args = parser.parse_args(argv)
     arches = [a.strip() for a in args.arch.split(",") if a.strip()]
@@ -116,10 +121,11 @@ def main(argv=None) -> int:
         return 2
     roots = Path(args.roots)
     roots.mkdir(parents=True, exist_ok=True)
-    for arch in arches:
-        if args.rebuild and (roots / arch).exists():
-            shutil.rmtree(roots / arch)
-        build_root(arch, roots / arch, args.mirror, args.suite)
+    root_of = {arch: roots / (arch if args.blas == "reference" else f"{arch}-{args.blas}") for arch in arches}
+    for arch, root in root_of.items():
+        if args.rebuild and root.exists():
+            shutil.rmtree(root)
+        build_root(arch, root, args.mirror, args.suite, args.blas)
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MINITINYBERT_", "QEMU_"))}
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,12 +138,13 @@ def main(argv=None) -> int:
             print(f"x86-64 reference, {dtype}: NumPy {ref['numpy']}, kernels {ref['kernels']}, "
                   f"labels {' '.join(p['label'] for p in ref['predictions'])}", flush=True)
             for arch in arches:
-                root = roots / arch
-                env = dict(clean_env, QEMU_LD_PREFIX=str(root), PYTHONNOUSERSITE="1")
+                root = root_of[arch]
+                env = dict(clean_env, QEMU_LD_PREFIX=str(root), PYTHONNOUSERSITE="1", OPENBLAS_NUM_THREADS="1")
                 got = probe([ARCHES[arch][0], str(root / "usr" / "bin" / "python3")], env, model, texts)
                 problems, worst = compare(ref, got)
                 failures += bool(problems)
                 print(f"{arch:<6} {dtype:<8} {got['machine']:<8} NumPy {got['numpy']:<8} kernels {got['kernels']:<6} "
+                      f"BLAS {','.join('/'.join(b.split('/')[-2:]) for b in got['blas']) or '?'}; "
                       f"labels, ids: {'same' if not problems else 'DIFFERENT'}; "
                       f"max |score / embedding difference| {worst:.1e}: {'pass' if not problems else 'FAIL'}",
                       flush=True)

@@ -19,8 +19,13 @@ model = runtime.load(sys.argv[2])
 texts = json.loads(open(sys.argv[3], encoding="utf-8").read())
 pairs = [(a, b) for a, b in zip(texts, texts[1:] + texts[:1])]
 batch = model.tokenize(texts)
+try:                                   # the BLAS library actually loaded (the alternative's target)
+    with open("/proc/self/maps") as f:
+        blas = sorted({line.split()[-1] for line in f if "blas" in line.split()[-1].rsplit("/", 1)[-1]})
+except OSError:
+    blas = []
 print(json.dumps({
-    "machine": platform.machine(), "numpy": np.__version__, "kernels": model.kernels,
+    "machine": platform.machine(), "numpy": np.__version__, "kernels": model.kernels, "blas": blas,
     "dtype": model.dtype,
     "ids": [row[row_mask.astype(bool)].tolist() for row, row_mask in zip(batch["input_ids"], batch["attention_mask"])],
     "predictions": model.predict(texts, batch_size=4),
