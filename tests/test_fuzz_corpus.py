@@ -73,20 +73,34 @@ def bert_vocab():
         return tuple(line.rstrip("\r\n") for line in f)
 
 
+def huggingface_wordpiece(tokens, lower):
+    """The `tokenizers` library's BERT WordPiece on the same vocabulary: the independent reference."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordPiece
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tk = Tokenizer(WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=runtime.MAX_WORD_CHARS))
+    tk.add_special_tokens([t for t in runtime.SPECIAL_TOKENS if t in vocab])
+    tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                               lowercase=lower)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tk
+
+
 @pytest.mark.parametrize("vocab", ["tiny", "bert"])
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_tokenizer_cases(case, vocab):
     pytest.importorskip("tokenizers")
     tokens = TINY_VOCAB if vocab == "tiny" else bert_vocab()
     python = WordPieceTokenizer(tokens, case["lower"], backend="python")
-    rust = WordPieceTokenizer(tokens, case["lower"], backend="tokenizers")
+    reference = huggingface_wordpiece(tokens, case["lower"])
     text, pair, max_length = case["text"], case["pair"], case["max_length"]
     assert isinstance(python.normalize(text), str)
     for t in (text, pair or ""):
         ids = python.token_ids([t])[0]
         assert all(0 <= i < len(tokens) for i in ids)
-        assert rust.token_ids([t])[0] == ids and rust.backend == "tokenizers"
+        # lone surrogates are dropped by the runtime (the reference raises TypeError on them)
+        clean = "".join(c for c in t if not 0xD800 <= ord(c) <= 0xDFFF)
+        assert reference.encode(clean, add_special_tokens=False).ids == ids
     inputs = [text] if pair is None else [(text, pair)]
     (ids, types, _), = python.encode(inputs, max_length)
-    assert rust.encode(inputs, max_length) == [(ids, types, _)]
     assert ids[0] == python.cls_id and ids[-1] == python.sep_id and len(ids) <= max_length
