@@ -40,7 +40,7 @@ from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
 from .runlock import RunLockError, writer_lock
-from .tasks import GLUE_HUB_ID, get_task
+from .tasks import get_task
 from .teacher import TeacherError, resolve_teacher
 from .tokenizer import Tokenizer
 from .tokens import default_cache_dir, token_table
@@ -314,6 +314,7 @@ def summarize(args, log=print) -> dict:
 def run_all(args, log=print) -> dict | None:
     """Each stage in turn; a stage that stops early (Ctrl-C, --stop-after) ends the pipeline, and
     `all --resume` picks it up where it stopped, reusing the stages already complete."""
+    _corpus_dir(args)           # a missing corpus stops the run now, not after the teacher's stage
     for stage in (run_finetune_teacher, run_general, run_task):
         if stage(args, log) is None:
             log("pipeline paused: run the same command with --resume to continue")
@@ -364,7 +365,7 @@ def task_loader(args, log=print):
 def hub_source(args) -> HubSource:
     """Where --dataset (or, without it, GLUE on the hub) holds the task's splits and columns."""
     if args.task or not args.dataset:       # GLUE, or a copy of it in the hub's layout
-        glue = glue_source(args.task or DEFAULT_TASK, args.dataset or GLUE_HUB_ID)
+        glue = glue_source(args.task or DEFAULT_TASK, args.dataset)
         splits = dict(glue.splits)
         splits.update({split: name for split, name in (("train", args.train_split), ("dev", args.dev_split))
                        if name})

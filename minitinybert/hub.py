@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .datafiles import _label_name, _map_labels, _root_cause, labels_in_values, own_task
+from .datafiles import (DATA_ENV, _label_name, _map_labels, _root_cause, labels_in_values, load_split,
+                        own_task)
 from .tasks import GLUE_HUB_ID, GLUE_ON_HUB, DataError, Examples, TaskSpec, get_task
 
 TEXT_COLUMNS = ("sentence", "text")      # tried in turn when no text column is named
@@ -49,15 +51,25 @@ class HubSource:
 
     @property
     def is_glue(self) -> bool:
-        return self.dataset in (GLUE_HUB_ID, "glue")
+        return self.dataset in (GLUE_HUB_ID, "glue", "nyu-mll/glue")
 
 
-def glue_source(task: str | TaskSpec, dataset: str = GLUE_HUB_ID) -> HubSource:
-    """Where GLUE task `task` is in `dataset`, a copy of GLUE in the hub's layout (nyu-mll/glue's)."""
+def glue_source(task: str | TaskSpec, dataset: str | None = None) -> HubSource:
+    """Where GLUE task `task` is in `dataset`, a copy of GLUE in the hub's layout (default: GLUE on
+    the hub, nyu-mll/glue)."""
     task = get_task(task)
     layout = GLUE_ON_HUB[task.name]
-    return HubSource(dataset, layout.config, layout.splits, layout.text_column, layout.pair_column,
+    return HubSource(dataset or GLUE_HUB_ID, layout.config, layout.splits, layout.text_column, layout.pair_column,
                      layout.label_column)
+
+
+def glue_dev_set(task: str | TaskSpec, data_dir=None, limit: int | None = None, log=None) -> Examples:
+    """A GLUE task's dev set (MNLI: matched) from the data directory (`data_dir`, else
+    $MINITINYBERT_DATA) when there is one, else from GLUE on the hub."""
+    task = get_task(task)
+    if data_dir or os.environ.get(DATA_ENV):
+        return load_split(task, "dev", data_dir, limit=limit, log=log)
+    return HubData(glue_source(task), log).examples(task, "dev", limit)
 
 
 def hub_name(dataset: str, config: str | None = None) -> str:
@@ -108,10 +120,13 @@ class HubData:
         self._check_columns(train, "train", text)
         if not regression and labels is None:
             feature = train.features[source.label_column]
+            where = f"{source.describe()}, split {source.split_of('train')}"
             if _is_class_label(feature):
                 labels = feature.names
+            elif str(getattr(feature, "dtype", "")).startswith("float"):
+                raise DataError(f"{where}: column {source.label_column!r} holds scores ({feature.dtype}): pass "
+                                f"--regression for a regression task, or --labels to name the classes")
             else:
-                where = f"{source.describe()}, split {source.split_of('train')}"
                 labels = labels_in_values(train.data.table.column(source.label_column).to_pylist(), where,
                                           source.label_column)
         return own_task(name or hub_name(source.dataset, source.config), text, source.pair_column,

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 
-from minitinybert import distill
+from minitinybert import hub
 from minitinybert.datafiles import load_local
 from minitinybert.distill import build_parser, main, task_loader
 from minitinybert.hub import _offline_hint, glue_source
@@ -70,12 +70,12 @@ def test_glue_in_the_hubs_layout_gives_the_tsvs_examples(tmp_path, monkeypatch, 
 def test_task_alone_reads_glue_from_the_hub(world, tmp_path, monkeypatch, capsys):  # noqa: F811
     """No --data and no MINITINYBERT_DATA: --task sst2 is load_dataset(GLUE, "sst2") (GLUE's id pointed
     at a local copy), and the teacher is fine-tuned and evaluated on it with SST-2's class names;
-    --data, when given, wins."""
+    --data, when given, wins; export's dev set comes from the same place."""
     rng = np.random.default_rng(2)
     rows = {"train": glue_rows("sst2", rng, 16), "dev": glue_rows("sst2", rng, 8)}
     mirror = write_glue(tmp_path / "glue-copy", "sst2", rows)
     monkeypatch.delenv("MINITINYBERT_DATA", raising=False)
-    monkeypatch.setattr(distill, "GLUE_HUB_ID", str(mirror))
+    monkeypatch.setattr(hub, "GLUE_HUB_ID", str(mirror))
     args = [a for a in cli(world, tmp_path / "run") if a not in ("--data", str(world / "data"))]
     assert main(["finetune-teacher", *args, "--task", "sst2", "--teacher-steps", "2"]) == 0
     out = capsys.readouterr().out
@@ -86,8 +86,15 @@ def test_task_alone_reads_glue_from_the_hub(world, tmp_path, monkeypatch, capsys
     assert list(config["id2label"].values()) == ["negative", "positive"]
     task, load = loader("--task", "sst2")
     assert load("dev").texts == [a for a, _, _ in rows["dev"]]
+    # `all` needs a corpus for its general stage: without --data or --corpus it says so before any stage
+    assert main(["all", *[a if a != str(tmp_path / "run") else str(tmp_path / "all") for a in args]]) == 2
+    assert "the general stage needs a corpus: pass --corpus DIR" in capsys.readouterr().err
+    assert not (tmp_path / "all" / "teacher").exists()
     task, load = loader("--task", "sst2", "--data", str(world / "data"))       # the local directory wins
     assert load("dev").source.endswith("dev.tsv")
+    # export --task evaluates on the same dev set
+    assert hub.glue_dev_set("sst2", limit=3).texts == [a for a, _, _ in rows["dev"][:3]]
+    assert hub.glue_dev_set("sst2", world / "data").source.endswith("dev.tsv")
 
 
 def imdb_like(root, rng, splits=("train", "test")):
@@ -131,6 +138,24 @@ def test_a_dataset_by_id_is_a_task_of_its_own(world, tmp_path, capsys):  # noqa:
     datasets.load_dataset(str(folder), "plain_text").save_to_disk(str(saved))
     task, load = loader("--dataset", str(saved), "--text-column", "text", "--dev-split", "test")
     assert task.name == "saved" and task.labels == ("neg", "pos") and load("dev").texts == dev.texts
+
+
+def test_a_dataset_of_scores_is_a_regression(tmp_path):
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(0, 5, 6).astype(np.float32)
+    columns = {"sentence1": [t for t, _ in sentences(rng, 6)], "sentence2": [t for t, _ in sentences(rng, 6)],
+               "label": scores.tolist()}
+    folder = write_hub_dataset(tmp_path / "similarity", "default", {"train": columns, "validation": columns},
+                               {"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                "label": datasets.Value("float32")})
+    base = ["--dataset", str(folder), "--text-column", "sentence1", "--pair-column", "sentence2"]
+    with pytest.raises(DataError, match=r"split train: column 'label' holds scores \(float32\): pass --regression"):
+        loader(*base)
+    task, load = loader(*base, "--regression")
+    assert task.is_regression and task.main_metric == "pearson"
+    dev = load("dev")
+    assert dev.labels.dtype == np.float32 and np.array_equal(dev.labels, scores)
+    assert dev.pairs == columns["sentence2"]
 
 
 def test_missing_column_split_or_config_is_a_clear_error(world, tmp_path, capsys):  # noqa: F811
