@@ -2,6 +2,7 @@
 
     python -m minitinybert.distill all                 # teacher fine-tuning, general, task distillation
     python -m minitinybert.distill finetune-teacher | general | task   [--help for each]
+    mpiexec -n K python -m minitinybert.distill ...     # the same run, data-parallel over K processes
 
 Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
   finetune-teacher  the teacher gets a task head and is fine-tuned (cross-entropy / MSE);
@@ -19,6 +20,7 @@ files that later stages and runs reuse (tokens.py, --token-cache).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -39,6 +41,7 @@ from .hub import HubData, HubSource, glue_source, hub_name
 from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
+from .process import tune_process
 from .runlock import RunLockError, writer_lock
 from .tasks import get_task
 from .teacher import TeacherError, resolve_teacher
@@ -46,6 +49,7 @@ from .tokenizer import Tokenizer
 from .tokens import default_cache_dir, token_table
 from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
 from .weights import WeightsError, load_model, write_file
+from .world import describe, get_world, run_main
 
 DEFAULT_TASK = "sst2"
 STAGE_DIRS = {"teacher": "teacher", "general": "general", "intermediate": "task-intermediate",
@@ -207,11 +211,11 @@ def run_finetune_teacher(args, log=print) -> Path | None:
     train_set, dev = load_examples("train", limit=args.train_limit), _dev_sets(task, load_examples)
     max_length = _max_length(args, task)
     log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
-    tokens = token_table(train_set, tokenizer, max_length, _token_cache(args), log)
+    tokens = _tokens(args, train_set, tokenizer, max_length, log)
     state = _train_stage(args, "teacher", teacher, args.teacher_steps, args.teacher_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
                          lambda batch, rng, **k: finetune_step(teacher, batch[0], batch[1], rng, **k),
-                         evaluate=make_evaluator(teacher, dev, tokenizer, max_length, _token_cache(args), log),
+                         evaluate=_evaluator(args, teacher, dev, tokenizer, max_length, log),
                          vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
@@ -223,18 +227,21 @@ def run_finetune_teacher(args, log=print) -> Path | None:
 def run_general(args, log=print) -> Path | None:
     """General distillation: a student from scratch learns the teacher's embedding output, hidden
     states and attention scores on the general corpus."""
-    teacher_dir = resolve_teacher(args.teacher)
+    with get_world().root_first():      # one download, then the others find it
+        teacher_dir = resolve_teacher(args.teacher)
     teacher = load_model(teacher_dir, log=log)
     tokenizer = Tokenizer.from_dir(teacher_dir)
     student = new_student(args, teacher, log)
     w = _weights(args)
     _check_pair(teacher, student, w)
     mapping = _mapping(args, teacher, student, "general", log)
+    runner = DataParallel(student, args.workers, get_world())
     corpus = CorpusBatcher(_corpus_dir(args), tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
-                           seed=args.seed)
+                           seed=args.seed, shards=runner.shards, streaming=args.corpus_streaming,
+                           column=args.corpus_column)
     state = _train_stage(args, "general", student, args.general_steps, args.general_lr, corpus,
                          lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, mapping, w, **k),
-                         vocab_from=teacher_dir, log=log)
+                         vocab_from=teacher_dir, log=log, runner=runner)
     return _stage_dir(args, "general") / "final" if state.done else None
 
 
@@ -253,7 +260,7 @@ def run_task(args, log=print) -> Path | None:
     log(f"[task] {len(train_set)} training examples (with augmentation), "
         f"{' + '.join(str(len(d)) for d in dev.values())} dev")
     # the augmented set's token ids, and the set itself as a dataset, in one Arrow file both stages read
-    tokens = token_table(train_set, tokenizer, max_length, _token_cache(args), log)
+    tokens = _tokens(args, train_set, tokenizer, max_length, log)
 
     state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
@@ -268,7 +275,7 @@ def run_task(args, log=print) -> Path | None:
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
                          lambda batch, rng, **k: prediction_step(teacher, student, batch[0], batch[1], rng, w,
                                                                  args.temperature, **k),
-                         evaluate=make_evaluator(student, dev, tokenizer, max_length, _token_cache(args), log),
+                         evaluate=_evaluator(args, student, dev, tokenizer, max_length, log),
                          vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
@@ -280,7 +287,7 @@ def run_task(args, log=print) -> Path | None:
 
 def summarize(args, log=print) -> dict:
     """Teacher vs student: dev metric, ratio, size, and forward speed on the dev set, measured here."""
-    task, load_examples = task_loader(args, log)
+    task, load_examples = task_loader(args, log, every_rank=False)    # rank 0 alone summarizes
     teacher_best, student_best = _stage_dir(args, "teacher") / "best", _stage_dir(args, "prediction") / "best"
     teacher, student = load_model(teacher_best), load_model(student_best)
     tokenizer = Tokenizer.from_dir(teacher_best)
@@ -319,12 +326,12 @@ def run_all(args, log=print) -> dict | None:
         if stage(args, log) is None:
             log("pipeline paused: run the same command with --resume to continue")
             return None
-    return summarize(args, log)
+    return summarize(args, log) if get_world().is_root else None
 
 
 # --- what the stages share ------------------------------------------------------------------------------
 
-def task_loader(args, log=print):
+def task_loader(args, log=print, every_rank: bool = True):
     """(task, load(split, limit=None) -> Examples), from the first of
       --train-file/--dev-file   local csv/tsv/jsonl files (read through `datasets`);
       --dataset ID              any dataset through datasets.load_dataset (a hub id, a folder in the
@@ -336,7 +343,8 @@ def task_loader(args, log=print):
     file or dataset, with the classes --labels names (in that order), else those of --task, else
     those the data holds (a ClassLabel's names, or the labels sorted); --regression makes it a
     regression. With --task, --dataset is a copy of GLUE in the hub's layout (the task's config,
-    columns and splits, each of which the options can change)."""
+    columns and splits, each of which the options can change). `every_rank`: every MPI rank
+    loads (rank 0 first, the others from its copy), not rank 0 alone."""
     if args.dataset and (args.train_file or args.dev_file):
         raise ValueError("--dataset and --train-file/--dev-file are two sources of task data: choose one")
     if args.train_file or args.dev_file:
@@ -357,7 +365,7 @@ def task_loader(args, log=print):
             return examples.subset(np.arange(min(limit, len(examples)))) if limit else examples
         return load("dev").task, load
     if args.dataset or not (args.data or os.environ.get(DATA_ENV)):
-        return _hub_loader(args, log)
+        return _hub_loader(args, log, every_rank)
     task = get_task(args.task or DEFAULT_TASK)
     return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit, log=log)
 
@@ -377,18 +385,26 @@ def hub_source(args) -> HubSource:
                      args.text_column, args.pair_column, args.label_column or "label")
 
 
-def _hub_loader(args, log):
+def _hub_loader(args, log, every_rank: bool = True):
     source = hub_source(args)
     data = HubData(source, log)
+
+    def root_first():                   # rank 0 downloads; the other ranks find its copy in the cache
+        return get_world().root_first() if every_rank else contextlib.nullcontext()
     if _own_task(args):
         labels = args.labels.split(",") if args.labels else None
-        task = data.own_task(labels, args.regression, args.name)
+        with root_first():
+            task = data.own_task(labels, args.regression, args.name)
     else:
         task = get_task(args.task or DEFAULT_TASK)
         named = dict(source.splits)       # a dev set the source does not name is not evaluated
         task = replace(task, name=args.name or task.name, display_name=args.name or task.display_name,
                        more_dev_files=tuple((s, f) for s, f in task.more_dev_files if s in named))
-    return task, lambda split, limit=None: data.examples(task, split, limit)
+
+    def load(split, limit=None):
+        with root_first():
+            return data.examples(task, split, limit)
+    return task, load
 
 
 def _own_task(args) -> bool:
@@ -403,6 +419,18 @@ def _token_cache(args) -> Path | None:
     return Path(args.token_cache) if args.token_cache else default_cache_dir()
 
 
+def _tokens(args, examples, tokenizer, max_length: int, log=None):
+    """The examples' token ids from the token cache (tokenized into it the first time); under MPI,
+    rank 0 writes the file and the other ranks read it."""
+    with get_world().root_first():
+        return token_table(examples, tokenizer, max_length, _token_cache(args), log)
+
+
+def _evaluator(args, model, dev, tokenizer, max_length: int, log=None):
+    with get_world().root_first():      # the dev sets' token ids, as _tokens
+        return make_evaluator(model, dev, tokenizer, max_length, _token_cache(args), log)
+
+
 def _dev_sets(task, load) -> dict:
     """{split: Examples} for every dev set of the task ("dev", then MNLI's "dev_mismatched")."""
     return {split: load(split) for split in task.dev_splits}
@@ -410,7 +438,8 @@ def _dev_sets(task, load) -> dict:
 
 def _common_setup(args, log=print):
     task, load = task_loader(args, log)
-    teacher_dir = resolve_teacher(args.teacher)
+    with get_world().root_first():      # one download, then the others find it
+        teacher_dir = resolve_teacher(args.teacher)
     tokenizer = Tokenizer.from_dir(teacher_dir)
     return task, teacher_dir, tokenizer, load
 
@@ -420,15 +449,16 @@ def _stage_dir(args, stage: str) -> Path:
 
 
 def _train_stage(args, stage: str, model: Bert, steps: int, lr: float, batches, step, evaluate=None,
-                 vocab_from=None, log=print):
+                 vocab_from=None, log=print, runner: DataParallel | None = None):
     """`steps` optimizer steps in the shared loop (training.py), checkpoints in the stage's directory.
-    `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads (parallel.py)."""
-    runner = DataParallel(model, args.workers)
+    `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads of each
+    process (parallel.py; several processes under mpiexec)."""
+    runner = runner or DataParallel(model, args.workers, get_world())
     loop = LoopConfig(total_steps=steps, lr=lr, warmup=args.warmup, weight_decay=args.weight_decay,
                       max_grad_norm=args.max_grad_norm, save_every=args.save_every, eval_every=args.eval_every,
                       stop_after=args.stop_after, seed=args.seed)
     return train(stage, model, _stage_dir(args, stage), loop, batches, lambda batch, rng: runner(step, batch, rng),
-                 evaluate=evaluate, vocab_from=vocab_from, resume=args.resume, log=log)
+                 evaluate=evaluate, vocab_from=vocab_from, resume=args.resume, log=log, world=runner.world)
 
 
 def _labels_of(task):
@@ -476,10 +506,10 @@ def new_student(args, teacher: Bert, log=print) -> Bert:
 
 def _corpus_dir(args) -> Path:
     if not (args.corpus or args.data or os.environ.get(DATA_ENV)):
-        raise ValueError(f"the general stage needs a corpus: pass --corpus DIR (.txt files), or --data DIR (or "
-                         f"set {DATA_ENV}) holding corpus/")
+        raise ValueError(f"the general stage needs a corpus: pass --corpus (a directory, or a .txt, .jsonl or "
+                         f".parquet file), or --data DIR (or set {DATA_ENV}) holding corpus/")
     corpus = Path(args.corpus) if args.corpus else data_root(args.data) / "corpus"
-    if not corpus.is_dir():
+    if not corpus.exists():
         raise FileNotFoundError(f"general corpus directory not found: {corpus}")
     return corpus
 
@@ -513,8 +543,9 @@ def _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log):
     log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: "
         f"{'teacher MLM head' if kind is MlmCandidates else 'nearest neighbours in the teacher embedding space'})")
     cache = Path(args.out) / "augment-cache"
-    return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
-                            seed=args.seed, cache_dir=cache)
+    with get_world().root_first():      # rank 0 writes the cache; the others read it (or make their own)
+        return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
+                                seed=args.seed, cache_dir=cache, progress=get_world().is_root)
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -568,13 +599,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "training file's stem, or its folder's for train.tsv and the like; "
                                                 "the dataset id's last part, and its config)")
     g.add_argument("--regression", action="store_true", help="local data and --dataset: float scores, an MSE head")
-    g.add_argument("--corpus", default=None, help="general stage: corpus directory (default <data>/corpus)")
+    g.add_argument("--corpus", default=None,
+                   help="general stage: corpus directory or file (default <data>/corpus): .txt (one sentence a "
+                        "line, blank line between documents), .jsonl/.json or .parquet (a document a record)")
+    g.add_argument("--corpus-column", default="text", help="general stage: the text field of .jsonl/.parquet "
+                                                           "records (default text)")
+    g.add_argument("--corpus-streaming", action="store_true",
+                   help="general stage: stream .txt files through datasets as the other formats are, instead "
+                        "of indexing them at start (for corpora of many GB; documents then in file order)")
     g = common.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--workers", type=int, default=None,
                    help="threads that each run a shard of every batch (default: the thread count, "
-                        "OMP_NUM_THREADS or the cores); the dropout stream depends on it, so resume "
-                        "with the same value for an exact continuation")
+                        "OMP_NUM_THREADS or the cores, shared among the processes on a machine under "
+                        "mpiexec); the shards' dropout streams and corpus documents depend on the total, "
+                        "processes x workers, so resume with the same values for an exact continuation")
     g.add_argument("--max-length", type=int, default=None, help="tokens per example (default 64 for single "
                                                                 "sentences, 128 for pairs)")
     g.add_argument("--general-seq-len", type=int, default=128)
@@ -628,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    tune_process()
     args = build_parser().parse_args(argv)
     if args.out is None:
         if args.name or _own_task(args):
@@ -638,18 +678,23 @@ def main(argv=None) -> int:
             args.out = str(Path("runs") / (args.task or DEFAULT_TASK).lower().replace("-", ""))
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,
                 "all": run_all, "summary": summarize}
+    world = get_world()
+    if world.size > 1:
+        line = describe(world)
+        print(f"[mpi] {world.size} processes, data-parallel: {line}", flush=True)
+    if args.command == "summary" and not world.is_root:
+        return 0
     try:
         with writer_lock(args.out):       # one run per --out; under MPI, held by rank 0 (the writer) only
             commands[args.command](args)
+    # under MPI, fail() names the rank once and ends the whole job
     except (TrainingError, WeightsError, ConfigError, TeacherError, RunLockError, FileNotFoundError,
             ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return world.fail(str(e))
     except OSError as e:               # a full disk, a read-only place, a missing permission
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
-        return 2
+        return world.fail(describe_os_error(e))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -34,6 +34,7 @@ from . import runtime
 from .config import ConfigError
 from .hub import glue_dev_set
 from .metrics import evaluate
+from .process import tune_process
 from .runtime import FORMAT, RuntimeModelError
 from .tasks import get_task
 from .weights import WeightsError, load_model
@@ -216,6 +217,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    tune_process()
     parser = argparse.ArgumentParser(prog="python -m minitinybert.export",
                                      description="Export a checkpoint to the edge runtime format.")
     parser.add_argument("checkpoint", help="checkpoint directory (config.json, model.safetensors, vocab.txt)")

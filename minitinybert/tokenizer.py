@@ -163,11 +163,15 @@ class Tokenizer:
                      np.array([e.type_ids for e in encodings], dtype=np.int32),
                      np.array([e.attention_mask for e in encodings], dtype=np.int32))
 
-    def batch_from_ids(self, sequences: list[list[int]]) -> Batch:
-        """A padded single-segment batch from id lists that already hold their special tokens."""
+    def batch_from_ids(self, sequences: list[list[int]], width: int | None = None) -> Batch:
+        """A padded single-segment batch from id lists that already hold their special tokens, padded
+        to the longest, or to `width`."""
         if not sequences:
             raise TokenizerError("batch_from_ids got no sequences")
-        width = max(len(s) for s in sequences)
+        longest = max(len(s) for s in sequences)
+        if width is not None and width < longest:
+            raise TokenizerError(f"batch_from_ids: a sequence of {longest} ids does not fit in width {width}")
+        width = width or longest
         ids = np.full((len(sequences), width), self.pad_id, dtype=np.int32)
         mask = np.zeros((len(sequences), width), dtype=np.int32)
         for row, seq in enumerate(sequences):

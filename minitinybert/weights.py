@@ -23,15 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import BertConfig
-from .params import ParamSet
-
-
-class WeightsError(ValueError):
-    """A checkpoint that cannot be loaded: the message names the file and the tensor."""
+from .model import Bert
+from .params import WeightsError, assign_tensors
 
 
 IGNORED = re.compile(r"^(embeddings\.position_ids|cls\.seq_relationship\..*|cls\.predictions\.decoder\.(weight|bias))$")
-FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
 def normalize_name(name: str) -> str:
@@ -81,27 +77,6 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path}: cannot read safetensors data ({e}); the file is truncated or corrupt") from None
 
 
-def assign_tensors(params: ParamSet, tensors: dict[str, np.ndarray], source: str,
-                   allow_missing: tuple[str, ...] = ()) -> None:
-    """Copy checkpoint tensors (already normalised names) into the flat buffer, checking each."""
-    missing = [n for n in params.names() if n not in tensors and not n.startswith(allow_missing)]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise WeightsError(f"{source}: missing tensor(s) {shown}")
-    for name, view in params.views.items():
-        if name not in tensors:
-            continue
-        value = tensors[name]
-        if value.dtype.type not in FLOAT_DTYPES:
-            raise WeightsError(f"{source}: tensor {name!r} has dtype {value.dtype}, expected a float type")
-        if value.shape != view.shape:
-            raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(value.shape)}, "
-                               f"the config says {view.shape}")
-        if not np.all(np.isfinite(value)):
-            raise WeightsError(f"{source}: tensor {name!r} holds NaN or infinite values")
-        view[...] = value
-
-
 def checkpoint_file(directory: str | Path) -> Path:
     directory = Path(directory)
     if directory.is_file():
@@ -121,8 +96,6 @@ def load_model(directory: str | Path, num_labels: int | None = None, dtype=np.fl
 
     `num_labels` asks for a task head: taken from the checkpoint when it has one (the sizes must
     agree), otherwise initialised from `seed` (a pre-trained teacher has no head)."""
-    from .model import Bert
-
     directory = Path(directory)
     if not directory.exists():
         raise WeightsError(f"checkpoint directory not found: {directory}")
