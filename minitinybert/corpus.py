@@ -10,9 +10,21 @@ A corpus is a directory (or one file) of documents in one of these formats:
   .parquet         the same, e.g. a Wikipedia dump. Both streamed through `datasets` (one file at a
                    time, never loaded whole): the files in a new order every epoch, the documents of a
                    file in order.
-Sentences are packed within a document into sequences of up to seq_len tokens ([CLS] ... [SEP]), as
-BERT's pre-training data; a line longer than a sequence is cut into several. Every batch is padded
-to seq_len, as the official code does: a row's shape does not depend on which rows share its batch.
+Sentences are packed within a document into sequences of up to seq_len tokens, as BERT's pre-training
+data; a line longer than a sequence is cut into several. Every batch is padded to seq_len, as the
+official code does: a row's shape does not depend on which rows share its batch. Two layouts:
+  segments=2 (default)  BERT's sentence pairs, as the official TinyBERT general-distillation data:
+                        `[CLS] A [SEP] B [SEP]`, token types 0 then 1. A chunk of consecutive sentences
+                        of one document, as long as a sequence, is cut at a random sentence boundary
+                        into A and B; half the time (always when the chunk is one sentence) B is
+                        instead a run of sentences from another document and the sentences after A go
+                        back to start the next chunk (create_instances_from_document). The other
+                        document is the previous one this shard read (its first document: itself);
+                        a pair too long loses tokens of its longer segment, at its outer end (the
+                        start of A, the end of B), so the text around the middle [SEP] stays whole.
+  segments=1            `[CLS] sentences [SEP]`, token type 0 throughout.
+There is no next-sentence loss in TinyBERT: the pairs are there so that the student learns the
+teacher's second segment type, the [SEP] between segments and the attention across them.
 
 Shards: a run's S shards (parallel.py: ranks x workers) each read their own documents, and shard s
 fills rows shard_rows(B, S)[s] of every batch from its own stream, so each process reads only what it
@@ -184,12 +196,14 @@ class StreamedFiles:
 class ShardStream:
     """Sequences of token ids ([CLS] and [SEP] not included) from one shard's documents."""
 
+    specials = 2    # [CLS] ... [SEP]
+
     def __init__(self, source, shard: int, shards: int, tokenizer: Tokenizer, seq_len: int):
         self.source, self.shard, self.shards = source, shard, shards
-        self.tokenizer, self.room = tokenizer, seq_len - 2
+        self.tokenizer, self.room = tokenizer, seq_len - self.specials
         self._restart(None, 0, [], [])
 
-    def _restart(self, at: dict | None, line: int, buffer: list[int], pending: list[list[int]]) -> None:
+    def _restart(self, at: dict | None, line: int, buffer: list[int], pending: list) -> None:
         self._docs = self.source.documents(self.shard, self.shards, at)
         self._at, self._doc, self._line = None, [], 0
         if at is not None:
@@ -197,7 +211,7 @@ class ShardStream:
             self._line = line
         self._buffer, self._pending = buffer, pending
 
-    def take(self, n: int) -> list[list[int]]:
+    def take(self, n: int) -> list:
         """The next n sequences."""
         idle_epochs, epoch = 0, None
         while len(self._pending) < n:
@@ -209,7 +223,7 @@ class ShardStream:
                     self._add_line(ids)
                     idle_epochs = 0
                 continue
-            self._flush()                          # sentences are packed within a document only
+            self._end_document()                   # sentences are packed within a document only
             self._at, self._doc = next(self._docs)
             self._line = 0
             if self._at["epoch"] != epoch:         # a whole pass without a token would loop forever
@@ -218,6 +232,9 @@ class ShardStream:
                     raise DataError(f"corpus shard {self.shard} of {self.shards} yields no tokens")
         taken, self._pending = self._pending[:n], self._pending[n:]
         return taken
+
+    def _end_document(self) -> None:
+        self._flush()
 
     def _flush(self) -> None:
         if self._buffer:
@@ -247,20 +264,114 @@ class ShardStream:
                       [[int(t) for t in s] for s in state["pending"]])
 
 
+class PairStream(ShardStream):
+    """Sentence pairs (A, B) of token ids ([CLS] and the [SEP]s not included) from one shard's documents,
+    BERT's way (see the module's docstring). Its random draws come from a generator whose state is part
+    of the stream's, so a resumed stream draws what the uninterrupted one would have."""
+
+    specials = 3        # [CLS] A [SEP] B [SEP]
+    other_budget = 8    # sequences' worth of a document kept as "another document": bounds the state
+
+    def __init__(self, source, shard: int, shards: int, tokenizer: Tokenizer, seq_len: int, seed: int):
+        self.rng = np.random.default_rng([seed, shard, 2])
+        self._chunk: list[list[int]] = []       # consecutive sentences of this document, not yet paired
+        self._other: list[list[int]] = []       # sentences of the previous document
+        self._sentences: list[list[int]] = []   # this document's sentences so far: the next `other`
+        super().__init__(source, shard, shards, tokenizer, seq_len)
+
+    def _pieces(self, ids: list[int]) -> list[list[int]]:
+        return [ids[k:k + self.room] for k in range(0, len(ids), self.room)]   # a line longer than a sequence: cut
+
+    def _add_line(self, ids: list[int]) -> None:
+        for piece in self._pieces(ids):
+            self._sentences.append(piece)
+            self._chunk.append(piece)
+            while sum(map(len, self._chunk)) >= self.room:
+                self._pair_from_chunk()
+
+    def _end_document(self) -> None:
+        while self._chunk:                     # the document's last, shorter chunk
+            self._pair_from_chunk()
+        if self._sentences:
+            self._other = self._window(self._sentences)
+        self._sentences = []
+
+    def _pair_from_chunk(self) -> None:
+        """One pair from the chunk (create_instances_from_document): A its first sentences up to a random
+        boundary, B the rest of it, or, half the time, sentences of another document (the rest then
+        goes back to start the next chunk)."""
+        chunk, rng = self._chunk, self.rng
+        a_end = int(rng.integers(1, len(chunk))) if len(chunk) > 1 else 1
+        a = [t for s in chunk[:a_end] for t in s]
+        if len(chunk) == 1 or rng.random() < 0.5:
+            other = self._other or self._sentences      # a shard's first document has no other yet
+            b = []
+            for sentence in other[int(rng.integers(len(other))):]:
+                b += sentence
+                if len(a) + len(b) >= self.room:
+                    break
+            self._chunk = chunk[a_end:]
+        else:
+            b = [t for s in chunk[a_end:] for t in s]
+            self._chunk = []
+        cut_a = cut_b = 0
+        while len(a) - cut_a + len(b) - cut_b > self.room:     # the longer loses a token, at its outer end:
+            if len(a) - cut_a > len(b) - cut_b:                # the text around the middle [SEP] stays whole
+                cut_a += 1
+            else:
+                cut_b += 1
+        a, b = a[cut_a:], b[:len(b) - cut_b]
+        self._pending.append((a, b))
+
+    def _window(self, sentences: list[list[int]]) -> list[list[int]]:
+        """A random run of sentences holding other_budget sequences' worth of tokens (all, if fewer)."""
+        budget = self.other_budget * self.room
+        tokens_from = np.cumsum([len(s) for s in sentences][::-1])[::-1]   # tokens from sentence i on
+        starts = np.flatnonzero(tokens_from >= budget)
+        kept, total = [], 0
+        start = int(starts[self.rng.integers(len(starts))]) if len(starts) else 0
+        for sentence in sentences[start:]:
+            if total >= budget:
+                break
+            kept.append(sentence)
+            total += len(sentence)
+        return kept
+
+    def state_dict(self) -> dict:
+        return {"at": self._at, "line": self._line, "pending": [[list(a), list(b)] for a, b in self._pending],
+                "chunk": [list(s) for s in self._chunk], "other": [list(s) for s in self._other],
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        ids = lambda seqs: [[int(t) for t in s] for s in seqs]   # noqa: E731
+        self._restart(state["at"], int(state["line"]), [], [(a, b) for a, b in
+                                                            (ids(pair) for pair in state["pending"])])
+        self._chunk, self._other = ids(state["chunk"]), ids(state["other"])
+        self.rng.bit_generator.state = state["rng"]
+        # this document's sentences before the saved line are read again, not saved
+        self._sentences = [piece for line in self._doc[:self._line] if line.strip()
+                           for piece in self._pieces(self.tokenizer.token_ids(line.strip()))]
+
+
 # --- the batches ---------------------------------------------------------------------------------------
 
 class CorpusBatcher:
-    """Endless batches of packed sequences from the corpus (see the module's docstring), resumable:
-    `state_dict()` taken between batches records each shard's position (document, line) and its partly
-    filled sequences, and a batcher given it yields exactly the batches an uninterrupted one would have.
+    """Endless batches of packed sequences from the corpus (see the module's docstring): sentence pairs
+    (segments=2) or single segments (segments=1). Resumable: `state_dict()` taken between batches records
+    each shard's position (document, line), its partly filled sequences and its random generator, and a
+    batcher given it yields exactly the batches an uninterrupted one would have.
 
     `shards`: the run's shards this process computes (default: one process, one shard). A process that
     holds every row gets a Batch; one that holds some gets parallel.Rows (its rows of the global batch)."""
 
     def __init__(self, corpus: str | Path, tokenizer: Tokenizer, seq_len: int = 128, batch_size: int = 32,
-                 seed: int = 0, shards: Shards | None = None, streaming: bool = False, column: str = "text"):
-        if seq_len < 3:
-            raise DataError(f"seq_len must be >= 3 ([CLS], one token, [SEP]), got {seq_len}")
+                 seed: int = 0, shards: Shards | None = None, streaming: bool = False, column: str = "text",
+                 segments: int = 2):
+        if segments not in (1, 2):
+            raise DataError(f"segments must be 1 ([CLS] text [SEP]) or 2 ([CLS] A [SEP] B [SEP]), got {segments!r}")
+        least = {1: (3, "[CLS], one token, [SEP]"), 2: (5, "[CLS], a token, [SEP], a token, [SEP]")}[segments]
+        if seq_len < least[0]:
+            raise DataError(f"seq_len must be >= {least[0]} ({least[1]}), got {seq_len}")
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.shards = shards or Shards(0, 1, 1)
@@ -270,11 +381,13 @@ class CorpusBatcher:
         self.corpus_dir = Path(corpus)
         self.files, kind = corpus_files(corpus)
         self.tokenizer, self.seq_len, self.batch_size, self.seed = tokenizer, int(seq_len), int(batch_size), int(seed)
+        self.segments = segments
         self.streaming = streaming or kind != "text"
         self.kind, self.column = kind, column
         self.source = StreamedFiles(self.files, kind, self.seed, column) if self.streaming else \
             IndexedText(self.files, self.seed)
-        self._streams = [ShardStream(self.source, s, self.shards.total, tokenizer, self.seq_len)
+        self._streams = [ShardStream(self.source, s, self.shards.total, tokenizer, self.seq_len) if segments == 1
+                         else PairStream(self.source, s, self.shards.total, tokenizer, self.seq_len, self.seed)
                          for s in self.shards.indices]
         self._rows = [shard_rows(self.batch_size, self.shards.total)[s] for s in self.shards.indices]
         self._served = 0    # batches so far: not needed to resume, recorded so that a checkpoint says it
@@ -299,8 +412,12 @@ class CorpusBatcher:
         for stream, (lo, hi) in zip(self._streams, self._rows):
             sequences += stream.take(hi - lo)
         self._served += 1
-        tok = self.tokenizer
-        batch = tok.batch_from_ids([[tok.cls_id] + s + [tok.sep_id] for s in sequences], width=self.seq_len)
+        tok, cls, sep = self.tokenizer, [self.tokenizer.cls_id], [self.tokenizer.sep_id]
+        if self.segments == 1:
+            batch = tok.batch_from_ids([cls + s + sep for s in sequences], width=self.seq_len)
+        else:
+            batch = tok.batch_from_ids([cls + a + sep + b + sep for a, b in sequences], width=self.seq_len,
+                                       type_ids=[[0] * (len(a) + 2) + [1] * (len(b) + 1) for a, b in sequences])
         lo, hi = rows_of(self.shards, self.batch_size)
         return batch if (lo, hi) == (0, self.batch_size) else Rows(batch, lo, hi, self.batch_size)
 
@@ -318,7 +435,7 @@ class CorpusBatcher:
     def _identity(self) -> dict:
         return {"files": [p.name for p in self.files], "sizes": [p.stat().st_size for p in self.files],
                 "streaming": self.streaming, "column": self.column if self.streaming else None,
-                "seq_len": self.seq_len, "batch_size": self.batch_size, "seed": self.seed,
+                "seq_len": self.seq_len, "segments": self.segments, "batch_size": self.batch_size, "seed": self.seed,
                 "vocab": self.tokenizer.fingerprint()[:16], "shards": self.shards.total}
 
     def state_dict(self) -> dict:
@@ -328,6 +445,7 @@ class CorpusBatcher:
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("version") != 2:
             raise DataError("not a CorpusBatcher state (missing or unknown version)")
+        state = {"segments": 1, **state}    # written before pairs existed
         for key, value in self._identity().items():
             if state.get(key) != value:
                 raise DataError(f"corpus state does not match this batcher: {key} is {state.get(key)!r} in the "
@@ -340,6 +458,6 @@ class CorpusBatcher:
         try:
             for s, stream in zip(self.shards.indices, self._streams):
                 stream.load_state_dict(state["streams"][str(s)])
-        except (KeyError, TypeError, ValueError, StopIteration) as e:
+        except (KeyError, TypeError, ValueError, StopIteration, AttributeError) as e:
             raise DataError(f"corpus state is corrupt ({type(e).__name__}: {e})") from None
         self._served = int(state["batches"])

@@ -7,10 +7,13 @@
 Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
   finetune-teacher  the teacher gets a task head and is fine-tuned (cross-entropy / MSE);
   general           a student from scratch learns the teacher's embedding output, hidden states and
-                    attention scores on the general corpus (no prediction loss);
+                    attention scores on the general corpus (no prediction loss); task-independent, it
+                    is made once and found by every task's run (general.py);
   task              (1) the same intermediate-layer losses on the task's augmented training set,
                     starting from the general student; (2) prediction-layer distillation (soft
-                    cross-entropy to the fine-tuned teacher's logits); the best checkpoint by dev metric.
+                    cross-entropy to the fine-tuned teacher's logits, computed once before the stage);
+                    the best checkpoint by dev metric.
+Task data is batched by length (batches.py): little padding, batches still in a random order.
 Layer mapping g: student hidden state m <- teacher hidden state g(m) = round(m * N / M) (0 -> 0,
 M -> N); student layer m's attention scores <- teacher layer g(m)'s.
 Task data: GLUE's TSVs in --data (offline), else GLUE from the Hugging Face Hub, or any dataset by
@@ -26,29 +29,31 @@ import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import loss_kernels, losses
+from . import general, loss_kernels, losses
 from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
-from .batches import TaskBatches, predict_logits
+from .batches import DEFAULT_WINDOW, TaskBatches, predict_logits
 from .config import BertConfig, ConfigError, preset
 from .corpus import CorpusBatcher
 from .datafiles import DATA_ENV, data_root, dataset_name, load_local, load_split, local_task
 from .hub import HubData, HubSource, glue_source, hub_name
+from .logits_cache import teacher_logits
 from .metrics import evaluate
 from .model import Bert
 from .parallel import DataParallel
 from .process import tune_process
 from .runlock import RunLockError, writer_lock
 from .tasks import get_task
-from .teacher import TeacherError, resolve_teacher
+from .teacher import TeacherError, resolve_teacher, sha256_of
 from .tokenizer import Tokenizer
 from .tokens import default_cache_dir, token_table
 from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
-from .weights import WeightsError, load_model, write_file
+from .weights import WeightsError, checkpoint_file, load_model, write_file
 from .world import describe, get_world, run_main
 
 DEFAULT_TASK = "sst2"
@@ -132,14 +137,14 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
     total = (w.embedding * terms.get("loss_embedding", 0.0) + w.hidden * terms.get("loss_hidden", 0.0)
              + w.attention * terms.get("loss_attention", 0.0))
     B, T = batch.input_ids.shape
-    return StepResult({"loss": total, **terms}, B, int(batch.attention_mask.sum()))
+    return StepResult({"loss": total, **terms}, B, int(batch.attention_mask.sum()), B * T)
 
 
-def prediction_step(teacher: Bert, student: Bert, batch, labels, rng, w: LossWeights,
+def prediction_step(student: Bert, batch, labels, t_logits, rng, w: LossWeights,
                     temperature: float = 1.0, grads=None, share: float = 1.0) -> StepResult:
-    """Soft cross-entropy to the teacher's logits (MSE to its output for regression), plus an
-    optional share of the gold-label loss."""
-    t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    """Soft cross-entropy to the teacher's logits `t_logits` (B, K) (MSE to its output for
+    regression), plus an optional share of the gold-label loss. The teacher's logits come from
+    one pass over the training set before the stage (logits_cache.py): it is frozen."""
     s_out = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng,
                             keep_cache=True)
     regression = student.config.num_labels == 1
@@ -157,7 +162,7 @@ def prediction_step(teacher: Bert, student: Bert, batch, labels, rng, w: LossWei
         terms["loss_hard"] = hard
         total += w.hard * hard
     student.backward(s_out, dlogits=dlogits, grads=grads)
-    return StepResult({"loss": total, **terms}, len(labels), int(batch.attention_mask.sum()))
+    return StepResult({"loss": total, **terms}, len(labels), int(batch.attention_mask.sum()), batch.input_ids.size)
 
 
 def _supervised_loss(logits, labels, weight=1.0):
@@ -172,7 +177,7 @@ def finetune_step(model: Bert, batch, labels, rng, grads=None, share: float = 1.
     out = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng, keep_cache=True)
     loss, dlogits = _supervised_loss(out.logits, labels, share)
     model.backward(out, dlogits=dlogits.astype(out.logits.dtype, copy=False), grads=grads)
-    return StepResult({"loss": loss}, len(labels), int(batch.attention_mask.sum()))
+    return StepResult({"loss": loss}, len(labels), int(batch.attention_mask.sum()), batch.input_ids.size)
 
 
 # --- evaluation -------------------------------------------------------------------------------------
@@ -213,7 +218,8 @@ def run_finetune_teacher(args, log=print) -> Path | None:
     log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
     tokens = _tokens(args, train_set, tokenizer, max_length, log)
     state = _train_stage(args, "teacher", teacher, args.teacher_steps, args.teacher_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
+                                     window=args.length_window, tokens=tokens),
                          lambda batch, rng, **k: finetune_step(teacher, batch[0], batch[1], rng, **k),
                          evaluate=_evaluator(args, teacher, dev, tokenizer, max_length, log),
                          vocab_from=teacher_dir, log=log)
@@ -226,31 +232,125 @@ def run_finetune_teacher(args, log=print) -> Path | None:
 
 def run_general(args, log=print) -> Path | None:
     """General distillation: a student from scratch learns the teacher's embedding output, hidden
-    states and attention scores on the general corpus."""
-    with get_world().root_first():      # one download, then the others find it
-        teacher_dir = resolve_teacher(args.teacher)
-    teacher = load_model(teacher_dir, log=log)
-    tokenizer = Tokenizer.from_dir(teacher_dir)
-    student = new_student(args, teacher, log)
+    states and attention scores on the general corpus. A finished run of the same recipe (general.py)
+    with at least --general-steps steps is reused as it is; --resume continues an interrupted run,
+    or extends a finished one to more steps."""
+    plan = general_plan(args, log)
+    inside = plan.directory.resolve().is_relative_to(Path(args.out).resolve())     # --out's lock covers it
+    with nullcontext() if inside else writer_lock(plan.directory, log):     # one run per general student too
+        return _run_general(args, plan, log)
+
+
+def _run_general(args, plan, log) -> Path | None:
+    world = get_world()
+    found = world.root_call(general.read_record, plan.directory)       # rank 0 reads, every rank decides alike
+    if found is not None and found["fingerprint"] != plan.fingerprint:
+        changed = ", ".join(general.differences(found["recipe"], plan.recipe)) or "the recipe"
+        raise ConfigError(f"{plan.directory} holds a general student made differently ({changed} differ): "
+                          f"choose another --general-dir")
+    if found is not None and found["complete"]:
+        final = plan.directory / "final"
+        if found["steps"] >= args.general_steps and world.root_call(final.exists):
+            asked = "" if found["steps"] == args.general_steps else f" (asked for {args.general_steps})"
+            log(f"[general] reusing the general student in {plan.directory}: {general.describe(found)}{asked}; "
+                f"the same teacher, student, corpus and settings")
+            return final
+        if not args.resume:
+            raise TrainingError(f"{plan.directory} holds a finished {found['steps']}-step general student: pass "
+                                f"--resume to extend it to {args.general_steps} steps, or --general-steps "
+                                f"{found['steps']} to use it as it is")
+    teacher = load_model(plan.teacher_dir, log=log)
+    student = Bert(plan.student_config, seed=args.seed)
+    log(f"[general] student {args.student}: {plan.student_config.num_hidden_layers} layers, hidden "
+        f"{plan.student_config.hidden_size}, {student.num_parameters / 1e6:.1f}M parameters (with projections); "
+        f"run directory {plan.directory}")
     w = _weights(args)
     _check_pair(teacher, student, w)
-    mapping = _mapping(args, teacher, student, "general", log)
-    runner = DataParallel(student, args.workers, get_world())
-    corpus = CorpusBatcher(_corpus_dir(args), tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
+    log(f"[general] mapping {describe_mapping(plan.mapping)}")
+    runner = DataParallel(student, args.workers, world)
+    corpus = CorpusBatcher(_corpus_dir(args), plan.tokenizer, seq_len=args.general_seq_len, batch_size=args.batch_size,
                            seed=args.seed, shards=runner.shards, streaming=args.corpus_streaming,
-                           column=args.corpus_column)
+                           column=args.corpus_column, segments=args.general_segments)
+    details = {"teacher_dir": str(plan.teacher_dir), "corpus_dir": str(_corpus_dir(args)), "student": args.student,
+               "shards": runner.shards.total}
+    cycles = found.get("cycles", []) if found else []
+    world.root_call(general.write_record, plan.directory, plan.recipe, found["steps"] if found else 0, False,
+                    cycles=cycles, **details)
     state = _train_stage(args, "general", student, args.general_steps, args.general_lr, corpus,
-                         lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, mapping, w, **k),
-                         vocab_from=teacher_dir, log=log, runner=runner)
-    return _stage_dir(args, "general") / "final" if state.done else None
+                         lambda batch, rng, **k: intermediate_step(teacher, student, batch, rng, plan.mapping, w, **k),
+                         vocab_from=plan.teacher_dir, log=log, runner=runner, directory=plan.directory)
+    if not state.done:
+        return None
+    cycles = cycles + [state.step] if not cycles or cycles[-1] != state.step else cycles
+    for where in (plan.directory, plan.directory / "final"):
+        record = world.root_call(general.write_record, where, plan.recipe, state.step, True, cycles=cycles,
+                                 **details)
+    log(f"[general] general student ready in {plan.directory / 'final'}: {general.describe(record)}")
+    return plan.directory / "final"
 
 
-def run_task(args, log=print) -> Path | None:
+@dataclass
+class GeneralPlan:
+    teacher_dir: Path
+    tokenizer: Tokenizer
+    student_config: BertConfig
+    mapping: list[int]
+    recipe: dict
+    fingerprint: str
+    directory: Path
+
+
+def general_plan(args, log=print) -> GeneralPlan:
+    """The general student this command's settings make: its recipe, and the directory it lives in
+    (--general-dir, else <parent of --out>/general/<student>-<fingerprint>)."""
+    with get_world().root_first():      # one download, then the others find it
+        teacher_dir = resolve_teacher(args.teacher)
+    teacher_config = BertConfig.from_json(teacher_dir)
+    tokenizer = Tokenizer.from_dir(teacher_dir)
+    config = student_config(args, teacher_config)
+    mapping = layer_mapping(config.num_hidden_layers, teacher_config.num_hidden_layers, args.mapping)
+    settings = {"seq_len": args.general_seq_len, "batch_size": args.batch_size, "lr": args.general_lr,
+                "warmup": args.warmup, "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
+                "seed": args.seed, "mapping": mapping, "corpus_streaming": args.corpus_streaming,
+                "corpus_column": args.corpus_column,
+                **({"segments": 2} if args.general_segments == 2 else {}),   # recipes before pairs: 1 segment
+                "loss_weights": {"embedding": args.w_embedding, "hidden": args.w_hidden,
+                                 "attention": args.w_attention}}
+    recipe = get_world().root_call(general.make_recipe, checkpoint_file(teacher_dir), teacher_config.to_dict(),
+                                   tokenizer.fingerprint(), config.to_dict(), _corpus_dir(args), settings)
+    if args.general_dir:
+        directory = Path(args.general_dir)
+    elif (Path(args.out) / "general" / "last").exists():
+        directory = Path(args.out) / "general"     # a run made before general students were shared
+        log(f"[general] using the general stage in {directory} (made inside this run's directory)")
+    else:
+        directory = general.default_dir(args.out, args.student, recipe)
+    return GeneralPlan(teacher_dir, tokenizer, config, mapping, recipe, general.fingerprint(recipe), directory)
+
+
+def general_student_dir(args, log=print) -> Path:
+    """The general student the task stage starts from: --general-student (a checkpoint, or a general
+    run directory holding final/), else the one general_plan finds for these settings."""
+    if args.general_student:
+        path = general.checkpoint_of(args.general_student)
+        if not path.exists():
+            raise FileNotFoundError(f"general student not found at {path}")
+        return path
+    plan = general_plan(args, log)
+    path = plan.directory / "final"
+    if not path.exists():
+        raise FileNotFoundError(f"general student not found at {path}: run the 'general' stage first (or 'all'), "
+                                f"or pass --general-student DIR")
+    return path
+
+
+def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     """Task distillation from the general student: (1) the intermediate-layer losses on the augmented
     training set, (2) prediction-layer distillation to the fine-tuned teacher's logits; the best
     checkpoint by dev metric."""
     task, teacher_dir, tokenizer, load_examples = _common_setup(args, log)
-    teacher, student = _task_teacher_and_student(args, task, log)
+    general_ckpt = general_ckpt or general_student_dir(args, log)
+    teacher, student = _task_teacher_and_student(args, task, general_ckpt, teacher_dir, log)
     w = _weights(args)
     _check_pair(teacher, student, w)
     mapping = _mapping(args, teacher, student, "task", log)
@@ -262,18 +362,26 @@ def run_task(args, log=print) -> Path | None:
     # the augmented set's token ids, and the set itself as a dataset, in one Arrow file both stages read
     tokens = _tokens(args, train_set, tokenizer, max_length, log)
 
+    get_world().root_call(_write_general_source, args, general_ckpt)
     state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
+                                     window=args.length_window, tokens=tokens),
                          lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w, **k),
                          vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
 
+    with get_world().root_first():      # rank 0 computes and caches them; the others read the cache
+        logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log,
+                                tokens=tokens)
+    del teacher                                   # the prediction stage runs the student alone
+
     student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
     student.config = _with_labels(student.config, task)
     state = _train_stage(args, "prediction", student, args.prediction_steps, args.prediction_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, tokens=tokens),
-                         lambda batch, rng, **k: prediction_step(teacher, student, batch[0], batch[1], rng, w,
+                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
+                                     window=args.length_window, extras=(logits,), tokens=tokens),
+                         lambda batch, rng, **k: prediction_step(student, batch[0], batch[1], batch[2], rng, w,
                                                                  args.temperature, **k),
                          evaluate=_evaluator(args, student, dev, tokenizer, max_length, log),
                          vocab_from=teacher_dir, log=log)
@@ -306,6 +414,9 @@ def summarize(args, log=print) -> dict:
     report["ratio"] = report["student"]["dev"]["main"] / report["teacher"]["dev"]["main"]
     report["size_ratio"] = report["teacher"]["parameters"] / report["student"]["parameters"]
     report["speed_ratio"] = report["teacher"]["dev_seconds"] / report["student"]["dev_seconds"]
+    source = _stage_dir(args, "intermediate") / GENERAL_SOURCE
+    if source.exists():
+        report["general_student"] = json.loads(source.read_text())
     out = Path(args.out)
     write_file(out / "summary.json.part", (json.dumps(report, indent=1) + "\n").encode())
     os.replace(out / "summary.json.part", out / "summary.json")
@@ -320,13 +431,25 @@ def summarize(args, log=print) -> dict:
 
 def run_all(args, log=print) -> dict | None:
     """Each stage in turn; a stage that stops early (Ctrl-C, --stop-after) ends the pipeline, and
-    `all --resume` picks it up where it stopped, reusing the stages already complete."""
-    _corpus_dir(args)           # a missing corpus stops the run now, not after the teacher's stage
-    for stage in (run_finetune_teacher, run_general, run_task):
-        if stage(args, log) is None:
-            log("pipeline paused: run the same command with --resume to continue")
-            return None
+    `all --resume` picks it up where it stopped, reusing the stages already complete. The general
+    stage is skipped for --general-student, and reuses a general student of the same recipe."""
+    general_ckpt = None
+    if args.general_student:                      # checked before the teacher's long stage
+        general_ckpt = general_student_dir(args, log)
+        record = get_world().root_call(general.read_record, general_ckpt)
+        log(f"[general] using the general student {general_ckpt}" + (f": {general.describe(record)}" if record else ""))
+    else:
+        _corpus_dir(args)           # a missing corpus stops the run now, not after the teacher's stage
+    if run_finetune_teacher(args, log) is None:
+        return _paused(log)
+    general_ckpt = general_ckpt or run_general(args, log)
+    if general_ckpt is None or run_task(args, log, general_ckpt) is None:
+        return _paused(log)
     return summarize(args, log) if get_world().is_root else None
+
+
+def _paused(log) -> None:
+    log("pipeline paused: run the same command with --resume to continue")
 
 
 # --- what the stages share ------------------------------------------------------------------------------
@@ -448,8 +571,29 @@ def _stage_dir(args, stage: str) -> Path:
     return Path(args.out) / STAGE_DIRS[stage]
 
 
+def _cache_dir(args) -> Path:
+    """Where the augmented texts and the teacher's logits on them are cached."""
+    return Path(args.out) / "augment-cache"
+
+
+GENERAL_SOURCE = "general-student.json"
+
+
+def _write_general_source(args, general_ckpt: Path) -> None:
+    """Records, beside the task distillation, which general student it started from."""
+    record = general.read_record(general_ckpt) or {}
+    source = {"path": str(Path(general_ckpt).resolve()),
+              "weights_sha256": sha256_of(checkpoint_file(general_ckpt)),
+              **{k: record[k] for k in ("fingerprint", "steps", "cycles") if k in record}}
+    path = _stage_dir(args, "intermediate") / GENERAL_SOURCE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():                             # a resumed run keeps the student it started from
+        write_file(path.with_name(path.name + ".part"), (json.dumps(source, indent=1) + "\n").encode())
+        os.replace(path.with_name(path.name + ".part"), path)
+
+
 def _train_stage(args, stage: str, model: Bert, steps: int, lr: float, batches, step, evaluate=None,
-                 vocab_from=None, log=print, runner: DataParallel | None = None):
+                 vocab_from=None, log=print, runner: DataParallel | None = None, directory: Path | None = None):
     """`steps` optimizer steps in the shared loop (training.py), checkpoints in the stage's directory.
     `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads of each
     process (parallel.py; several processes under mpiexec)."""
@@ -457,7 +601,8 @@ def _train_stage(args, stage: str, model: Bert, steps: int, lr: float, batches, 
     loop = LoopConfig(total_steps=steps, lr=lr, warmup=args.warmup, weight_decay=args.weight_decay,
                       max_grad_norm=args.max_grad_norm, save_every=args.save_every, eval_every=args.eval_every,
                       stop_after=args.stop_after, seed=args.seed)
-    return train(stage, model, _stage_dir(args, stage), loop, batches, lambda batch, rng: runner(step, batch, rng),
+    return train(stage, model, directory or _stage_dir(args, stage), loop, batches,
+                 lambda batch, rng: runner(step, batch, rng),
                  evaluate=evaluate, vocab_from=vocab_from, resume=args.resume, log=log, world=runner.world)
 
 
@@ -493,15 +638,11 @@ def _mapping(args, teacher: Bert, student: Bert, stage: str, log) -> list[int]:
     return mapping
 
 
-def new_student(args, teacher: Bert, log=print) -> Bert:
-    """A student from scratch (BERT's seeded init), with TinyBERT's projections to the teacher's width."""
+def student_config(args, teacher_config: BertConfig) -> BertConfig:
+    """The student's configuration (--student), with TinyBERT's projections to the teacher's width."""
     base = BertConfig.from_json(args.student) if str(args.student).endswith(".json") else preset(args.student)
-    config = base.replace(vocab_size=teacher.config.vocab_size, fit_size=teacher.config.hidden_size,
-                          fit_shared=args.shared_projection, do_lower_case=teacher.config.do_lower_case)
-    student = Bert(config, seed=args.seed)
-    log(f"[general] student {args.student}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"{student.num_parameters / 1e6:.1f}M parameters (with projections)")
-    return student
+    return base.replace(vocab_size=teacher_config.vocab_size, fit_size=teacher_config.hidden_size,
+                        fit_shared=args.shared_projection, do_lower_case=teacher_config.do_lower_case)
 
 
 def _corpus_dir(args) -> Path:
@@ -514,14 +655,16 @@ def _corpus_dir(args) -> Path:
     return corpus
 
 
-def _task_teacher_and_student(args, task, log) -> tuple[Bert, Bert]:
+def _task_teacher_and_student(args, task, general_ckpt: Path, teacher_dir: Path, log) -> tuple[Bert, Bert]:
     """The fine-tuned teacher and the general student (its task head added), checked to fit the task."""
     teacher_ckpt = Path(args.finetuned_teacher) if args.finetuned_teacher else _stage_dir(args, "teacher") / "best"
-    general_ckpt = Path(args.general_student) if args.general_student else _stage_dir(args, "general") / "final"
-    for what, path, stage in (("fine-tuned teacher", teacher_ckpt, "finetune-teacher"),
-                              ("general student", general_ckpt, "general")):
-        if not path.exists():
-            raise FileNotFoundError(f"{what} not found at {path}: run the {stage!r} stage first, or pass its path")
+    if not teacher_ckpt.exists():
+        raise FileNotFoundError(f"fine-tuned teacher not found at {teacher_ckpt}: run the 'finetune-teacher' "
+                                f"stage first, or pass its path")
+    record = general.read_record(general_ckpt)
+    if record is not None and record["recipe"]["teacher"]["weights_sha256"] != sha256_of(checkpoint_file(teacher_dir)):
+        log(f"[task] warning: the general student {general_ckpt} was distilled from another teacher than "
+            f"{teacher_dir} (this task's teacher before fine-tuning)")
     teacher = load_model(teacher_ckpt, log=log)
     if teacher.config.num_labels != _labels_of(task):
         raise ConfigError(f"the teacher at {teacher_ckpt} has a {teacher.config.num_labels}-output head; task "
@@ -583,7 +726,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="output directory (default runs/<task>, or runs/<name> for local "
                                                "data and --dataset); one run at a time holds it (<out>/run.lock)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
-    g.add_argument("--general-student", default=None, help="task stage: the general-distillation student")
+    g.add_argument("--general-student", default=None,
+                   help="task and all: start from this general student (a checkpoint, or a general run directory "
+                        "holding final/) instead of the one made or found for these settings")
+    g.add_argument("--general-dir", default=None,
+                   help="general and all: the general run's directory (default <parent of --out>/general/"
+                        "<student>-<fingerprint of teacher, student, corpus and settings>, where other tasks find it)")
     g.add_argument("--train-file", default=None, help="local training data (.csv, .tsv, .json, .jsonl) instead "
                                                       "of a GLUE task; needs --dev-file")
     g.add_argument("--dev-file", default=None, help="local dev data, same format")
@@ -614,9 +762,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "OMP_NUM_THREADS or the cores, shared among the processes on a machine under "
                         "mpiexec); the shards' dropout streams and corpus documents depend on the total, "
                         "processes x workers, so resume with the same values for an exact continuation")
+    g.add_argument("--length-window", type=int, default=DEFAULT_WINDOW,
+                   help="task data: sort examples by length within windows of N batches, then shuffle the "
+                        f"batches (less padding; default {DEFAULT_WINDOW}; 0: random batches)")
     g.add_argument("--max-length", type=int, default=None, help="tokens per example (default 64 for single "
                                                                 "sentences, 128 for pairs)")
     g.add_argument("--general-seq-len", type=int, default=128)
+    g.add_argument("--general-segments", type=int, choices=(1, 2), default=2,
+                   help="general stage: 2 = BERT's sentence pairs, [CLS] A [SEP] B [SEP] with token types 0/1, "
+                        "B the text after A or, half the time, from another document (default); "
+                        "1 = [CLS] sentences [SEP], token type 0 only")
     g.add_argument("--teacher-steps", type=int, default=3500)
     g.add_argument("--general-steps", type=int, default=800)
     g.add_argument("--intermediate-steps", type=int, default=1000)

@@ -128,7 +128,8 @@ class DataParallel:
         shares = [(hi - lo) / n_rows for lo, hi in (parts[i] for i in mine)]
         everyone = [r for rank in self.world.allgather(list(zip(shares, local))) for r in rank]
         losses = {key: sum(s * r.losses[key] for s, r in everyone) for key in everyone[0][1].losses}
-        return StepResult(losses, sum(r.sequences for _, r in everyone), sum(r.tokens for _, r in everyone))
+        return StepResult(losses, sum(r.sequences for _, r in everyone), sum(r.tokens for _, r in everyone),
+                          sum(r.padded_tokens for _, r in everyone))
 
     def _in_threads(self, run, buffers: list[ParamSet]) -> list[StepResult]:
         """run(j) for each of this process's shards in the pool; their gradients summed into buffers[0]."""

@@ -341,6 +341,10 @@ class WordPieceTokenizer:
     [UNK]. encode() adds [CLS] A [SEP] (B [SEP]) with token types 0/1 and truncates longest-first.
     `backend`: "auto" (tokenizers when importable), "python" or "tokenizers"."""
 
+    # Lone surrogates (bytes decoded with surrogateescape, broken UTF-16) are not characters and
+    # cannot reach Rust: both backends drop them first, as clean-up drops the other Cs characters.
+    _SURROGATES = re.compile("[\ud800-\udfff]")
+
     def __init__(self, tokens, do_lower_case=True, backend="auto"):
         tokens = list(tokens)
         self.vocab = {}
@@ -375,7 +379,7 @@ class WordPieceTokenizer:
         if text.isascii():
             text = text.translate(P.ascii_clean)
             return text.lower() if self.do_lower_case else text
-        text = P.drop.sub("", text)
+        text = P.drop.sub("", self._SURROGATES.sub("", text))
         text = P.space.sub(" ", text)
         text = P.cjk.sub(r" \g<0> ", text)
         if self.do_lower_case:
@@ -444,7 +448,7 @@ class WordPieceTokenizer:
 
     def token_ids(self, texts) -> list:
         """Word-piece ids of each text, without special tokens and without truncation."""
-        texts = [_check_text(t) for t in texts]
+        texts = [t if t.isascii() else self._SURROGATES.sub("", t) for t in map(_check_text, texts)]
         if self.backend == "tokenizers" and texts:
             try:
                 hf = self._hf_tokenizer()
@@ -1032,6 +1036,11 @@ class RuntimeModel:
             raise RuntimeModelError(f"{p}: metadata labels must be a JSON list of strings")
         if num_labels >= 2:
             if not labels:
+                # default names only for a head the file can hold (a row takes >= 2 bytes): a
+                # hostile header must not make us build a million strings before the tensor checks
+                if 2 * num_labels > (len(self._mm) if self._mm is not None else 0):
+                    raise RuntimeModelError(f"{p}: config num_labels {num_labels}: the file is too small "
+                                            f"for a classifier of that many rows")
                 labels = [f"LABEL_{i}" for i in range(num_labels)]
             if len(labels) != num_labels or len(set(labels)) != len(labels):
                 raise RuntimeModelError(f"{p}: {len(labels)} distinct label names for {num_labels} classes")

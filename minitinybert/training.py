@@ -59,7 +59,8 @@ class LoopConfig:
 class StepResult:
     losses: dict[str, float]         # every term, and "loss" (the weighted total)
     sequences: int
-    tokens: int
+    tokens: int                      # real tokens
+    padded_tokens: int = 0           # tokens computed: the batch's rows times its width, padding included
 
 
 @dataclass
@@ -70,6 +71,7 @@ class LoopState:                     # the fields' order is trainer_state.json's
     done: bool = False
     data: dict = field(default_factory=dict)     # the batch stream's state_dict()
     rng: dict = field(default_factory=dict)      # the dropout generator's state
+    cycle_start: int = 0             # the step the learning-rate schedule's current cycle began at
 
 
 class BatchStream(Protocol):
@@ -180,7 +182,11 @@ def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStr
     """Runs `cfg.total_steps` optimizer steps of `step_fn(batch, rng)` (which leaves gradients in
     model.grads, summed over the world's ranks) on the batches of `batches`; a resumed run restores the
     stream's position. `evaluate()` returns the task's metrics with a "main" entry; the best checkpoint
-    by it is kept in best/. Returns rank 0's final state on every rank."""
+    by it is kept in best/. Returns rank 0's final state on every rank.
+
+    A finished run resumed with more steps than it made is extended from its saved state: the
+    added steps get a schedule cycle of their own (warm-up, then linear decay to 0 over them),
+    with the optimizer's moments carried over."""
     world = world or get_world()
     root = world.is_root
     directory = Path(directory)
@@ -196,9 +202,13 @@ def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStr
     for array in (model.params.data, optimizer.m, optimizer.v):     # rank 0's, on every rank
         world.bcast_(array)
     optimizer.step_count = world.bcast(optimizer.step_count)
-    if state.done:
-        log(f"[{stage}] already complete ({directory}); reusing it")
+    if state.done and state.step >= cfg.total_steps:
+        log(f"[{stage}] already complete ({directory}, {state.step} steps); reusing it")
         return state
+    if state.done:
+        log(f"[{stage}] extending the finished {state.step}-step run to {cfg.total_steps} steps: a new warm-up "
+            f"and linear decay over the {cfg.total_steps - state.step} added steps")
+        state.done, state.cycle_start = False, state.step
     rng = np.random.default_rng(cfg.seed)           # dropout
     if state.rng:
         rng.bit_generator.state = state.rng
@@ -218,7 +228,8 @@ def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStr
             while state.step < cfg.total_steps:
                 t0 = time.perf_counter()
                 batch = next(batches)
-                lr = cfg.lr * linear_schedule(state.step, cfg.total_steps, cfg.warmup)
+                lr = cfg.lr * linear_schedule(state.step - state.cycle_start, cfg.total_steps - state.cycle_start,
+                                              cfg.warmup)
                 result = step_fn(batch, rng)
                 grad_norm = _clip_and_step(model, optimizer, cfg.max_grad_norm, lr, result,
                                            where=f"[{stage}] step {state.step}")
@@ -311,6 +322,7 @@ def _clip_and_step(model, optimizer: AdamW, max_grad_norm: float, lr: float, res
 
 def _step_record(stage: str, step: int, lr: float, grad_norm: float, result: StepResult, seconds: float) -> dict:
     return {"stage": stage, "step": step, "lr": lr, "grad_norm": grad_norm, **result.losses,
+            "tokens": result.tokens, "padded_tokens": result.padded_tokens,
             "seq_per_s": result.sequences / seconds, "tokens_per_s": result.tokens / seconds, "seconds": seconds}
 
 

@@ -1,7 +1,8 @@
 """The distillation pipeline on a tiny world (tiny teacher, tiny student, tiny GLUE-shaped data):
 the whole objective's gradient, losses that go down, exact resume, Ctrl-C, hard kills, one run per
-directory, failed writes, bad input."""
+directory, failed writes, bad input, and general students reused and extended."""
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -65,10 +66,13 @@ def world(tmp_path_factory):
     return root
 
 
-def cli(world, out, *extra):
+def cli(world, out, *extra, shared_general=False):
+    """The command's options for a tiny run in `out`; its general student in out/general unless
+    `shared_general` (then where every run beside it finds it: <parent of out>/general/)."""
+    general = [] if shared_general else ["--general-dir", str(out / "general")]
     return ["--data", str(world / "data"), "--teacher", str(world / "teacher"), "--student",
             str(world / "student.json"), "--out", str(out), "--batch-size", "8", "--general-seq-len", "16",
-            "--augment-limit", "16", "--n-aug", "2", "--save-every", "2", "--eval-every", "0", *extra]
+            "--augment-limit", "16", "--n-aug", "2", "--save-every", "2", "--eval-every", "0", *general, *extra]
 
 
 def accuracy_here(checkpoint, texts, labels):
@@ -133,9 +137,10 @@ def test_prediction_objective_gradient():
     student = Bert(STUDENT.replace(num_labels=3), dtype=np.float64, seed=2)
     batch, labels = tiny_batch(rng), np.array([0, 2])
     w = LossWeights(prediction=1.0, hard=0.5)
-    prediction_step(teacher, student, batch, labels, None, w, temperature=2.0)
+    t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    prediction_step(student, batch, labels, t_logits, None, w, temperature=2.0)
     grad = student.grads.data.copy()
-    f = lambda: prediction_step(teacher, student, batch, labels, None, w, 2.0).losses["loss"]
+    f = lambda: prediction_step(student, batch, labels, t_logits, None, w, 2.0).losses["loss"]
     d = rng.standard_normal(grad.shape)
     assert_grad_close(grad @ d, numeric_directional(f, student.params.data, d), rtol=1e-5, atol=1e-8,
                       what="prediction distillation objective")
@@ -202,6 +207,9 @@ def test_pipeline_runs_and_resume_is_exact(world, tmp_path, workers):
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]          # resumed runs append, never repeat
     assert {"loss_embedding", "loss_hidden", "loss_attention", "lr", "seq_per_s"} <= set(log[0])
     assert (out / "general" / "loss.png").stat().st_size > 1000
+    for stage in ("teacher", "task-intermediate", "task-prediction"):   # every step says what it computed
+        steps = [r for r in map(json.loads, (out / stage / "log.jsonl").read_text().splitlines()) if "eval" not in r]
+        assert steps and all(0 < r["tokens"] <= r["padded_tokens"] <= 8 * 64 for r in steps), stage
 
 
 def test_existing_run_is_never_overwritten_without_resume(world, tmp_path, capsys):
@@ -229,6 +237,14 @@ def test_corrupt_checkpoint_is_refused_on_resume(world, tmp_path, capsys):
 def test_bad_input_gives_a_clear_error(world, tmp_path, capsys, argv, message):
     assert main(["finetune-teacher", *cli(world, tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err.lower()
+
+
+def test_task_stage_needs_a_general_student(world, tmp_path, capsys):
+    args = cli(world, tmp_path / "o", "--finetuned-teacher", str(world / "teacher-sst2"))
+    assert main(["task", *args]) == 2
+    assert "general student not found" in capsys.readouterr().err
+    assert main(["task", *args, "--general-student", str(tmp_path / "nowhere")]) == 2
+    assert "general student not found" in capsys.readouterr().err
 
 
 def test_task_stage_refuses_mismatched_teacher_and_student(world, tmp_path, capsys):
@@ -297,6 +313,89 @@ def test_resume_after_a_hard_kill_logs_each_step_once(world, tmp_path):
     assert main(["general", *args, "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "general" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# --- the general student: recorded, found by other runs, extended ---------------------------------------
+
+def test_general_student_is_recorded_reused_and_extended(world, tmp_path, capsys):
+    steps = ["--teacher-steps", "2", "--general-steps", "4", "--intermediate-steps", "2", "--prediction-steps", "2"]
+    assert main(["all", *cli(world, tmp_path / "sst2", shared_general=True), *steps]) == 0
+    (general_dir,) = (tmp_path / "general").iterdir()          # beside the run: <parent of --out>/general/
+    record = json.loads((general_dir / "general.json").read_text())
+    assert json.loads((general_dir / "final" / "general.json").read_text()) == record
+    assert (record["steps"], record["complete"], record["cycles"]) == (4, True, [4])
+    assert general_dir.name == f"student-{record['fingerprint']}"
+    recipe = record["recipe"]
+    assert recipe["teacher"]["weights_sha256"] == hashlib.sha256(
+        (world / "teacher" / "model.safetensors").read_bytes()).hexdigest()
+    assert (recipe["student"]["num_hidden_layers"], recipe["student"]["hidden_size"],
+            recipe["student"]["fit_size"]) == (2, 12, 24)
+    corpus = world / "data" / "corpus" / "tiny.txt"
+    assert recipe["corpus"] == [{"name": "tiny.txt", "bytes": corpus.stat().st_size,
+                                 "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()}]
+    assert recipe["seq_len"] == 16 and recipe["batch_size"] == 8
+    summary = json.loads((tmp_path / "sst2" / "summary.json").read_text())
+    assert summary["general_student"]["path"] == str((general_dir / "final").resolve())
+    assert summary["general_student"]["steps"] == 4
+
+    # a second run beside it finds and reuses it, and says so
+    capsys.readouterr()
+    assert main(["all", *cli(world, tmp_path / "again", shared_general=True), *steps]) == 0
+    assert "reusing the general student" in capsys.readouterr().out
+    assert list((tmp_path / "general").iterdir()) == [general_dir]
+    source = json.loads((tmp_path / "again" / "task-intermediate" / "general-student.json").read_text())
+    assert source == summary["general_student"]
+
+    # more steps than it has: refused without --resume; with it, extended in its own directory
+    assert main(["general", *cli(world, tmp_path / "sst2", shared_general=True), "--general-steps", "7"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    shutil.copytree(general_dir, tmp_path / "copy")
+    assert main(["general", *cli(world, tmp_path / "sst2", shared_general=True), "--general-steps", "7",
+                 "--resume"]) == 0
+    record = json.loads((general_dir / "general.json").read_text())
+    assert (record["steps"], record["complete"], record["cycles"]) == (7, True, [4, 7])
+    log = [json.loads(line) for line in (general_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6, 7]
+    # the added steps are a schedule cycle of their own: no warm-up at 3 steps, decay from the peak
+    assert [r["lr"] for r in log[4:]] == pytest.approx([5e-4, 5e-4 * 2 / 3, 5e-4 / 3])
+    assert log[3]["lr"] < 5e-4 / 3
+    # the same extension, interrupted after every step and resumed, gives the same student
+    copy = ["--general-dir", str(tmp_path / "copy"), "--general-steps", "7", "--resume", "--stop-after", "1"]
+    for _ in range(4):                       # 3 steps, and a last call that finds them all made and finishes
+        assert main(["general", *cli(world, tmp_path / "sst2", shared_general=True), *copy]) == 0
+    assert json.loads((tmp_path / "copy" / "general.json").read_text())["cycles"] == [4, 7]
+    np.testing.assert_array_equal(load_model(tmp_path / "copy" / "final").params.data,
+                                  load_model(general_dir / "final").params.data)
+
+    # a run asking for fewer steps than it now has reuses the longer student
+    capsys.readouterr()
+    assert main(["all", *cli(world, tmp_path / "third", shared_general=True), *steps]) == 0
+    assert "7 steps" in capsys.readouterr().out
+
+
+def test_changed_corpus_makes_another_general_student_and_explicit_one_skips_the_stage(world, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(world / "data", data)
+    steps = ["--general-steps", "2"]
+    assert main(["general", *cli(world, tmp_path / "a", shared_general=True), "--data", str(data), *steps]) == 0
+    with open(data / "corpus" / "tiny.txt", "a") as f:
+        f.write("\nthe film was not very good\n")
+    assert main(["general", *cli(world, tmp_path / "a", shared_general=True), "--data", str(data), *steps]) == 0
+    assert len(list((tmp_path / "general").iterdir())) == 2
+    # --general-dir holding another recipe's student is refused, naming what differs
+    (first,) = [d for d in (tmp_path / "general").iterdir()
+                if json.loads((d / "general.json").read_text())["recipe"]["corpus"][0]["bytes"] !=
+                (data / "corpus" / "tiny.txt").stat().st_size]
+    assert main(["general", *cli(world, tmp_path / "a", shared_general=True), "--data", str(data), *steps,
+                 "--general-dir", str(first)]) == 2
+    assert "corpus differ" in capsys.readouterr().err
+    # all with --general-student: no general stage, that student used
+    assert main(["all", *cli(world, tmp_path / "b", shared_general=True), "--general-student", str(first),
+                 "--teacher-steps", "1", "--intermediate-steps", "1", "--prediction-steps", "1"]) == 0
+    assert "using the general student" in capsys.readouterr().out
+    source = json.loads((tmp_path / "b" / "task-intermediate" / "general-student.json").read_text())
+    assert source["path"] == str((first / "final").resolve()) and source["steps"] == 2
+    assert len(list((tmp_path / "general").iterdir())) == 2
 
 
 def test_local_dataset_is_its_own_task(world, tmp_path, capsys, monkeypatch):
@@ -444,7 +543,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(world, t
                                 f"({errno.errorcode[code]}); the checkpoint of step 2 in {last} is intact: free some "
                                 f"space or fix the permissions, then run the same command with --resume"]
     assert stage_files(out / "general") == before and json.loads((last / "trainer_state.json").read_text())["step"] == 2
-    assert sorted(p.name for p in (out / "general").iterdir()) == ["last", "log.jsonl", "loss.png"]
+    assert sorted(p.name for p in (out / "general").iterdir()) == ["general.json", "last", "log.jsonl", "loss.png"]
     assert not (out / "run.lock").exists()
     if code == errno.ENOSPC:                                       # the same path for every code: resume once
         monkeypatch.undo()
@@ -546,7 +645,19 @@ def test_sigkill_at_any_moment_then_resume_is_exact(world, tmp_path, straight_ge
     assert (out / "run.lock").exists()
     assert main(["general", *cli(world, out, *args)]) == 0
     assert stage_files(out / "general") == straight_general
-    assert sorted(p.name for p in (out / "general").iterdir()) == ["final", "last", "log.jsonl", "loss.png"]
+    assert sorted(p.name for p in (out / "general").iterdir()) == ["final", "general.json", "last", "log.jsonl",
+                                                                    "loss.png"]
     assert [json.loads(line)["step"] for line in (out / "general" / "log.jsonl").read_text().splitlines()] == \
         list(range(1, 25))
     assert not (out / "run.lock").exists()
+
+
+def test_a_shared_general_student_is_made_by_one_run_at_a_time(world, tmp_path, capsys):
+    """Outside --out (whose lock covers its own directory), the general run takes a lock of its own."""
+    from minitinybert.runlock import RunLock
+    shared = ["--general-dir", str(tmp_path / "shared"), "--general-steps", "1"]
+    with RunLock(tmp_path / "shared", log=lambda *a: None):
+        assert main(["general", *cli(world, tmp_path / "o"), *shared]) == 2
+        assert f"{tmp_path / 'shared'} is in use by another run" in capsys.readouterr().err
+    assert main(["general", *cli(world, tmp_path / "o"), *shared]) == 0
+    assert not (tmp_path / "shared" / "run.lock").exists()

@@ -57,8 +57,9 @@ def _world(labels_kind="class"):
 STEPS = {
     "intermediate": lambda t, s, b, y: (b, lambda bb, rng, **k: intermediate_step(
         t, s, bb, rng, layer_mapping(2, 3), LossWeights(), **k)),
-    "prediction": lambda t, s, b, y: ((b, y), lambda bb, rng, **k: prediction_step(
-        t, s, bb[0], bb[1], rng, LossWeights(hard=0.3), 2.0, **k)),
+    "prediction": lambda t, s, b, y: ((b, y, t.forward(b.input_ids, b.token_type_ids, b.attention_mask).logits),
+                                      lambda bb, rng, **k: prediction_step(s, bb[0], bb[1], bb[2], rng,
+                                                                           LossWeights(hard=0.3), 2.0, **k)),
     "finetune": lambda t, s, b, y: ((b, y), lambda bb, rng, **k: finetune_step(s, bb[0], bb[1], rng, **k)),
 }
 
@@ -76,7 +77,8 @@ def test_shards_give_the_whole_batch_gradient_and_losses(kind, workers):
     assert sharded.losses.keys() == whole.losses.keys()
     for key in whole.losses:
         assert sharded.losses[key] == pytest.approx(whole.losses[key], rel=1e-12, abs=1e-15)
-    assert (sharded.sequences, sharded.tokens) == (whole.sequences, whole.tokens)
+    assert (sharded.sequences, sharded.tokens, sharded.padded_tokens) == (5, 26, 35)
+    assert (whole.sequences, whole.tokens, whole.padded_tokens) == (5, 26, 35)
 
 
 def test_a_process_with_some_rows_computes_its_shards_of_the_global_batch():
