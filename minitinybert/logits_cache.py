@@ -21,6 +21,7 @@ import numpy as np
 from .batches import predict_logits
 from .tasks import Examples
 from .tokenizer import Tokenizer
+from .tokens import TokenTable
 from .weights import write_safetensors_atomic
 
 CACHE_FORMAT = "minitinybert-teacher-logits"
@@ -64,9 +65,11 @@ def _read(path: Path, key: str, shape: tuple[int, int]) -> tuple[np.ndarray | No
 
 
 def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length: int,
-                   cache_dir: str | Path | None = None, batch_size: int = 64, log=print) -> np.ndarray:
+                   cache_dir: str | Path | None = None, batch_size: int = 64, log=print,
+                   tokens: TokenTable | None = None) -> np.ndarray:
     """(N, num_labels) float32: the teacher's eval-mode logits for every example, in order; read
-    from `cache_dir` when computed before with the same teacher and data, else computed and stored."""
+    from `cache_dir` when computed before with the same teacher and data, else computed and stored.
+    `tokens`: the examples' token ids, when the caller has them (tokens.py)."""
     shape = (len(examples), teacher.config.num_labels)
     path = key = None
     if cache_dir is not None:
@@ -80,7 +83,7 @@ def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length
             log(f"[prediction] ignoring the teacher-logits cache {path}: {why}; computing it again")
     log(f"[prediction] teacher logits of {len(examples)} examples: one pass, batches sorted by length")
     t0 = time.perf_counter()
-    logits = predict_logits(teacher, examples, tokenizer, max_length, batch_size=batch_size)
+    logits = predict_logits(teacher, examples, tokenizer, max_length, batch_size=batch_size, tokens=tokens)
     log(f"[prediction] teacher logits computed in {time.perf_counter() - t0:.0f} s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

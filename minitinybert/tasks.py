@@ -1,5 +1,5 @@
 """The eight GLUE tasks of TinyBERT's table (MNLI, QQP, QNLI, SST-2, CoLA, STS-B, MRPC, RTE), WNLI,
-and the examples of a task.
+where each is on the Hugging Face Hub, and the examples of a task.
 
 A `TaskSpec` says where a task's files are, which columns hold the texts and the label, the label
 names in id order (None for regression) and the metrics; `Examples` are a task's texts, optional
@@ -94,6 +94,36 @@ TASKS: dict[str, TaskSpec] = {
                      ("0", "1"), ("accuracy",), "accuracy", "WNLI", ("not_entailment", "entailment")),
 }
 
+
+# --- GLUE on the Hugging Face Hub ---------------------------------------------------------------
+
+GLUE_HUB_ID = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class HubLayout:
+    """A GLUE task in the hub's copy of GLUE (nyu-mll/glue, Parquet files): its config, its columns,
+    and the hub's name of each of our splits. Labels are ClassLabels named as `class_names` (MNLI's
+    ids differ from the TSV order: entailment, neutral, contradiction), STS-B's are float scores."""
+    config: str
+    text_column: str
+    pair_column: str | None
+    splits: tuple[tuple[str, str], ...] = (("train", "train"), ("dev", "validation"))
+    label_column: str = "label"
+
+
+GLUE_ON_HUB: dict[str, HubLayout] = {
+    "mnli": HubLayout("mnli", "premise", "hypothesis", (("train", "train"), ("dev", "validation_matched"),
+                                                         ("dev_mismatched", "validation_mismatched"))),
+    "qqp": HubLayout("qqp", "question1", "question2"),
+    "qnli": HubLayout("qnli", "question", "sentence"),
+    "sst2": HubLayout("sst2", "sentence", None),
+    "cola": HubLayout("cola", "sentence", None),
+    "stsb": HubLayout("stsb", "sentence1", "sentence2"),
+    "mrpc": HubLayout("mrpc", "sentence1", "sentence2"),
+    "rte": HubLayout("rte", "sentence1", "sentence2"),
+    "wnli": HubLayout("wnli", "sentence1", "sentence2"),
+}
 
 def _task_key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())

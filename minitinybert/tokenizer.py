@@ -88,6 +88,9 @@ class Tokenizer:
         self._batch_tk = HFTokenizer.from_str(tk.to_str())
         self._batch_tk.enable_padding(pad_id=self.pad_id, pad_token="[PAD]", pad_type_id=0)
         self._max_length: int | None = None
+        # A twin for whole datasets (token caches): the same truncation, no padding.
+        self._rows_tk = HFTokenizer.from_str(tk.to_str())
+        self._rows_max_length: int | None = None
 
     # --- construction ---------------------------------------------------------------------
 
@@ -197,6 +200,28 @@ class Tokenizer:
             if type_ids is not None:
                 types[row, :len(seq)] = type_ids[row]
         return Batch(ids, types, mask)
+
+    def encode_rows(self, texts: list[str], pairs: list[str] | None = None,
+                    max_length: int = 128) -> tuple[list[list[int]], list[list[int]]]:
+        """(ids, type ids) of each text (or pair), unpadded: the rows of `encode`'s batch without
+        their padding, truncated alike. For caches that keep every example's tokens."""
+        texts = list(texts)
+        _check_strings(texts, "texts")
+        if pairs is not None:
+            pairs = list(pairs)
+            if len(pairs) != len(texts):
+                raise TokenizerError(f"encode_rows got {len(texts)} texts but {len(pairs)} pairs")
+            _check_strings(pairs, "pairs")
+        minimum = 3 if pairs is None else 4
+        if not isinstance(max_length, (int, np.integer)) or max_length < minimum:
+            raise TokenizerError(f"max_length must be an integer >= {minimum}, got {max_length!r}")
+        if self._rows_max_length != max_length:
+            self._rows_tk.enable_truncation(int(max_length), strategy="longest_first")
+            self._rows_max_length = int(max_length)
+        inputs = texts if pairs is None else list(zip(texts, pairs))
+        encode = getattr(self._rows_tk, "encode_batch_fast", self._rows_tk.encode_batch)   # no offsets: faster
+        encodings = encode(inputs, add_special_tokens=True)
+        return [e.ids for e in encodings], [e.type_ids for e in encodings]
 
     def tokenize(self, text: str) -> list[str]:
         """WordPieces of one text, without [CLS]/[SEP] and without truncation."""

@@ -27,6 +27,12 @@ def _rows(task: str, split: str, examples) -> tuple[list[str], list[list[str]]]:
     if task == "qqp":
         return (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
                 [[str(i), str(2 * i + 1), str(2 * i + 2), a, b, y] for i, (a, b, y) in enumerate(examples)])
+    if task == "sst2":
+        return ["sentence", "label"], [[a, y] for a, _, y in examples]
+    if task == "stsb":
+        return (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+                 "score"], [[str(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", a, b, y]
+                            for i, (a, b, y) in enumerate(examples)])
     if task == "qnli":
         return ["index", "question", "sentence", "label"], [[str(i), a, b, y] for i, (a, b, y) in enumerate(examples)]
     if task in ("rte", "wnli"):
@@ -40,7 +46,7 @@ def _rows(task: str, split: str, examples) -> tuple[list[str], list[list[str]]]:
     raise ValueError(f"no layout for {task}")
 
 
-FOLDERS = {"mrpc": "MRPC", "qqp": "QQP", "qnli": "QNLI", "mnli": "MNLI", "wnli": "WNLI", "rte": "RTE"}
+FOLDERS = {"sst2": "SST-2", "stsb": "STS-B", "mrpc": "MRPC", "qqp": "QQP", "qnli": "QNLI", "mnli": "MNLI", "wnli": "WNLI", "rte": "RTE"}
 
 
 def file_name(task: str, split: str) -> str:
