@@ -10,6 +10,7 @@ import ast
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import textwrap
@@ -151,3 +152,15 @@ def test_importing_the_package_changes_nothing_process_wide():
         assert control["threads"][1] == 1
     if platform.libc_ver()[0] == "glibc":
         assert control["mallopt"]
+
+
+def test_the_readme_module_table_names_every_module_once():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## What is inside"):]
+    section = section[:section.index("\n## ", 1)]
+    listed = [name for row in section.splitlines() if row.startswith("| `")
+              for name in re.findall(r"`([a-z_]+\.py)`", row.split("|")[1])]
+    files = sorted(p.name for p in (ROOT / "minitinybert").glob("*.py") if p.name != "__init__.py")
+    assert len(listed) == len(set(listed)), f"listed twice: {sorted({n for n in listed if listed.count(n) > 1})}"
+    assert sorted(listed) == files, (f"in the package but not the table: {sorted(set(files) - set(listed))}; "
+                                     f"in the table but not the package: {sorted(set(listed) - set(files))}")
