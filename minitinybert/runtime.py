@@ -2,9 +2,8 @@
 
     import runtime
     model = runtime.load("sst2-int8.safetensors")
-    model.predict(["a gripping film", "dull and lifeless"])
+    model.predict(["a gripping film", ("A man plays guitar.", "Someone makes music.")])  # texts, pairs
     # [{"label": "positive", "scores": {"negative": 0.02, "positive": 0.98}}, ...]
-    model.predict([("A man plays guitar.", "Someone makes music.")])   # sentence pairs
     model.embed(["some text"], pooling="mean")                         # (N, hidden) L2-normalised
 
     python runtime.py MODEL "text" ["text2" ...]     # JSON lines on stdout (stdin when no text)
@@ -17,16 +16,15 @@ threads=None leaves BLAS's threads as the environment sets them; threads=N runs 
 runtime's own over single-threaded BLAS (OpenBLAS's threads stall when other processes hold the
 cores): they share the sub-batches; a single sub-batch's large products are split by rows.
 
-File format "minitinybert-runtime/1": safetensors, whose "__metadata__" holds format, config
-(JSON: vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
-max_position_embeddings, type_vocab_size, layer_norm_eps, hidden_act "gelu" (exact erf),
-num_labels (0 embedding model, 1 regression, >= 2 classes), problem_type), labels (JSON list of
-class names, id order), vocab (the WordPiece tokens joined by newlines), do_lower_case ("true" /
-"false"), max_length (default truncation, special tokens included) and dtype (informational).
-Tensors have Hugging Face BERT names without prefix; linear weights are (out, in). F32; F16 (F64,
-BF16: converted at load); I8 for 2-D weights with a F32 "<name>_scale" per row (output channel,
-or token for embeddings): w = q * scale, scale = max|w_row| / 127. Query, key and value weights
-lying back to back in the file are used as one (3C, C) matrix, in place.
+File format "minitinybert-runtime/1": safetensors, whose "__metadata__" holds format, config (JSON:
+vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings,
+type_vocab_size, layer_norm_eps, hidden_act "gelu" (exact erf), num_labels (0 embedding model, 1 regression,
+>= 2 classes), problem_type), labels (JSON list, id order), vocab (WordPiece tokens joined by newlines),
+do_lower_case ("true"/"false"), max_length (default truncation) and dtype (informational). Tensors have
+Hugging Face BERT names without prefix; linear weights are (out, in). F32; F16 (F64, BF16: converted at
+load); I8 for 2-D weights with a F32 "<name>_scale" per row (output channel, or token for embeddings):
+w = q * scale, scale = max|w_row| / 127. Query, key and value weights lying back to back in the file are
+used as one (3C, C) matrix, in place.
 
 Numerics: float32, as the training engine (post-LN, exact erf GELU, -10000 key mask, tanh pooler);
 predict(), logits(), embed(pooling="cls") run the last layer for the [CLS] positions only. float32
@@ -473,9 +471,8 @@ def _split_inputs(inputs):
 
 
 # === numerical kernels: NumPy, and Numba twins used when available (same results to float rounding) ===
-# Activations are feature-major, (features, tokens): a linear layer is W @ X with W (out, in) as
-# stored, the product OpenBLAS runs fastest at these shapes, and per-feature biases are columns.
-# Kernels work in place, on buffers of a _Workspace: a forward pass allocates no large array.
+# Activations are feature-major, (features, tokens): a linear layer is W @ X with W (out, in) as stored (the
+# product OpenBLAS runs fastest here). Kernels work in place, on workspace buffers: no large allocation.
 
 # erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 beyond (float32 saturates there); |error| < 7e-8 in
 # exact arithmetic (the rational approximation Eigen and XLA use for float32).
@@ -502,8 +499,7 @@ def _erf_into(t, p, q):
 
 
 def _np_bias_gelu(h, bias, ws):
-    """h <- gelu(h + bias[:, None]), exact (erf) GELU, on (F, N), in row blocks of ~64K values so
-    that the temporaries stay small and in cache."""
+    """h <- gelu(h + bias[:, None]), exact (erf) GELU, on (F, N), in row blocks of ~64K values (cached)."""
     step = max(1, 65536 // h.shape[1])
     for r in range(0, h.shape[0], step):
         x = h[r:r + step]
@@ -540,16 +536,17 @@ def _np_softmax(scores, mask_bias, scale):
 
 
 def _np_int8_matmul(q, scale, x, out, ws, xt=None):
-    """out <- (q * scale[:, None]) @ x: q cast into a reused float32 buffer (NumPy has no int8 product)."""
-    w = ws("int8_weight", q.shape)
-    np.copyto(w, q, casting="unsafe")
-    np.matmul(w, x, out=out)
+    """out <- (q * scale[:, None]) @ x: NumPy has no int8 product, so blocks of ~64K weights are cast
+    into a small reused float32 buffer for BLAS."""
+    for r in range(0, q.shape[0], step := max(1, 65536 // q.shape[1])):
+        w = ws("int8_weight", q[r:r + step].shape)
+        np.copyto(w, q[r:r + step], casting="unsafe")
+        np.matmul(w, x, out=out[r:r + step])
     out *= scale[:, None]
 
 
-# Numba twins, compiled (and cached on disk) on first use, with fastmath so that LLVM vectorises
-# them: the GELU (the same rational erf), the layer norm accumulating in float64, the softmax with
-# its own vectorisable float32 exp (Cephes' expf, relative error ~1e-7), the int8 product.
+# Numba twins, compiled (cached on disk) on first use, fastmath so that LLVM vectorises them: the GELU, the layer
+# norm (float64 sums), the softmax with its own vectorisable exp (Cephes' expf, relative error ~1e-7), int8 product.
 
 def _nb_bias_gelu(h, bias):
     for i in range(h.shape[0]):
@@ -606,8 +603,7 @@ def _nb_softmax(scores, mask_bias, use_mask, scale):
 
 
 def _nb_int8_matmul(q, scale, xt, out):
-    """out (O, N) <- (q * scale[:, None]) @ xt.T, the int8 weight read once and converted in
-    registers: two rows times four tokens at a time (eight sums over the input features)."""
+    """out (O, N) <- (q * scale[:, None]) @ xt.T, int8 read and converted in registers, 2 rows x 4 tokens."""
     (O, I), N = q.shape, xt.shape[0]
     for o in range(0, O, 2):
         o1 = min(o + 1, O - 1)
@@ -633,12 +629,9 @@ class _Kernels:
 
     def use_numba(self) -> bool:
         """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
-        try:
-            import numba
-        except Exception:  # noqa: BLE001
-            return False
         for cache in (True, False):   # a stale or foreign on-disk cache must not break us: recompile
             try:
+                import numba
                 fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
                 gelu, softmax, int8 = fast(_nb_bias_gelu), fast(_nb_softmax), fast(_nb_int8_matmul)
                 addln = numba.njit(cache=cache, nogil=True, error_model="numpy")(_nb_add_layernorm)
@@ -695,14 +688,13 @@ def set_blas_threads(n: int) -> bool:
 # === the model ====================================================================================
 
 INT8_KERNEL_MAX_TOKENS = 32     # int8 products of at most this many tokens run the int8 kernel (measured)
-CHUNK_TOKENS = 1024             # a forward pass runs on sub-batches of about this many tokens
+CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
 PARALLEL_MIN_WORK = 32_000_000  # smaller products (multiply-adds) run on one thread (measured)
 
 
 def _workspace():
-    """ws(name, shape): named float32 buffers reused from one forward pass to the next and across
-    layers (each grows to the largest sub-batch seen). One per thread."""
+    """ws(name, shape): float32 buffers reused across layers and calls (growing as needed); one per thread."""
     buffers = {}
 
     def ws(name, shape):
@@ -714,9 +706,18 @@ def _workspace():
 
 
 def _embedding_rows(table, ids):
-    """Float32 rows of an embedding (array as stored, int8 scales or None): a new array."""
-    rows = table[0][ids].astype(_F32, copy=False)
-    return rows if table[1] is None else rows * table[1][ids][..., None]
+    """Float32 rows (a new array) of an embedding: (array as stored, int8 scales or None, (file
+    descriptor, offset) to read the rows with pread rather than from the map, or None)."""
+    array, scale, source = table
+    if source is None:
+        rows = array[ids]
+    else:
+        unique, inverse = np.unique(ids, return_inverse=True)
+        size = array.strides[0]
+        raw = b"".join(os.pread(source[0], size, source[1] + int(i) * size) for i in unique)
+        rows = np.frombuffer(raw, array.dtype).reshape(-1, array.shape[1])[inverse.reshape(ids.shape)]
+    rows = rows.astype(_F32, copy=False)
+    return rows if scale is None else rows * scale[ids][..., None]
 
 
 class RuntimeModel:
@@ -826,10 +827,12 @@ class RuntimeModel:
             bias = np.concatenate([vec(f"{prefix}{x}bias", out_f) for x in parts])
             return SimpleNamespace(weight=weight, bias=bias, scale=scales and np.concatenate(scales))
 
-        # embedding tables stay as stored (float16, int8): only the rows a batch uses are converted
-        self._embeddings = [get(f"embeddings.{name}_embeddings.weight", (cfg[size], C), int8=True) for name, size in
-                            (("word", "vocab_size"), ("position", "max_position_embeddings"),
-                             ("token_type", "type_vocab_size"))]
+        # embedding tables stay as stored (float16, int8): only the rows used are converted, the word table's
+        tables = (("word", "vocab_size"), ("position", "max_position_embeddings"), ("token_type", "type_vocab_size"))
+        self._embeddings = [get(f"embeddings.{n}_embeddings.weight", (cfg[s], C), True) + (None,) for n, s in tables]
+        if hasattr(os, "pread") and (offset := tensors["embeddings.word_embeddings.weight"][2]) is not None:
+            self._file = open(path, "rb")   # read with pread: random rows from the map would fault in whole pages
+            self._embeddings[0] = (*self._embeddings[0][:2], (self._file.fileno(), offset))
         self._emb_ln = vec("embeddings.LayerNorm.weight", C), vec("embeddings.LayerNorm.bias", C)
         self._layers = []
         for i in range(cfg["num_hidden_layers"]):
@@ -847,10 +850,9 @@ class RuntimeModel:
     def kernels(self) -> str:
         """"numba" or "numpy" (settled at the first forward pass)."""
         if self._kernels is None:
-            k = _Kernels()
-            if self._kernel_choice == "numba" or (self._kernel_choice == "auto" and HAVE_NUMBA):
-                if not k.use_numba() and self._kernel_choice == "numba":
-                    raise RuntimeModelError("Numba kernels were asked for but Numba cannot be imported")
+            k, choice = _Kernels(), self._kernel_choice
+            _need(choice == "numpy" or (choice == "auto" and not HAVE_NUMBA) or k.use_numba() or choice == "auto",
+                  "Numba kernels were asked for but Numba cannot be imported")
             self._kernels = k
         return self._kernels.name
 
@@ -1055,14 +1057,12 @@ class RuntimeModel:
         return vectors
 
     def __repr__(self):
-        return (f"RuntimeModel({self.path!r}, {self.problem_type}, layers={self.config['num_hidden_layers']}, "
-                f"hidden={self.config['hidden_size']}, labels={self.labels}, dtype={self.dtype or '?'})")
+        return f"RuntimeModel({self.path!r}, {self.problem_type}, labels={self.labels}, dtype={self.dtype or '?'})"
 
 
 def load(path, tokenizer="auto", kernels="auto", threads=None) -> RuntimeModel:
-    """A runtime model from its file. `tokenizer`: "auto" | "python" (the same); `kernels`: "auto" (Numba
-    when available) | "numpy" | "numba"; `threads`: None (BLAS threads as the environment sets them) or N:
-    the runtime's own N threads, BLAS set to one thread (process-wide; robust when others hold the cores)."""
+    """A runtime model from its file. `tokenizer`: "auto" | "python"; `kernels`: "auto" (Numba when available) |
+    "numpy" | "numba"; `threads`: None (BLAS's threads, as the environment sets them) or N (see the top)."""
     metadata, tensors, mm = read_safetensors(path)
     return RuntimeModel(path, metadata, tensors, mm, tokenizer_backend=tokenizer, kernels=kernels, threads=threads)
 
