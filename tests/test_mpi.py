@@ -49,7 +49,8 @@ def world(tmp_path_factory):
 def args(world, out, *extra):
     return ["--data", str(world / "data"), "--teacher", str(world / "teacher"), "--student",
             str(world / "student.json"), "--out", str(out), "--batch-size", "6", "--general-seq-len", "16",
-            "--augment-limit", "12", "--n-aug", "1", "--save-every", "3", "--eval-every", "3", "--seed", "5", *extra]
+            "--augment-limit", "12", "--n-aug", "1", "--save-every", "3", "--eval-every", "3", "--seed", "5",
+            "--general-dir", str(Path(out) / "general"), *extra]
 
 
 def mpiexec(argv, out_file: Path, **popen):
