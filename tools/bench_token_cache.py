@@ -6,8 +6,9 @@ step: models, examples, token ids of the training and dev sets) with an empty an
 
 Tokenizer: the default teacher's (all-MiniLM-L6-v2's vocabulary), max length 64 as the pipeline's
 SST-2 default. The peers, measured in the same run: the tokenizer over all sentences in memory
-(what a stage pays without the cache, and the length pass of length-grouped batching), and over
-one epoch in batches of 32 (what TaskBatches paid before, every epoch of every stage). The task
+(what a stage pays at its start without the cache: the length pass that length-grouped batching
+needs), and over one epoch in batches of 32 (what TaskBatches paid before the cache, every epoch
+of every stage, on top of that pass). The task
 stage's start-up uses the pipeline's defaults (--augment-limit 6000, --n-aug 4: 30,000 examples;
 the augmentation itself cached beforehand, not measured) with stand-in checkpoints (the weights
 do not change the start-up). Each figure is the median of --repeat runs, in wall-clock seconds and
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     rows = [("tokenizing 67,349 sentences with Dataset.map into the Arrow cache", "map"),
             ("reading them back from the cache", "read"),
             ("peer: the tokenizer over all of them in memory", "memory"),
-            ("peer: one epoch in batches of 32 (TaskBatches before the cache)", "epoch")]
+            ("peer: one epoch in batches of 32 (TaskBatches per epoch before the cache)", "epoch")]
     for label, key in rows:
         print(f"  {label:<66} {m[key][0]:6.2f} / {m[key][1]:6.2f}")
     print(f"  cache read against Dataset.map: {m['map'][0] / m['read'][0]:.0f}x less wall, "
