@@ -184,3 +184,14 @@ def test_save_checkpoint_never_leaves_a_partial_directory(tmp_path, monkeypatch)
         save_checkpoint(Bert(SMALL, seed=1), target)
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_pad_token_id_in_config(tmp_path):
+    """null (no frozen [PAD] row) survives a save and load; an id outside the vocabulary is refused."""
+    model = Bert(SMALL.replace(pad_token_id=None), seed=0)
+    save_checkpoint(model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["pad_token_id"] is None
+    assert load_model(tmp_path / "m").config.pad_token_id is None
+    assert load_model(write_checkpoint(tmp_path / "d", base_tensors())).config.pad_token_id == 0
+    with pytest.raises(ConfigError, match="pad_token_id"):
+        SMALL.replace(pad_token_id=SMALL.vocab_size)
