@@ -25,7 +25,9 @@ class BertConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
-    pad_token_id: int = 0
+    # the [PAD] token: its word-embedding row gets no gradient (nn.Embedding's padding_idx in Hugging
+    # Face's BertEmbeddings and in the official TinyBERT code); None: every row trains
+    pad_token_id: int | None = 0
     # task head: 0 = no head, 1 = regression, >= 2 = classification with that many labels
     num_labels: int = 0
     id2label: dict[int, str] = field(default_factory=dict)
@@ -52,6 +54,10 @@ class BertConfig:
         if self.hidden_act not in ("gelu", "gelu_python"):
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported: minitinybert computes the exact "
                               f"erf GELU ('gelu'), as BERT does; a tanh-approximated model would drift")
+        if self.pad_token_id is not None and not (isinstance(self.pad_token_id, int)
+                                                  and 0 <= self.pad_token_id < self.vocab_size):
+            raise ConfigError(f"pad_token_id must be a token id in [0, {self.vocab_size}) or null, "
+                              f"got {self.pad_token_id!r}")
         if self.num_labels < 0:
             raise ConfigError(f"num_labels must be >= 0, got {self.num_labels}")
         return self

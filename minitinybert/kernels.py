@@ -646,17 +646,19 @@ def attention_backward(dcontext, cache, dscores_extra=None, out=None):
 # --- embedding gradient scatter -------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _scatter_add_rows(table, ids, rows):  # table[ids[n]] += rows[n]; serial: ids repeat
+def _scatter_add_rows(table, ids, rows, skip):  # table[ids[n]] += rows[n] but where ids[n] == skip; serial: ids repeat
     for n in range(ids.shape[0]):
         r = ids[n]
+        if r == skip:
+            continue
         for j in range(rows.shape[1]):
             table[r, j] += rows[n, j]
 
 
-def embeddings_sum_backward(dx, cache, dword, dposition, dtoken_type):
+def embeddings_sum_backward(dx, cache, dword, dposition, dtoken_type, pad_id=None):
     input_ids, token_type_ids = cache.input_ids, cache.token_type_ids
     C = dx.shape[-1]
     rows = np.ascontiguousarray(dx).reshape(-1, C)
-    _scatter_add_rows(dword, input_ids.reshape(-1).astype(np.int64), rows)
-    _scatter_add_rows(dtoken_type, token_type_ids.reshape(-1).astype(np.int64), rows)
+    _scatter_add_rows(dword, input_ids.reshape(-1).astype(np.int64), rows, -1 if pad_id is None else pad_id)
+    _scatter_add_rows(dtoken_type, token_type_ids.reshape(-1).astype(np.int64), rows, -1)
     dposition[: dx.shape[1]] += dx.sum(axis=0)

@@ -301,7 +301,7 @@ class Bert:
             dx, cache.embeddings_norm)
         K.embeddings_sum_backward(dx, cache.embeddings, G["embeddings.word_embeddings.weight"],
                                   G["embeddings.position_embeddings.weight"],
-                                  G["embeddings.token_type_embeddings.weight"])
+                                  G["embeddings.token_type_embeddings.weight"], pad_id=cfg.pad_token_id)
         return G
 
     def _layer_backward(self, G, layer, dy, cache: LayerCache, dscores_extra):  # (B, T, C) -> (B, T, C)

@@ -286,11 +286,16 @@ def embeddings_sum_forward(input_ids, token_type_ids, word, position, token_type
             EmbeddingCache(input_ids, token_type_ids))
 
 
-def embeddings_sum_backward(dx, cache, dword, dposition, dtoken_type):
-    """Accumulates into the (zeroed) gradient tables; only rows the batch touched change."""
+def embeddings_sum_backward(dx, cache, dword, dposition, dtoken_type, pad_id=None):
+    """Accumulates into the (zeroed) gradient tables; only rows the batch touched change. The word
+    row `pad_id` gets nothing (None: every row), as torch's nn.Embedding(padding_idx=...)."""
     input_ids, token_type_ids = cache.input_ids, cache.token_type_ids
     C = dx.shape[-1]
-    np.add.at(dword, input_ids.reshape(-1), dx.reshape(-1, C))
+    ids, rows = input_ids.reshape(-1), dx.reshape(-1, C)
+    if pad_id is not None:
+        real = ids != pad_id
+        ids, rows = ids[real], rows[real]
+    np.add.at(dword, ids, rows)
     dposition[: dx.shape[1]] += dx.sum(axis=0)
     np.add.at(dtoken_type, token_type_ids.reshape(-1), dx.reshape(-1, C))
 

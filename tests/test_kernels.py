@@ -60,20 +60,24 @@ def test_bias_gelu_twins(rng):
         close(got, want, 1e-3 if got.ndim == 1 else 2e-5)   # the bias gradient sums 256 rows
 
 
-def test_embedding_scatter_twins(rng):
+@pytest.mark.parametrize("pad_id", [None, 0])
+def test_embedding_scatter_twins(rng, pad_id):
     V, P = 100, 80
     ids = rng.integers(0, V, size=(B, T)).astype(np.int32)
     ids[:, :5] = 7                           # repeated ids must accumulate, not overwrite
+    ids[:, -9:] = 0                          # padding
     types = rng.integers(0, 2, size=(B, T)).astype(np.int32)
     tables = [rng.normal(size=(n, C)).astype(np.float32) for n in (V, P, 2)]
     x0, c0 = ops.embeddings_sum_forward(ids, types, *tables)
     dx = rng.normal(size=x0.shape).astype(np.float32)
     g0 = [np.zeros_like(t) for t in tables]
     g1 = [np.zeros_like(t) for t in tables]
-    ops.embeddings_sum_backward(dx, c0, *g0)
-    kernels.embeddings_sum_backward(dx, c0, *g1)
+    ops.embeddings_sum_backward(dx, c0, *g0, pad_id=pad_id)
+    kernels.embeddings_sum_backward(dx, c0, *g1, pad_id=pad_id)
     for got, want in zip(g1, g0):
         close(got, want, 1e-4)
+    assert (g1[0][0] == 0).all() == (pad_id == 0)             # [PAD]'s row: nothing, or its tokens' sum
+    assert (g1[1][:T] != 0).all() and (g1[2] != 0).all()      # positions and types of padding still learn
 
 
 def test_fast_float32_exp_and_erf():

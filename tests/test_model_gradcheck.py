@@ -49,7 +49,9 @@ def objective(model, ids, types, mask, weights, dropout_seed):
 @given(batches(), st.booleans())
 def test_full_model_gradients(use_kernels, num_labels, batch, dropout):
     ids, types, mask, seed = batch
-    cfg = tiny_config(num_labels=num_labels, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+    # no [PAD] row: its gradient is 0 by design, not its derivative (test_pad_row_gets_no_gradient)
+    cfg = tiny_config(num_labels=num_labels, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2,
+                      pad_token_id=None)
     model = Bert(cfg, dtype=np.float64, seed=seed % 1000, use_kernels=use_kernels)
     model.params.data[:] = np.random.default_rng(seed).normal(0, 0.5, model.params.size)
     rng = np.random.default_rng(seed + 1)
@@ -95,6 +97,28 @@ def test_wrong_backward_is_caught(monkeypatch):
     name = "encoder.layer.0.intermediate.dense.bias"
     with pytest.raises(AssertionError):
         assert_grad_close(grads[name], numeric_grad(f, model.params[name]), what=name)
+
+
+@pytest.mark.parametrize("use_kernels", [True, False], ids=["numba", "numpy"])
+def test_pad_row_gets_no_gradient(use_kernels):
+    """As nn.Embedding(padding_idx=pad_token_id) in Hugging Face's BERT and the official TinyBERT:
+    the [PAD] row's gradient is zero, every other gradient the same as without a frozen row."""
+    rng = np.random.default_rng(4)
+    ids = rng.integers(1, 11, (3, 6))
+    mask = np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
+    ids[mask == 0] = 0                                     # padded positions hold [PAD], id 0
+    grads = {}
+    for pad in (0, None):
+        model = Bert(tiny_config(num_labels=2, pad_token_id=pad), seed=1, use_kernels=use_kernels)
+        out = model.forward(ids, None, mask, rng=np.random.default_rng(2), keep_cache=True)
+        dhidden = {i: np.ones_like(h) for i, h in enumerate(out.hidden_states)}    # padded positions too
+        grads[pad] = model.backward(out, dlogits=np.ones((3, 2), np.float32), dhidden=dhidden)
+    word = "embeddings.word_embeddings.weight"
+    assert (grads[0][word][0] == 0).all() and (grads[None][word][0] != 0).any()
+    frozen, free = grads[0].data.copy(), grads[None].data.copy()
+    row = slice(grads[0].layout[word][0], grads[0].layout[word][0] + grads[0][word].shape[1])
+    frozen[row] = free[row] = 0
+    np.testing.assert_array_equal(frozen, free)
 
 
 def test_padding_does_not_change_real_tokens():

@@ -99,8 +99,8 @@ def test_attention_core(impl, data, B, H, T, D, seed, with_dropout):
 
 
 @IMPLS
-@given(batch, tokens, st.integers(1, 4), seeds)
-def test_embeddings(impl, B, T, C, seed):
+@given(batch, tokens, st.integers(1, 4), seeds, st.sampled_from([None, 0, 3]))
+def test_embeddings(impl, B, T, C, seed, pad_id):
     rng = np.random.default_rng(seed)
     V, P, TV = 6, 8, 2
     ids, tt = rng.integers(0, V, (B, T)), rng.integers(0, TV, (B, T))
@@ -109,9 +109,14 @@ def test_embeddings(impl, B, T, C, seed):
     f = lambda: np.sum(ops.embeddings_sum_forward(ids, tt, word, pos, typ)[0] * R)
     _, cache = ops.embeddings_sum_forward(ids, tt, word, pos, typ)
     dword, dpos, dtyp = np.zeros_like(word), np.zeros_like(pos), np.zeros_like(typ)
-    impl.embeddings_sum_backward(R, cache, dword, dpos, dtyp)
-    for name, arr, g in (("word", word, dword), ("position", pos, dpos), ("type", typ, dtyp)):
-        assert_grad_close(g, numeric_grad(f, arr), what=f"embedding d{name}")
+    impl.embeddings_sum_backward(R, cache, dword, dpos, dtyp, pad_id=pad_id)
+    numeric_word = numeric_grad(f, word)
+    if pad_id is not None:            # the [PAD] row is frozen: no gradient, whatever its derivative
+        assert (dword[pad_id] == 0).all()
+        numeric_word[pad_id] = 0.0
+    for name, g, numeric in (("word", dword, numeric_word), ("position", dpos, numeric_grad(f, pos)),
+                             ("type", dtyp, numeric_grad(f, typ))):
+        assert_grad_close(g, numeric, what=f"embedding d{name}")
 
 
 @given(batch, tokens, st.integers(1, 5), seeds)

@@ -236,3 +236,14 @@ def test_a_swap_cut_short_is_undone_or_recovered(tmp_path, monkeypatch):
     assert (target / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
     assert weights.recover_checkpoint(target) is False                 # nothing to do
+
+
+def test_pad_token_id_in_config(tmp_path):
+    """null (no frozen [PAD] row) survives a save and load; an id outside the vocabulary is refused."""
+    model = Bert(SMALL.replace(pad_token_id=None), seed=0)
+    save_checkpoint(model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["pad_token_id"] is None
+    assert load_model(tmp_path / "m").config.pad_token_id is None
+    assert load_model(write_checkpoint(tmp_path / "d", base_tensors())).config.pad_token_id == 0
+    with pytest.raises(ConfigError, match="pad_token_id"):
+        SMALL.replace(pad_token_id=SMALL.vocab_size)

@@ -8,16 +8,21 @@ measured in the same run. Random weights: speed does not depend on their values.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from minitinybert.config import BertConfig, preset
-from minitinybert.model import Bert
-from minitinybert.parallel import DataParallel
-from minitinybert.process import tune_process
-from minitinybert.tokenizer import Batch
-from minitinybert.training import StepResult
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # this checkout's package, not an installed one
+
+from minitinybert.config import BertConfig, preset  # noqa: E402
+from minitinybert.model import Bert  # noqa: E402
+from minitinybert.parallel import DataParallel  # noqa: E402
+from minitinybert.process import tune_process  # noqa: E402
+from minitinybert.tokenizer import Batch  # noqa: E402
+from minitinybert.training import StepResult  # noqa: E402
 
 TEACHER_SHAPE = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                            intermediate_size=1536)

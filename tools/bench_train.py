@@ -26,20 +26,24 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minitinybert import losses as mtb_losses
-from minitinybert.config import preset
-from minitinybert.distill import LossWeights, finetune_step, intermediate_step, layer_mapping
-from minitinybert.model import Bert
-from minitinybert.optim import AdamW, clip_grad_norm, decay_mask
-from minitinybert.parallel import DataParallel
-from minitinybert.process import tune_process
-from minitinybert.teacher import resolve_teacher
-from minitinybert.weights import load_model
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # this checkout's package, not an installed one
+
+from minitinybert import losses as mtb_losses  # noqa: E402
+from minitinybert.config import preset  # noqa: E402
+from minitinybert.distill import LossWeights, finetune_step, intermediate_step, layer_mapping  # noqa: E402
+from minitinybert.model import Bert  # noqa: E402
+from minitinybert.optim import AdamW, clip_grad_norm, decay_mask  # noqa: E402
+from minitinybert.parallel import DataParallel  # noqa: E402
+from minitinybert.process import tune_process  # noqa: E402
+from minitinybert.teacher import resolve_teacher  # noqa: E402
+from minitinybert.weights import load_model  # noqa: E402
 
 
 # --- a PyTorch eager BERT that returns what TinyBERT distills (HF's returns softmaxed attention) ----
