@@ -105,9 +105,11 @@ class WordPool:
 
     def nearest(self, queries: np.ndarray, k: int, originals: list[str]) -> list[list[str]]:
         """For each query vector (n, C) its K nearest pool words, best first, never the query's own
-        word (`originals`); title case kept, as the official code does for GloVe neighbours."""
-        if k >= len(self.words):
-            raise AugmentError(f"k={k} needs more than {len(self.words)} words in the pool")
+        word (`originals`); title case kept, as the official code does for GloVe neighbours. A pool
+        of K words or fewer (a toy vocabulary) gives all but the word itself."""
+        if len(self.words) < 2:
+            raise AugmentError(f"the vocabulary has {len(self.words)} replacement words: nothing to replace with")
+        k = min(k, len(self.words) - 1)
         out = []
         for start in range(0, len(queries), self.block):
             chunk = originals[start:start + self.block]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import loss_kernels, losses
-from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
+from .augment import ContextCandidates, EmbeddingCandidates, MlmCandidates, augment_examples
 from .batches import TaskBatches, predict_logits
 from .config import BertConfig, ConfigError, preset
 from .corpus import CorpusBatcher
@@ -124,15 +124,27 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
 
 
 def prediction_step(teacher: Bert, student: Bert, batch, labels, rng, w: LossWeights,
-                    temperature: float = 1.0, grads=None, share: float = 1.0) -> StepResult:
-    """Soft cross-entropy to the teacher's logits (MSE to its output for regression), plus an
-    optional share of the gold-label loss."""
-    t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+                    temperature: float = 1.0, grads=None, share: float = 1.0,
+                    regression_target: str = "teacher") -> StepResult:
+    """Soft cross-entropy to the teacher's logits (regression: MSE to the teacher's output, or with
+    regression_target="gold" to the gold score, as the official code), plus an optional share of
+    the gold-label loss."""
+    regression = student.config.num_labels == 1
+    if regression_target not in ("teacher", "gold"):
+        raise ValueError(f"regression_target must be 'teacher' or 'gold', got {regression_target!r}")
     s_out = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng,
                             keep_cache=True)
-    regression = student.config.num_labels == 1
-    if regression:
-        loss, cache = losses.mse_forward(s_out.logits, t_logits)
+    if w.prediction == 0 or (regression and regression_target == "gold"):
+        t_logits = None                                   # the teacher's output is not used: no forward
+    else:
+        t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    if w.prediction == 0:
+        loss, dlogits = 0.0, np.zeros_like(s_out.logits)
+    elif regression:
+        if t_logits is None:
+            loss, cache = losses.regression_mse_forward(s_out.logits, labels)
+        else:
+            loss, cache = losses.mse_forward(s_out.logits, t_logits)
         dlogits = losses.mse_backward(cache, w.prediction * share)
     else:
         loss, cache = losses.soft_cross_entropy_forward(s_out.logits, t_logits, temperature)
@@ -228,19 +240,23 @@ def run_task(args, log=print) -> Path | None:
     dev = load_examples("dev")
     log(f"[task] {len(train_set)} training examples (with augmentation), {len(dev)} dev")
 
-    state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
-                         lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w, **k),
-                         vocab_from=teacher_dir, log=log)
-    if not state.done:
-        return None
-
-    student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
-    student.config = _with_labels(student.config, task)
+    if args.skip_intermediate:
+        log("[task] --skip-intermediate: prediction-layer distillation starts from the general student")
+    else:
+        state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
+                             TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
+                             lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w,
+                                                                       **k),
+                             vocab_from=teacher_dir, log=log)
+        if not state.done:
+            return None
+        student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
+        student.config = _with_labels(student.config, task)
     state = _train_stage(args, "prediction", student, args.prediction_steps, args.prediction_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed),
                          lambda batch, rng, **k: prediction_step(teacher, student, batch[0], batch[1], rng, w,
-                                                                 args.temperature, **k),
+                                                                 args.temperature, regression_target=
+                                                                 args.regression_target, **k),
                          evaluate=make_evaluator(student, dev, tokenizer, max_length), vocab_from=teacher_dir,
                          log=log)
     if not state.done:
@@ -365,13 +381,14 @@ def _mapping(args, teacher: Bert, student: Bert, stage: str, log) -> list[int]:
     return mapping
 
 
-def new_student(args, teacher: Bert, log=print) -> Bert:
+def new_student(args, teacher: Bert, log=print, num_labels: int = 0) -> Bert:
     """A student from scratch (BERT's seeded init), with TinyBERT's projections to the teacher's width."""
     base = BertConfig.from_json(args.student) if str(args.student).endswith(".json") else preset(args.student)
     config = base.replace(vocab_size=teacher.config.vocab_size, fit_size=teacher.config.hidden_size,
-                          fit_shared=args.shared_projection, do_lower_case=teacher.config.do_lower_case)
+                          fit_shared=args.shared_projection, do_lower_case=teacher.config.do_lower_case,
+                          num_labels=num_labels)
     student = Bert(config, seed=args.seed)
-    log(f"[general] student {args.student}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+    log(f"student {args.student} from scratch: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{student.num_parameters / 1e6:.1f}M parameters (with projections)")
     return student
 
@@ -386,32 +403,42 @@ def _corpus_dir(args) -> Path:
 def _task_teacher_and_student(args, task, log) -> tuple[Bert, Bert]:
     """The fine-tuned teacher and the general student (its task head added), checked to fit the task."""
     teacher_ckpt = Path(args.finetuned_teacher) if args.finetuned_teacher else _stage_dir(args, "teacher") / "best"
+    scratch = args.general_student == "scratch"
     general_ckpt = Path(args.general_student) if args.general_student else _stage_dir(args, "general") / "final"
     for what, path, stage in (("fine-tuned teacher", teacher_ckpt, "finetune-teacher"),
-                              ("general student", general_ckpt, "general")):
+                              ("general student", general_ckpt, "general"))[:1 if scratch else 2]:
         if not path.exists():
             raise FileNotFoundError(f"{what} not found at {path}: run the {stage!r} stage first, or pass its path")
     teacher = load_model(teacher_ckpt, log=log)
     if teacher.config.num_labels != _labels_of(task):
         raise ConfigError(f"the teacher at {teacher_ckpt} has a {teacher.config.num_labels}-output head; task "
                           f"{task.name} needs {_labels_of(task)}: fine-tune the teacher on this task first")
-    student = load_model(general_ckpt, num_labels=_labels_of(task), seed=args.seed, log=log)
+    if scratch:   # no general distillation: BERT's seeded init, with the projections to the teacher
+        student = new_student(args, teacher, log, num_labels=_labels_of(task))
+    else:
+        student = load_model(general_ckpt, num_labels=_labels_of(task), seed=args.seed, log=log)
     student.config = _with_labels(student.config, task)
     if not student.config.fit_size:
         raise ConfigError(f"{general_ckpt} has no fit_dense projections: it is not a general-distillation student")
     return teacher, student
 
 
+CANDIDATE_SOURCES = {"mlm": (MlmCandidates, "the teacher's MLM head"),
+                     "context": (ContextCandidates, "whole words nearest the teacher's in-context word states"),
+                     "embedding": (EmbeddingCandidates, "nearest neighbours in the teacher's input embeddings")}
+
+
 def _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log):
-    """The first --augment-limit training examples and --n-aug augmented copies of each (cached)."""
+    """The training examples (the first --augment-limit, if given) and up to --n-aug augmented copies
+    of each text (cached; duplicates dropped; pair tasks: both texts)."""
     train_set = load_examples("train", limit=args.augment_limit)
     if args.n_aug <= 0:
         return train_set
     pretrained = load_model(teacher_dir)
-    kind = MlmCandidates if pretrained.config.mlm_head else EmbeddingCandidates
-    log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: "
-        f"{'teacher MLM head' if kind is MlmCandidates else 'nearest neighbours in the teacher embedding space'})")
-    cache = Path(args.out) / "augment-cache"
+    source = args.candidates if args.candidates != "auto" else ("mlm" if pretrained.config.mlm_head else "context")
+    kind, description = CANDIDATE_SOURCES[source]
+    log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: {description})")
+    cache = Path(args.augment_cache) if args.augment_cache else Path(args.out) / "augment-cache"
     return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
                             seed=args.seed, cache_dir=cache)
 
@@ -434,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default tinybert4)")
     g.add_argument("--out", default=None, help="output directory (default runs/<task>)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
-    g.add_argument("--general-student", default=None, help="task stage: the general-distillation student")
+    g.add_argument("--general-student", default=None, help="task stage: the general-distillation student, or "
+                                                          "'scratch' for none (a student from BERT's init)")
     g.add_argument("--train-file", default=None, help="local training data (.csv, .tsv, .json, .jsonl) instead "
                                                       "of a GLUE task; needs --dev-file")
     g.add_argument("--dev-file", default=None, help="local dev data, same format")
@@ -475,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--w-hard", type=float, default=0.0, help="share of the gold-label loss in prediction "
                                                              "distillation (default 0, as TinyBERT)")
     g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--skip-intermediate", action="store_true",
+                   help="task stage: no intermediate-layer distillation; prediction distillation starts "
+                        "from the general student")
+    g.add_argument("--regression-target", choices=("teacher", "gold"), default="teacher",
+                   help="regression tasks (STS-B), prediction stage: fit the teacher's output or the gold "
+                        "score (the official code) (default teacher)")
     g.add_argument("--mapping", type=_int_list, default=None,
                    help="explicit teacher layers (1-based) for student layers 1..M, e.g. 2,3,5,6 "
                         "(default: uniform)")
@@ -483,8 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("augmentation")
     g.add_argument("--n-aug", type=int, default=4, help="augmented copies per example (paper: 20; 0 = off)")
     g.add_argument("--augment-p", type=float, default=0.4)
-    g.add_argument("--augment-limit", type=int, default=6000,
-                   help="task distillation uses (and augments) the first N training examples")
+    g.add_argument("--augment-limit", type=int, default=None,
+                   help="task distillation uses (and augments) the first N training examples (default: all)")
+    g.add_argument("--candidates", choices=("auto", *CANDIDATE_SOURCES), default="auto",
+                   help="augmentation candidates: mlm (needs the teacher's MLM head), context, embedding; "
+                        "auto: mlm if the teacher has the head, else context")
+    g.add_argument("--augment-cache", default=None,
+                   help="directory of the augmented-text cache (default <out>/augment-cache); runs that "
+                        "share it augment once")
     g = common.add_argument_group("checkpoints")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out exactly")
     g.add_argument("--save-every", type=int, default=100)

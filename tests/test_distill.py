@@ -291,3 +291,63 @@ def test_resume_after_a_hard_kill_logs_each_step_once(world, tmp_path):
     assert main(["general", *args, "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "general" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+class CountingForward:
+    """Counts a model's forward passes."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        inner = model.forward
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return inner(*args, **kwargs)
+        model.forward = counted
+
+
+def test_prediction_step_regression_target_and_unused_teacher():
+    rng = np.random.default_rng(2)
+    teacher = Bert(TEACHER.replace(num_labels=1), dtype=np.float64, seed=1)
+    student = Bert(STUDENT.replace(num_labels=1), dtype=np.float64, seed=2)
+    batch, scores = tiny_batch(rng), np.array([0.5, 4.0])
+    counter = CountingForward(teacher)
+    prediction = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits[:, 0]
+    t_out = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits[:, 0]
+    counter.calls = 0
+    fit_teacher = prediction_step(teacher, student, batch, scores, None, LossWeights())
+    assert counter.calls == 1
+    assert fit_teacher.losses["loss_prediction"] == pytest.approx(np.mean((prediction - t_out) ** 2), rel=1e-12)
+    fit_gold = prediction_step(teacher, student, batch, scores, None, LossWeights(), regression_target="gold")
+    assert counter.calls == 1                                      # the gold score needs no teacher
+    assert fit_gold.losses["loss_prediction"] == pytest.approx(np.mean((prediction - scores) ** 2), rel=1e-12)
+    grad = student.grads.data.copy()
+    f = lambda: prediction_step(teacher, student, batch, scores, None, LossWeights(),   # noqa: E731
+                                regression_target="gold").losses["loss"]
+    d = rng.standard_normal(grad.shape)
+    assert_grad_close(grad @ d, numeric_directional(f, student.params.data, d), rtol=1e-5, atol=1e-8,
+                      what="prediction objective, gold regression target")
+    with pytest.raises(ValueError, match="regression_target"):
+        prediction_step(teacher, student, batch, scores, None, LossWeights(), regression_target="labels")
+
+
+def test_labels_only_prediction_step_skips_the_teacher():
+    rng = np.random.default_rng(4)
+    teacher = Bert(TEACHER.replace(num_labels=2), seed=1)
+    student = Bert(STUDENT.replace(num_labels=2), seed=2)
+    counter = CountingForward(teacher)
+    result = prediction_step(teacher, student, tiny_batch(rng), np.array([0, 1]), None,
+                             LossWeights(prediction=0.0, hard=1.0))
+    assert counter.calls == 0 and result.losses["loss_prediction"] == 0 and result.losses["loss_hard"] > 0
+    assert result.losses["loss"] == result.losses["loss_hard"]
+
+
+def test_task_stage_from_scratch_without_intermediate(world, tmp_path):
+    out = tmp_path / "o"
+    args = cli(world, out, "--finetuned-teacher", str(world / "teacher-sst2"), "--general-student", "scratch",
+               "--skip-intermediate", "--prediction-steps", "2")
+    assert main(["task", *args]) == 0
+    assert not (out / "task-intermediate").exists() and not (out / "general").exists()
+    assert (out / "task-prediction" / "best" / "model.safetensors").exists()
+    assert main(["task", *cli(world, tmp_path / "p", "--finetuned-teacher", str(world / "teacher-sst2"),
+                             "--general-student", str(tmp_path / "missing"))]) == 2
