@@ -556,3 +556,57 @@ def augment_examples(examples: Examples, candidates: CandidateGenerator, n_aug: 
     return Examples(texts, pairs, labels.astype(examples.labels.dtype, copy=False), examples.task,
                     source=f"{examples.source} + {len(source)} augmented copies ({candidates.kind}, up to {n_aug} "
                            f"per text)")
+
+
+# --- command line: augment a task's training set ahead of distillation -----------------------------
+
+def main(argv=None) -> int:
+    """python -m minitinybert.augment --task sst2 [--n-aug 4] ...: fills the cache that `distill task`
+    reads (same --out, --n-aug, --augment-p, --seed, --candidates), and says what it cost."""
+    import argparse
+    import sys
+    import time
+
+    from .datafiles import load_split
+    from .tasks import get_task
+    from .teacher import TeacherError, resolve_teacher
+    from .weights import WeightsError, load_model
+
+    parser = argparse.ArgumentParser(prog="python -m minitinybert.augment", description=main.__doc__)
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--data", default=None, help="data directory (default: $MINITINYBERT_DATA)")
+    parser.add_argument("--teacher", default=None, help="the pre-trained teacher (default all-MiniLM-L6-v2)")
+    parser.add_argument("--out", default=None, help="run directory whose augment-cache/ to fill (default runs/<task>)")
+    parser.add_argument("--augment-cache", default=None, help="the cache directory itself (default <out>/augment-cache)")
+    parser.add_argument("--n-aug", type=int, default=4)
+    parser.add_argument("--augment-p", type=float, default=0.4)
+    parser.add_argument("--augment-limit", type=int, default=None, help="the first N training examples (default all)")
+    parser.add_argument("--candidates", choices=("auto", "mlm", "context", "embedding"), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        task = get_task(args.task)
+        teacher_dir = resolve_teacher(args.teacher)
+        model, tokenizer = load_model(teacher_dir), Tokenizer.from_dir(teacher_dir)
+        train = load_split(task, "train", args.data, limit=args.augment_limit)
+        source = args.candidates if args.candidates != "auto" else ("mlm" if model.config.mlm_head else "context")
+        kind = {"mlm": MlmCandidates, "context": ContextCandidates, "embedding": EmbeddingCandidates}[source]
+        cache = Path(args.augment_cache or Path(args.out or Path("runs") / task.name) / "augment-cache")
+        before = set(cache.glob("*.jsonl"))
+        t0 = time.perf_counter()
+        out = augment_examples(train, kind(model, tokenizer), n_aug=args.n_aug, p=args.augment_p, seed=args.seed,
+                               cache_dir=cache)
+        seconds = time.perf_counter() - t0
+    except (AugmentError, TeacherError, WeightsError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    written = set(cache.glob("*.jsonl")) - before
+    how = f"in {seconds / 60:.1f} min" if written else "read from the cache"
+    where = "; ".join(f"cache {f} ({f.stat().st_size / 1e6:.1f} MB)" for f in written)
+    print(f"{task.name}: {len(train)} examples -> {len(out)} with {len(out) - len(train)} augmented copies "
+          f"({source} candidates, n_aug {args.n_aug}, duplicates dropped) {how}" + (f"; {where}" if where else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

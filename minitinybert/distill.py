@@ -515,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shared-projection", action="store_true",
                    help="one fit_dense for all layers, as the official code (default: one per layer)")
     g = common.add_argument_group("augmentation")
-    g.add_argument("--n-aug", type=int, default=4, help="augmented copies per example (paper: 20; 0 = off)")
+    g.add_argument("--n-aug", type=int, default=4, help="augmented copies per text, duplicates dropped (paper: "
+                                                        "20; 0 = off); pair tasks augment both texts")
     g.add_argument("--augment-p", type=float, default=0.4)
     g.add_argument("--augment-limit", type=int, default=None,
                    help="task distillation uses (and augments) the first N training examples (default: all)")

@@ -351,3 +351,22 @@ def test_task_stage_from_scratch_without_intermediate(world, tmp_path):
     assert (out / "task-prediction" / "best" / "model.safetensors").exists()
     assert main(["task", *cli(world, tmp_path / "p", "--finetuned-teacher", str(world / "teacher-sst2"),
                              "--general-student", str(tmp_path / "missing"))]) == 2
+
+
+def test_augmentation_ahead_of_the_task_stage_fills_its_cache(world, tmp_path, capsys):
+    from minitinybert.augment import main as augment_main
+    out = tmp_path / "o"
+    ahead = ["--task", "sst2", "--data", str(world / "data"), "--teacher", str(world / "teacher"), "--out", str(out),
+             "--augment-limit", "16", "--n-aug", "2"]
+    assert augment_main(ahead) == 0
+    assert "16 examples ->" in capsys.readouterr().out
+    cached = list((out / "augment-cache").glob("augment-sst2-*.jsonl"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert augment_main(ahead) == 0 and "read from the cache" in capsys.readouterr().out
+    args = cli(world, out, "--finetuned-teacher", str(world / "teacher-sst2"), "--general-student", "scratch",
+               "--skip-intermediate", "--prediction-steps", "1")
+    assert main(["task", *args]) == 0                                  # the same settings: the same cache file
+    assert list((out / "augment-cache").glob("*.jsonl")) == cached and cached[0].stat().st_mtime_ns == stamp
+    assert augment_main([*ahead, "--candidates", "mlm"]) == 2
+    assert "masked-language-model head" in capsys.readouterr().err
