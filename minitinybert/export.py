@@ -32,8 +32,9 @@ import numpy as np
 
 from . import runtime
 from .config import ConfigError
-from .datafiles import load_split
+from .hub import glue_dev_set
 from .metrics import evaluate
+from .process import tune_process
 from .runtime import FORMAT, RuntimeModelError
 from .tasks import get_task
 from .weights import WeightsError, load_model
@@ -195,7 +196,7 @@ def dev_metric(model_path, task: str, data_dir, batch_size: int = 32, limit: int
                max_length: int | None = None) -> float:
     """The task's main dev metric for a runtime file, computed by the runtime."""
     spec = get_task(task)
-    examples = load_split(spec, "dev", data_dir, limit=limit)
+    examples = glue_dev_set(spec, data_dir, limit=limit)
     model = runtime.load(model_path)
     if model.num_labels != spec.num_labels:
         raise ExportError(f"the model has {model.num_labels} outputs, task {spec.name} needs {spec.num_labels}")
@@ -216,6 +217,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    tune_process()
     parser = argparse.ArgumentParser(prog="python -m minitinybert.export",
                                      description="Export a checkpoint to the edge runtime format.")
     parser.add_argument("checkpoint", help="checkpoint directory (config.json, model.safetensors, vocab.txt)")
@@ -223,8 +225,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="float32,float16,int8", help="comma-separated: float32,float16,int8")
     parser.add_argument("--quantize-embeddings", action="store_true", help="int8: quantize the embedding tables too")
     parser.add_argument("--max-length", type=int, default=128, help="default truncation length stored in the file")
-    parser.add_argument("--task", help="evaluate each file on this task's dev split (sst2, cola, rte, stsb)")
-    parser.add_argument("--data", help="data directory (else $MINITINYBERT_DATA)")
+    parser.add_argument("--task", help="evaluate each file on this GLUE task's dev split (MNLI: matched; "
+                                       "the tasks of distill --task)")
+    parser.add_argument("--data", help="data directory (else $MINITINYBERT_DATA; neither: GLUE from the "
+                                       "Hugging Face Hub)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N dev examples only")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)

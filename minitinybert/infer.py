@@ -22,6 +22,7 @@ from pathlib import Path
 from . import runtime
 from .config import ConfigError
 from .export import export_runtime
+from .process import tune_process
 from .weights import WeightsError
 
 
@@ -85,6 +86,7 @@ def open_model(path: str, tmp_dirs: list):
 
 
 def main(argv=None) -> int:
+    tune_process()
     parser = argparse.ArgumentParser(prog="python -m minitinybert.infer",
                                      description="Classify (or embed) texts with a runtime model or a checkpoint.")
     parser.add_argument("model", help="runtime model file or checkpoint directory")

@@ -3,45 +3,20 @@
 Each kernel fuses what NumPy would do in several passes over memory (mean, variance, scale and
 shift of a layer norm; bias, erf and product of a GELU; mask, max, exp, sum and divide of a
 softmax) into one or two passes, in parallel over rows. `ops.py` holds the plain-NumPy twin
-of each; tests/test_kernels.py checks that the two agree. Matrix products stay with BLAS.
-Threads: Numba follows NUMBA_NUM_THREADS, and also OMP_NUM_THREADS when that is set, so that
-one setting governs both Numba and BLAS.
+of each; tests/test_kernels.py checks that the two agree, and that their caches share one layout
+(the NamedTuples of ops.py). Matrix products stay with BLAS.
+
+Importing this module changes nothing process-wide. Threads: Numba's own setting (NUMBA_NUM_THREADS,
+or process.tune_process(), which the command-line entry points call first, from OMP_NUM_THREADS).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
-# OpenBLAS and Numba's OpenMP workers share the same cores. With GNU OpenMP's default
-# busy-waiting, its idle workers spin after every kernel and starve the BLAS threads of the
-# next matmul (measured on 2 cores: a 0.05 ms layer norm after a 0.8 ms matmul cost 8 ms).
-# Passive waiting removes that; set before the OpenMP runtime loads, and a user's setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _reuse_freed_memory() -> None:
-    """Keep glibc from returning each freed activation to the OS. Arrays of a few MB are, by
-    default, mmap'ed and unmapped one by one, so every step faults in its activations page by
-    page again (measured on tinybert4 at 32x128: 235k page faults and ~12% of a training step).
-    With a 32 MB mmap threshold (glibc's ceiling) and no trimming, freed activations are reused
-    by the next step; the process keeps its peak heap. Opt out: MINITINYBERT_MALLOC=default."""
-    if os.environ.get("MINITINYBERT_MALLOC") == "default":
-        return
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):      # not glibc (musl, macOS, Windows): leave the defaults
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
-
-
-_reuse_freed_memory()
-
-import numba  # noqa: E402
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -49,11 +24,7 @@ from numba.extending import intrinsic, overload
 
 from . import ops
 from .ops import MASK_VALUE  # noqa: F401  (re-exported: the kernels use the same mask convention)
-from .ops import dropout_spec
-
-_omp = os.environ.get("OMP_NUM_THREADS")
-if _omp and _omp.isdigit() and "NUMBA_NUM_THREADS" not in os.environ:
-    numba.set_num_threads(max(1, min(int(_omp), numba.config.NUMBA_NUM_THREADS)))
+from .ops import AttentionCache, LayerNormCache, SublayerExitCache, dropout_spec
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -292,11 +263,11 @@ def layernorm_forward(x, gamma, beta, eps):  # (..., C) -> (..., C)
     xhat = np.empty_like(x2)
     rstd = np.empty((x2.shape[0], 1), dtype=x.dtype)
     _layernorm_fwd(x2, gamma, beta, eps, y, xhat, rstd[:, 0])
-    return y.reshape(shape), (xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), gamma)
+    return y.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), gamma)
 
 
 def layernorm_backward(dy, cache):
-    xhat, rstd, gamma = cache
+    xhat, rstd, gamma = cache.xhat, cache.rstd, cache.gamma
     c = xhat.shape[-1]
     dy2 = np.ascontiguousarray(dy).reshape(-1, c)
     n = dy2.shape[0]
@@ -381,12 +352,12 @@ def bias_dropout_residual_layernorm_forward(h, bias, residual, gamma, beta, eps,
     rstd = np.empty(h2.shape[0], dtype=h.dtype)
     _bias_dropout_residual_ln_fwd(h2, bias, np.ascontiguousarray(residual).reshape(-1, c),
                                   *_spec_args(spec, h2.dtype), gamma, beta, eps, y, xhat, rstd)
-    return y.reshape(shape), (xhat.reshape(shape), rstd, gamma, spec)
+    return y.reshape(shape), SublayerExitCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), gamma, spec)
 
 
 def bias_dropout_residual_layernorm_backward(dy, cache):
     """-> dresidual (the layer norm's input gradient), dh, dbias, dgamma, dbeta."""
-    xhat, rstd, gamma, spec = cache
+    xhat, rstd, gamma, spec = cache.xhat, cache.rstd.reshape(-1), cache.gamma, cache.dropout
     c = xhat.shape[-1]
     dy2 = np.ascontiguousarray(dy).reshape(-1, c)
     dsum = np.empty_like(dy2)
@@ -525,21 +496,18 @@ def softmax_dropout_backward(ddropped, probs, dropped, scale, dscores_extra=None
     return ds.reshape(probs.shape)
 
 
-def masked_softmax_forward(scores, mask_bias, scale=1.0):
-    masked, probs, _, _ = masked_softmax_dropout_forward(scores, mask_bias, scale, 0.0, None)
-    return masked, probs
-
-
-def softmax_backward(dprobs, probs):
-    return softmax_dropout_backward(dprobs, probs, probs, 1.0)
-
-
 # --- batched small matrix products ------------------------------------------------------------
 # The per-head attention products are B*H small GEMMs (128 x 128 x 26 for tinybert4). Given to a
 # multithreaded OpenBLAS, each of those ~9000 calls per training step splits over the threads and
 # waits for all of them: ~60 GFLOP/s on a quiet machine, and when another process holds a core,
-# every call waits for a descheduled thread (measured: a 2.3 s step became 10 s). Instead: BLAS
-# single-threaded for the duration, and our own threads each take a slice of the batch.
+# every call waits for a descheduled thread (measured: a 2.3 s step became 10 s). Instead our own
+# threads each take a slice of the stack, with OpenBLAS at one thread: a multithreaded OpenBLAS
+# called from two threads at once serialises them on a lock (measured on the teacher's q k^T: 13 ms
+# became 317 ms).
+#
+# OpenBLAS's thread count is process-wide. It changes only inside `single_threaded_blas()`, a region
+# opened by the code that runs BLAS on threads of its own: the attention core below (one region per
+# call, around all of its products) and parallel.DataParallel (around each sharded step).
 
 def _find_blas_threads():
     """OpenBLAS's (set, get) thread-count functions of the library numpy uses, or None."""
@@ -566,7 +534,9 @@ def _find_blas_threads():
 
 
 _blas = None
-_pool = None
+_blas_lock = threading.Lock()
+_blas_regions = 0          # open single_threaded_blas() regions, in any thread
+_blas_saved = 0            # the thread count to restore when the last one closes
 
 
 def blas_thread_control():
@@ -577,32 +547,100 @@ def blas_thread_control():
     return _blas
 
 
+@contextlib.contextmanager
+def single_threaded_blas():
+    """OpenBLAS at one thread for the duration. Regions nest and overlap across threads: the first
+    to open saves the thread count, the last to close restores it."""
+    global _blas_regions, _blas_saved
+    control = blas_thread_control()
+    if not control:
+        yield
+        return
+    set_threads, get_threads = control
+    with _blas_lock:
+        if _blas_regions == 0:
+            _blas_saved = get_threads()
+            set_threads(1)
+        _blas_regions += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_regions -= 1
+            if _blas_regions == 0:
+                set_threads(_blas_saved)
+
+
+_pool = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _thread_pool(n: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool_size < n:
+            old, _pool, _pool_size = _pool, ThreadPoolExecutor(n, thread_name_prefix="minitinybert-bmm"), n
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
 def batched_matmul(a, b, out=None):
-    """np.matmul of (B, ...) stacks: the same numbers, split over B across threads (see above)."""
-    global _pool
-    blas = blas_thread_control()
-    n = min(a.shape[0], numba.get_num_threads())
-    if not blas or n < 2 or a.ndim < 3:
+    """np.matmul of two (B, ...) stacks of the same leading shape: the same numbers. When OpenBLAS runs
+    one thread (inside single_threaded_blas()) and this thread has several Numba threads, the stack
+    is split over B (over the next axis, the heads, when B is smaller than the thread count) across
+    as many threads of ours; otherwise it is np.matmul itself."""
+    threads = numba.get_num_threads()
+    control = blas_thread_control()
+    if threads < 2 or a.ndim < 3 or a.shape[:-2] != b.shape[:-2] or not control or control[1]() != 1:
+        return np.matmul(a, b, out=out)
+    axis = 0 if a.shape[0] >= threads or a.ndim == 3 else 1
+    n = min(a.shape[axis], threads)
+    if n < 2:
         return np.matmul(a, b, out=out)
     if out is None:
-        out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]),
-                       dtype=np.result_type(a, b))
-    if _pool is None or _pool._max_workers < n:
-        from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minitinybert-bmm")
-    set_threads, get_threads = blas
-    saved = get_threads()
-    bounds = np.linspace(0, a.shape[0], n + 1).astype(int)
-    set_threads(1)
-    try:
-        # numpy releases the GIL inside matmul: the slices run in parallel
-        jobs = [_pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
-                for lo, hi in zip(bounds[:-1], bounds[1:])]
-        for job in jobs:
-            job.result()
-    finally:
-        set_threads(saved)
+        out = np.empty(a.shape[:-1] + (b.shape[-1],), dtype=np.result_type(a, b))
+    pool = _thread_pool(n)
+    bounds = np.linspace(0, a.shape[axis], n + 1).astype(int)
+    parts = [(slice(None),) * axis + (slice(lo, hi),) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    # numpy releases the GIL inside matmul: the slices run in parallel
+    jobs = [pool.submit(np.matmul, a[part], b[part], out=out[part]) for part in parts]
+    for job in jobs:
+        job.result()
     return out
+
+
+def _per_head_region():
+    """The region the attention core's products run in: single-threaded OpenBLAS when this thread
+    has more than one Numba thread to split them over (a shard of parallel.py has one)."""
+    return single_threaded_blas() if numba.get_num_threads() > 1 else contextlib.nullcontext()
+
+
+# --- multi-head self-attention core --------------------------------------------------------------
+# ops.attention_forward/backward: the per-head products on our threads, the softmax fused above
+
+def attention_forward(q, k, v, mask_bias, dropout_p=0.0, rng=None, out=None):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    with _per_head_region():
+        # the masked scores are written over the product q k^T, a temporary: one (B, H, T, T) array less
+        scores, probs, dropped, _ = masked_softmax_dropout_forward(batched_matmul(q, k.swapaxes(-1, -2)), mask_bias,
+                                                                   scale, dropout_p, rng, overwrite=True)
+        context = batched_matmul(dropped, v, out=out)
+    return context, scores, AttentionCache(q, k, v, probs, dropped, scale)
+
+
+def attention_backward(dcontext, cache, dscores_extra=None, out=None):
+    c = cache
+    dq, dk, dv = out if out is not None else (None, None, None)
+    with _per_head_region():
+        dv = batched_matmul(c.dropped.swapaxes(-1, -2), dcontext, out=dv)
+        ddropped = batched_matmul(dcontext, c.v.swapaxes(-1, -2))
+        # the gradient on the raw product q k^T, written over ddropped (no longer needed)
+        dscores = softmax_dropout_backward(ddropped, c.probs, c.dropped, c.scale, dscores_extra, out=ddropped)
+        dq = batched_matmul(dscores, c.k, out=dq)
+        dk = batched_matmul(dscores.swapaxes(-1, -2), c.q, out=dk)
+    return dq, dk, dv
 
 
 # --- embedding gradient scatter -------------------------------------------------------------
@@ -616,7 +654,7 @@ def _scatter_add_rows(table, ids, rows):  # table[ids[n]] += rows[n]; serial: id
 
 
 def embeddings_sum_backward(dx, cache, dword, dposition, dtoken_type):
-    input_ids, token_type_ids = cache
+    input_ids, token_type_ids = cache.input_ids, cache.token_type_ids
     C = dx.shape[-1]
     rows = np.ascontiguousarray(dx).reshape(-1, C)
     _scatter_add_rows(dword, input_ids.reshape(-1).astype(np.int64), rows)

@@ -2,14 +2,14 @@
 
 The attention loss touches B*H*T*T entries per layer pair (6.3M for tinybert4 at 32 x 128): NumPy
 needs six passes and four temporaries; this does the loss and its gradient in one pass. Because
-the gradient is produced with the loss, `backward` only scales what `forward` stored.
+the gradient is produced with the loss, `backward` only scales what `forward` stored (into a new
+array: the cache stays as it was, and a second call gives the same gradient).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from . import kernels  # noqa: F401  (sets the OpenMP wait policy before Numba's runtime starts)
 from .losses import MASKED_SCORE
 
 
@@ -49,6 +49,5 @@ def attention_mse_forward(student_scores, teacher_scores, overwrite=False):  # (
 
 
 def attention_mse_backward(cache, weight=1.0):
-    (diff,) = cache
-    diff *= 2.0 * weight / diff.size      # the cache is used once: scale in place, no new array
-    return diff
+    (diff,) = cache                       # (s' - t') where the student's key is real, 0 elsewhere
+    return diff * (2.0 * weight / diff.size)

@@ -63,7 +63,9 @@ def projected_mse_backward(cache, weight_matrix, weight=1.0):
 # --- attention-score MSE ------------------------------------------------------------------------
 
 def attention_mse_forward(student_scores, teacher_scores, overwrite=False):  # (B, H, T, T) x 2 -> scalar
-    """`overwrite` is accepted for the fused twin's signature; this reference never writes its inputs."""
+    """`overwrite` is there for the fused twin's signature (loss_kernels writes its gradient over the
+    student's scores when allowed): distill.intermediate_step calls either one with it. This
+    reference never writes its inputs."""
     if student_scores.shape != teacher_scores.shape:
         raise ValueError(f"attention scores differ in shape: student {student_scores.shape}, teacher "
                          f"{teacher_scores.shape} (student and teacher need the same number of heads)")

@@ -1,5 +1,5 @@
-"""The GLUE metrics TinyBERT reports: accuracy, F1, Matthews correlation (CoLA), Pearson and
-Spearman correlations (STS-B), and `evaluate`, a task's metrics with its "main" one.
+"""The GLUE metrics TinyBERT reports: accuracy, F1 (of class 1: MRPC, QQP), Matthews correlation
+(CoLA), Pearson and Spearman correlations (STS-B), and `evaluate`, a task's metrics with its "main" one.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def evaluate(task: str | TaskSpec, predictions, labels) -> dict[str, float]:
             raise DataError(f"{task.name}: {predictions.shape} predictions for {labels.shape} labels")
         predictions = predictions.astype(np.int64)
         results = {"accuracy": accuracy(predictions, labels)}
-        if task.num_labels == 2:
+        if "f1" in task.metrics:
             results["f1"] = f1_binary(predictions, labels)
         if "mcc" in task.metrics:
             results["mcc"] = matthews_corrcoef(predictions, labels)

@@ -8,18 +8,21 @@ any hidden state and any layer's scores: that is where the distillation losses i
 Post-LN BERT layer, as Hugging Face's BertLayer:
     a = LN(x + dropout(Attention(x) W_o + b_o))
     y = LN(a + dropout(GELU(a W_i + b_i) W_2 + b_2))
+
+The model is a composition of the forward/backward pairs of ops.py (or, with `use_kernels`, their
+Numba twins in kernels.py, same signatures): the ops the gradient checks test are the ops that
+train. Each layer's backward reads a LayerCache, the named caches of those ops.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from . import kernels, ops
-from .kernels import batched_matmul as bmm   # the per-head products, in both paths (plain BLAS math)
 from .config import BertConfig
-from .params import ParamSet
+from .params import ParamSet, assign_tensors
 
 
 def parameter_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
@@ -72,17 +75,46 @@ def parameter_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+class LayerCache(NamedTuple):
+    """What one encoder layer's backward needs: each field the cache of the op that made it."""
+    qkv: ops.LinearCache                   # x (B, T, C) -> the fused q, k, v product (B, T, 3C)
+    attention: ops.AttentionCache          # the per-head core -> context (B, T, C)
+    attention_output: ops.LinearCache      # context -> its projection
+    attention_exit: ops.SublayerExitCache  # bias, dropout, residual x, layer norm -> a (B, T, C)
+    intermediate: ops.LinearCache          # a -> the FFN's first product
+    gelu: np.ndarray                       # bias + GELU -> inter (B, T, F)
+    output: ops.LinearCache                # inter -> the FFN's second product
+    output_exit: ops.SublayerExitCache     # bias, dropout, residual a, layer norm -> y (B, T, C)
+
+
+class HeadCache(NamedTuple):
+    dropout: tuple | None                  # the pooled output's dropout spec
+    linear: ops.LinearCache                # the classifier
+
+
+class ForwardCache(NamedTuple):
+    embeddings: ops.EmbeddingCache
+    embeddings_norm: ops.LayerNormCache
+    embeddings_dropout: tuple | None
+    layers: list                           # a LayerCache per layer
+    pooler: ops.PoolerCache
+    head: HeadCache | None
+    shape: tuple                           # (B, T, C)
+
+
 @dataclass
 class BertOutput:
     hidden_states: list          # L + 1 arrays (B, T, C): embedding output, then each layer's output
     attention_scores: list       # L arrays (B, H, T, T): scaled QK^T plus the key mask, before softmax
     pooled: np.ndarray           # (B, C)
     logits: np.ndarray | None    # (B, num_labels), or None without a head
-    cache: dict | None = field(default=None, repr=False)
+    cache: ForwardCache | None = field(default=None, repr=False)
 
-    @property
-    def sequence_output(self) -> np.ndarray:
-        return self.hidden_states[-1]
+
+def _heads(a, n: int, heads: int):  # (B, T, n * heads * D) -> n views (B, heads, T, D)
+    B, T, width = a.shape
+    parts = a.reshape(B, T, n, heads, width // (n * heads))
+    return [parts[:, :, i].transpose(0, 2, 1, 3) for i in range(n)]
 
 
 class Bert:
@@ -113,7 +145,6 @@ class Bert:
         return dict(self.params.views)
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
-        from .weights import assign_tensors
         assign_tensors(self.params, tensors, source)
 
     @property
@@ -121,6 +152,8 @@ class Bert:
         return self.params.size
 
     def _fused_qkv(self, P: ParamSet, layer: int):
+        """A layer's query, key and value weights (biases) as one (3C, C) matrix ((3C,) vector): views of
+        the flat buffer, where they lie back to back. Works on the gradient buffer too."""
         p = f"encoder.layer.{layer}.attention.self."
         C = self.config.hidden_size
         w = P.span(p + "query.weight", p + "value.weight").reshape(3 * C, C)
@@ -153,26 +186,24 @@ class Bert:
         return input_ids, token_type_ids, attention_mask
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, rng=None,
-                keep_cache: bool = False, params: ParamSet | None = None) -> BertOutput:
+                keep_cache: bool = False) -> BertOutput:
         """(B, T) ids -> BertOutput. `rng` (a numpy Generator) switches dropout on; None is eval mode.
         `keep_cache` keeps what backward needs; without it each layer's intermediates are freed at once."""
-        cfg, K = self.config, self.ops
-        P = params or self.params
+        cfg, K, P = self.config, self.ops, self.params
         input_ids, token_type_ids, attention_mask = self.check_inputs(input_ids, token_type_ids, attention_mask)
-        dtype = P.dtype
-        mask_bias = ops.key_mask_bias(attention_mask, dtype)
+        mask_bias = ops.key_mask_bias(attention_mask, P.dtype)
         p_hidden = cfg.hidden_dropout_prob if rng is not None else 0.0
 
         x, emb_cache = ops.embeddings_sum_forward(
             input_ids, token_type_ids, P["embeddings.word_embeddings.weight"],
             P["embeddings.position_embeddings.weight"], P["embeddings.token_type_embeddings.weight"])
-        x, emb_ln = K.layernorm_forward(x, P["embeddings.LayerNorm.weight"], P["embeddings.LayerNorm.bias"],
-                                        cfg.layer_norm_eps)
+        x, emb_norm = K.layernorm_forward(x, P["embeddings.LayerNorm.weight"], P["embeddings.LayerNorm.bias"],
+                                          cfg.layer_norm_eps)
         x, emb_drop = K.dropout_forward(x, p_hidden, rng)
 
         hidden_states, scores_all, layer_caches = [x], [], []
         for layer in range(cfg.num_hidden_layers):
-            x, scores, cache = self._layer_forward(P, layer, x, mask_bias, rng)
+            x, scores, cache = self._layer_forward(layer, x, mask_bias, rng)
             hidden_states.append(x)
             scores_all.append(scores)
             if keep_cache:
@@ -182,47 +213,39 @@ class Bert:
         logits = head_cache = None
         if cfg.num_labels:
             dropped, head_drop = ops.dropout_forward(pooled, p_hidden, rng)
-            logits, head_cache = ops.linear_forward(dropped, P["classifier.weight"], P["classifier.bias"])
-            head_cache = (head_cache, head_drop)
+            logits, head_linear = ops.linear_forward(dropped, P["classifier.weight"], P["classifier.bias"])
+            head_cache = HeadCache(head_drop, head_linear)
         cache = None
         if keep_cache:
-            cache = dict(emb=emb_cache, emb_ln=emb_ln, emb_drop=emb_drop, layers=layer_caches,
-                         pool=pool_cache, head=head_cache, shape=x.shape, params=P)
+            cache = ForwardCache(emb_cache, emb_norm, emb_drop, layer_caches, pool_cache, head_cache, x.shape)
         return BertOutput(hidden_states, scores_all, pooled, logits, cache)
 
-    def _layer_forward(self, P, layer, x, mask_bias, rng):  # (B, T, C) -> (B, T, C)
-        cfg, K = self.config, self.ops
-        B, T, C = x.shape
-        H, D = cfg.num_attention_heads, cfg.head_size
+    def _layer_forward(self, layer, x, mask_bias, rng):  # (B, T, C) -> (B, T, C)
+        cfg, K, P = self.config, self.ops, self.params
+        H = cfg.num_attention_heads
         p = f"encoder.layer.{layer}."
         p_hidden = cfg.hidden_dropout_prob if rng is not None else 0.0
         p_attn = cfg.attention_probs_dropout_prob if rng is not None else 0.0
         eps = cfg.layer_norm_eps
 
-        w_qkv, b_qkv = self._fused_qkv(P, layer)
-        qkv = _mm(x, w_qkv.T)                                   # (B, T, 3C): one product for q, k, v
-        qkv += b_qkv
-        heads = qkv.reshape(B, T, 3, H, D)
-        q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (B, H, T, D) views
-        scale = 1.0 / math.sqrt(D)
-        # masked scores, probabilities and dropped probabilities in one pass: (B, H, T, T)
-        scores, probs, dropped, _ = K.masked_softmax_dropout_forward(bmm(q, k.swapaxes(-1, -2)), mask_bias,
-                                                                     scale, p_attn, rng, overwrite=True)
-        # (B, H, T, D) written straight into (B, T, H, D) = (B, T, C) order: BLAS takes the row stride C
-        context = np.empty((B, T, C), dtype=x.dtype)
-        bmm(dropped, v, out=context.reshape(B, T, H, D).transpose(0, 2, 1, 3))
+        qkv, qkv_cache = ops.linear_forward(x, *self._fused_qkv(P, layer))   # (B, T, 3C): one product
+        q, k, v = _heads(qkv, 3, H)                                          # (B, H, T, D) views
+        # the context written straight into (B, T, H, D) = (B, T, C) order: BLAS takes the row stride C
+        context = np.empty_like(x)
+        _, scores, attn_cache = K.attention_forward(q, k, v, mask_bias, p_attn, rng, out=_heads(context, 1, H)[0])
 
-        # bias, dropout, residual and layer norm of each sublayer's exit: one fused pass
-        a, ln1 = K.bias_dropout_residual_layernorm_forward(
-            _mm(context, P[p + "attention.output.dense.weight"].T), P[p + "attention.output.dense.bias"], x,
-            P[p + "attention.output.LayerNorm.weight"], P[p + "attention.output.LayerNorm.bias"], eps,
-            p_hidden, rng)                                                            # (B, T, C)
-        inter, gelu_cache = K.bias_gelu_forward(_mm(a, P[p + "intermediate.dense.weight"].T),
-                                                P[p + "intermediate.dense.bias"])   # (B, T, F)
-        y, ln2 = K.bias_dropout_residual_layernorm_forward(
-            _mm(inter, P[p + "output.dense.weight"].T), P[p + "output.dense.bias"], a,
-            P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"], eps, p_hidden, rng)
-        cache = (x, q, k, v, probs, dropped, scale, context, ln1, a, gelu_cache, inter, ln2)
+        # each sublayer's dense product leaves its bias to the fused bias, dropout, residual, layer norm
+        h, out_cache = ops.linear_forward(context, P[p + "attention.output.dense.weight"])
+        a, exit1 = K.bias_dropout_residual_layernorm_forward(
+            h, P[p + "attention.output.dense.bias"], x, P[p + "attention.output.LayerNorm.weight"],
+            P[p + "attention.output.LayerNorm.bias"], eps, p_hidden, rng)                # (B, T, C)
+        u, inter_cache = ops.linear_forward(a, P[p + "intermediate.dense.weight"])
+        inter, gelu_cache = K.bias_gelu_forward(u, P[p + "intermediate.dense.bias"])  # (B, T, F)
+        h, ffn_out_cache = ops.linear_forward(inter, P[p + "output.dense.weight"])
+        y, exit2 = K.bias_dropout_residual_layernorm_forward(
+            h, P[p + "output.dense.bias"], a, P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"],
+            eps, p_hidden, rng)
+        cache = LayerCache(qkv_cache, attn_cache, out_cache, exit1, inter_cache, gelu_cache, ffn_out_cache, exit2)
         return y, scores, cache
 
     # --- backward -------------------------------------------------------------------------
@@ -234,11 +257,10 @@ class Bert:
         dlogits (B, num_labels); dpooled (B, C); dhidden {i: (B, T, C)} on hidden_states[i];
         dscores {layer: (B, H, T, T)} on attention_scores[layer]. Writes (overwrites) and returns
         `grads`, by default `self.grads` (parallel.DataParallel gives each batch shard its own)."""
-        cfg, K = self.config, self.ops
+        cfg, K, P = self.config, self.ops, self.params
         cache = out.cache
         if cache is None:
             raise ValueError("backward needs the forward's cache: call forward(..., keep_cache=True)")
-        P = cache["params"]
         if grads is None:
             if self.grads is None or self.grads.dtype != P.dtype:
                 self.grads = P.zeros_like()
@@ -258,69 +280,57 @@ class Bert:
         if dlogits is not None:
             if not cfg.num_labels:
                 raise ValueError("dlogits given but the model has no classifier head")
-            lin_cache, head_drop = cache["head"]
             ddropped, G["classifier.weight"][...], G["classifier.bias"][...] = ops.linear_backward(
-                dlogits, lin_cache, P["classifier.weight"])
-            dpooled = ops.dropout_backward(ddropped, head_drop) + (0 if dpooled is None else dpooled)
+                dlogits, cache.head.linear, P["classifier.weight"])
+            dpooled = ops.dropout_backward(ddropped, cache.head.dropout) + (0 if dpooled is None else dpooled)
         dx = dhidden.get(L)
         if dpooled is not None:
             dfrom_pool, G["pooler.dense.weight"][...], G["pooler.dense.bias"][...] = ops.pooler_backward(
-                dpooled, cache["pool"], P["pooler.dense.weight"], cache["shape"])
+                dpooled, cache.pooler, P["pooler.dense.weight"], cache.shape)
             dx = dfrom_pool if dx is None else dx + dfrom_pool
         if dx is None:
-            dx = np.zeros(cache["shape"], dtype=P.dtype)
+            dx = np.zeros(cache.shape, dtype=P.dtype)
 
         for layer in reversed(range(L)):
-            dx = self._layer_backward(P, G, layer, dx, cache["layers"][layer], dscores.get(layer))
+            dx = self._layer_backward(G, layer, dx, cache.layers[layer], dscores.get(layer))
             if layer in dhidden:
                 dx = dx + dhidden[layer]
 
-        dx = K.dropout_backward(dx, cache["emb_drop"])
+        dx = K.dropout_backward(dx, cache.embeddings_dropout)
         dx, G["embeddings.LayerNorm.weight"][...], G["embeddings.LayerNorm.bias"][...] = K.layernorm_backward(
-            dx, cache["emb_ln"])
-        K.embeddings_sum_backward(dx, cache["emb"], G["embeddings.word_embeddings.weight"],
+            dx, cache.embeddings_norm)
+        K.embeddings_sum_backward(dx, cache.embeddings, G["embeddings.word_embeddings.weight"],
                                   G["embeddings.position_embeddings.weight"],
                                   G["embeddings.token_type_embeddings.weight"])
         return G
 
-    def _layer_backward(self, P, G, layer, dy, cache, dscores_extra):  # (B, T, C) -> (B, T, C)
-        cfg, K = self.config, self.ops
-        x, q, k, v, probs, dropped, scale, context, ln1, a, gelu_cache, inter, ln2 = cache
-        B, T, C = x.shape
-        H, D = cfg.num_attention_heads, cfg.head_size
+    def _layer_backward(self, G, layer, dy, cache: LayerCache, dscores_extra):  # (B, T, C) -> (B, T, C)
+        cfg, K, P = self.config, self.ops, self.params
+        H = cfg.num_attention_heads
         p = f"encoder.layer.{layer}."
 
-        # FFN block: dsum2 goes to the residual, dout (dropout applied) to the dense layer
-        dsum2, dout, G[p + "output.dense.bias"][...], G[p + "output.LayerNorm.weight"][...], \
-            G[p + "output.LayerNorm.bias"][...] = K.bias_dropout_residual_layernorm_backward(dy, ln2)
-        _dense_backward(dout, inter, G[p + "output.dense.weight"])
-        dinter = _mm(dout, P[p + "output.dense.weight"])                          # (B, T, F)
-        du, G[p + "intermediate.dense.bias"][...] = K.bias_gelu_backward(dinter, gelu_cache)
-        _dense_backward(du, a, G[p + "intermediate.dense.weight"])
-        da = _mm(du, P[p + "intermediate.dense.weight"])
-        da += dsum2                                                               # residual
+        # FFN block: dsum2 goes to the residual, dh (dropout applied) to the dense product
+        dsum2, dh, G[p + "output.dense.bias"][...], G[p + "output.LayerNorm.weight"][...], \
+            G[p + "output.LayerNorm.bias"][...] = K.bias_dropout_residual_layernorm_backward(dy, cache.output_exit)
+        dinter, _, _ = ops.linear_backward(dh, cache.output, P[p + "output.dense.weight"],
+                                           dweight_out=G[p + "output.dense.weight"])           # (B, T, F)
+        du, G[p + "intermediate.dense.bias"][...] = K.bias_gelu_backward(dinter, cache.gelu)
+        da, _, _ = ops.linear_backward(du, cache.intermediate, P[p + "intermediate.dense.weight"],
+                                       dweight_out=G[p + "intermediate.dense.weight"])
+        da += dsum2                                                                    # residual
 
         # attention block
-        dsum1, dattn, G[p + "attention.output.dense.bias"][...], G[p + "attention.output.LayerNorm.weight"][...], \
-            G[p + "attention.output.LayerNorm.bias"][...] = K.bias_dropout_residual_layernorm_backward(da, ln1)
-        _dense_backward(dattn, context, G[p + "attention.output.dense.weight"])
-        dcontext = _mm(dattn, P[p + "attention.output.dense.weight"]).reshape(B, T, H, D).transpose(0, 2, 1, 3)
-
-        dqkv = np.empty((B, T, 3, H, D), dtype=x.dtype)
-        dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))    # (B, H, T, D) views
-        bmm(dropped.swapaxes(-1, -2), dcontext, out=dv)
-        ddropped = bmm(dcontext, v.swapaxes(-1, -2))                              # (B, H, T, T)
-        # gradient on the raw scores q k^T, `scale` included; written over ddropped
-        dsc = K.softmax_dropout_backward(ddropped, probs, dropped, scale, dscores_extra, out=ddropped)
-        bmm(dsc, k, out=dq)
-        bmm(dsc.swapaxes(-1, -2), q, out=dk)
-
+        dsum1, dh, G[p + "attention.output.dense.bias"][...], G[p + "attention.output.LayerNorm.weight"][...], \
+            G[p + "attention.output.LayerNorm.bias"][...] = K.bias_dropout_residual_layernorm_backward(
+                da, cache.attention_exit)
+        dcontext, _, _ = ops.linear_backward(dh, cache.attention_output, P[p + "attention.output.dense.weight"],
+                                             dweight_out=G[p + "attention.output.dense.weight"])
+        dqkv = np.empty(dcontext.shape[:-1] + (3 * dcontext.shape[-1],), dtype=dcontext.dtype)   # (B, T, 3C)
+        K.attention_backward(_heads(dcontext, 1, H)[0], cache.attention, dscores_extra, out=_heads(dqkv, 3, H))
         w_qkv, _ = self._fused_qkv(P, layer)
         gw_qkv, gb_qkv = self._fused_qkv(G, layer)
-        dqkv = dqkv.reshape(B, T, 3 * C)
-        _dense_backward(dqkv, x, gw_qkv, gb_qkv)
-        dx = _mm(dqkv, w_qkv).reshape(B, T, C)
-        dx += dsum1                                                               # residual
+        dx, _, _ = ops.linear_backward(dqkv, cache.qkv, w_qkv, dweight_out=gw_qkv, dbias_out=gb_qkv)
+        dx += dsum1                                                                    # residual
         return dx
 
     # --- masked-language-model head (teacher only, inference: for data augmentation) ---------
@@ -330,23 +340,9 @@ class Bert:
         if not self.config.mlm_head:
             raise ValueError("this checkpoint has no masked-language-model head (cls.predictions.*)")
         P, K = self.params, self.ops
-        h, _ = K.bias_gelu_forward(hidden @ P["cls.predictions.transform.dense.weight"].T,
-                                   P["cls.predictions.transform.dense.bias"])
+        h, _ = ops.linear_forward(hidden, P["cls.predictions.transform.dense.weight"])
+        h, _ = K.bias_gelu_forward(h, P["cls.predictions.transform.dense.bias"])
         h, _ = K.layernorm_forward(h, P["cls.predictions.transform.LayerNorm.weight"],
                                    P["cls.predictions.transform.LayerNorm.bias"], self.config.layer_norm_eps)
-        return h @ P["embeddings.word_embeddings.weight"].T + P["cls.predictions.bias"]
-
-
-def _mm(x, w):  # (..., I) @ (I, O) -> (..., O)
-    """One BLAS GEMM over all rows. numpy's matmul of a (B, T, I) stack by a matrix makes B separate
-    GEMM calls, each splitting over the BLAS threads and waiting for them: slower, and far slower
-    when another process holds a core (measured 500 ms instead of 25 ms for x W_qkv^T)."""
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[-1],))
-
-
-def _dense_backward(dy, x, gweight, gbias=None):
-    """Weight (and bias) gradients of y = x W^T + b, written into the flat gradient buffer's views."""
-    dy2 = dy.reshape(-1, dy.shape[-1])
-    np.matmul(dy2.T, x.reshape(-1, x.shape[-1]), out=gweight)
-    if gbias is not None:
-        dy2.sum(axis=0, out=gbias)
+        logits, _ = ops.linear_forward(h, P["embeddings.word_embeddings.weight"], P["cls.predictions.bias"])
+        return logits

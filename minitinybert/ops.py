@@ -9,6 +9,7 @@ Shapes: B batch, T tokens, C channels, H heads, D head size, F FFN width, V voca
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,34 +23,56 @@ except ImportError:  # pragma: no cover
 MASK_VALUE = -10000.0
 
 
-# --- linear -------------------------------------------------------------------------------
+# --- linear ---------------------------------------------------------------------------------
 # (..., I) -> (..., O); weight (O, I) as Hugging Face stores it: y = x W^T + b
 
-def linear_forward(x, weight, bias):
-    return x @ weight.T + bias, x
+class LinearCache(NamedTuple):
+    x: np.ndarray        # (..., I) the input: the weight gradient is dy^T x
+    has_bias: bool
 
 
-def linear_backward(dy, cache, weight):
-    x = cache
+def linear_forward(x, weight, bias=None):
+    """`bias` None: the product alone, for a caller that fuses the bias into its next op.
+
+    One BLAS GEMM over all rows. numpy's matmul of a (B, T, I) stack by a matrix makes B separate
+    GEMM calls, each splitting over the BLAS threads and waiting for them: slower, and far slower
+    when another process holds a core (measured 500 ms instead of 25 ms for x W_qkv^T)."""
+    y = (x.reshape(-1, x.shape[-1]) @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))
+    if bias is not None:
+        y += bias
+    return y, LinearCache(x, bias is not None)
+
+
+def linear_backward(dy, cache, weight, dweight_out=None, dbias_out=None):
+    """-> dx, dweight, dbias (None when the forward had no bias). `dweight_out`, `dbias_out`: where
+    to write the parameter gradients (views of the flat gradient buffer) instead of new arrays."""
     dy2 = dy.reshape(-1, dy.shape[-1])
-    dweight = dy2.T @ x.reshape(-1, x.shape[-1])
-    dbias = dy2.sum(axis=0)
-    return dy @ weight, dweight, dbias
+    dweight = np.matmul(dy2.T, cache.x.reshape(-1, cache.x.shape[-1]), out=dweight_out)
+    dbias = dy2.sum(axis=0, out=dbias_out) if cache.has_bias else None
+    dx = (dy2 @ weight).reshape(dy.shape[:-1] + (weight.shape[1],))
+    return dx, dweight, dbias
 
 
 # --- layer norm ---------------------------------------------------------------------------
 # (..., C) -> (..., C)
+
+class LayerNormCache(NamedTuple):
+    xhat: np.ndarray     # (..., C) the normalised input
+    rstd: np.ndarray     # (..., 1) 1 / standard deviation of each row
+    gamma: np.ndarray    # (C,)
+
 
 def layernorm_forward(x, gamma, beta, eps):
     mean = x.mean(axis=-1, keepdims=True)
     centered = x - mean
     rstd = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
     xhat = centered * rstd
-    return xhat * gamma + beta, (xhat, rstd, gamma)
+    return xhat * gamma + beta, LayerNormCache(xhat, rstd, gamma)
 
 
 def layernorm_backward(dy, cache):
-    xhat, rstd, gamma = cache
+    """`cache`: a LayerNormCache, or any cache with its fields (SublayerExitCache)."""
+    xhat, rstd, gamma = cache.xhat, cache.rstd, cache.gamma
     dgamma = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
     dbeta = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
     dxhat = dy * gamma
@@ -98,10 +121,6 @@ def masked_softmax_forward(scores, mask_bias, scale=1.0):
     e = np.exp(shifted - shifted.max(axis=-1, keepdims=True))
     probs = e / e.sum(axis=-1, keepdims=True)
     return masked, probs
-
-
-def softmax_backward(dprobs, probs):
-    return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
 
 
 def masked_softmax_dropout_forward(scores, mask_bias, scale, p, rng, overwrite=False):
@@ -190,20 +209,27 @@ def dropout_backward(dy, cache):
 # BERT's sublayer exit: y = LN(residual + dropout(h + bias)), h the dense product without its bias.
 # (N.., C), (C,), (N.., C) -> (N.., C)
 
+class SublayerExitCache(NamedTuple):
+    xhat: np.ndarray     # (N.., C) the layer norm's cache, as LayerNormCache
+    rstd: np.ndarray     # (N.., 1)
+    gamma: np.ndarray    # (C,)
+    dropout: tuple | None  # the dropout spec (None in eval mode): the mask is recomputed from it
+
+
 def bias_dropout_residual_layernorm_forward(h, bias, residual, gamma, beta, eps, p, rng):
     spec = dropout_spec(p, rng)
     s = h + bias
     if spec is not None:
         s = s * dropout_keep(spec, s.shape, s.dtype)
     s += residual
-    y, ln_cache = layernorm_forward(s, gamma, beta, eps)
-    return y, (ln_cache, spec)
+    y, ln = layernorm_forward(s, gamma, beta, eps)
+    return y, SublayerExitCache(ln.xhat, ln.rstd, ln.gamma, spec)
 
 
 def bias_dropout_residual_layernorm_backward(dy, cache):
     """-> dresidual (the layer norm's input gradient), dh, dbias, dgamma, dbeta."""
-    ln_cache, spec = cache
-    dsum, dgamma, dbeta = layernorm_backward(dy, ln_cache)
+    spec = cache.dropout
+    dsum, dgamma, dbeta = layernorm_backward(dy, cache)
     dh = dsum if spec is None else dsum * dropout_keep(spec, dsum.shape, dsum.dtype)
     return dsum, dh, dh.reshape(-1, dh.shape[-1]).sum(axis=0), dgamma, dbeta
 
@@ -211,35 +237,58 @@ def bias_dropout_residual_layernorm_backward(dy, cache):
 # --- multi-head self-attention core --------------------------------------------------------
 # q, k, v (B, H, T, D) -> context (B, H, T, D); also the masked pre-softmax scores (B, H, T, T)
 
-def attention_forward(q, k, v, mask_bias, dropout_p=0.0, rng=None):
+class AttentionCache(NamedTuple):
+    q: np.ndarray        # (B, H, T, D), possibly strided views of a fused QKV product
+    k: np.ndarray
+    v: np.ndarray
+    probs: np.ndarray    # (B, H, T, T) the softmax
+    dropped: np.ndarray  # the probabilities after dropout: `probs` itself in eval mode
+    scale: float         # 1 / sqrt(D)
+
+
+def attention_forward(q, k, v, mask_bias, dropout_p=0.0, rng=None, out=None):
+    """-> context, masked scores, cache. `out`: where to write the context, e.g. the (B, H, T, D)
+    view of a (B, T, C) array, which merges the heads without a copy."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores, probs, dropped, _ = masked_softmax_dropout_forward(q @ k.swapaxes(-1, -2), mask_bias, scale,
-                                                               dropout_p, rng)
-    context = dropped @ v
-    return context, scores, (q, k, v, probs, dropped, scale)
+    # the masked scores are written over the product q k^T, a temporary: one (B, H, T, T) array less
+    scores, probs, dropped, _ = masked_softmax_dropout_forward(np.matmul(q, k.swapaxes(-1, -2)), mask_bias,
+                                                               scale, dropout_p, rng, overwrite=True)
+    context = np.matmul(dropped, v, out=out)
+    return context, scores, AttentionCache(q, k, v, probs, dropped, scale)
 
 
-def attention_backward(dcontext, cache, dscores_extra=None):
-    """`dscores_extra` (B, H, T, T): an upstream gradient on the pre-softmax scores (TinyBERT's loss)."""
-    q, k, v, probs, dropped, scale = cache
-    dv = dropped.swapaxes(-1, -2) @ dcontext
-    dscores = softmax_dropout_backward(dcontext @ v.swapaxes(-1, -2), probs, dropped, scale, dscores_extra)
-    dq = dscores @ k
-    dk = dscores.swapaxes(-1, -2) @ q
+def attention_backward(dcontext, cache, dscores_extra=None, out=None):
+    """-> dq, dk, dv. `dscores_extra` (B, H, T, T): an upstream gradient on the masked scores
+    (TinyBERT's attention loss). `out`: (dq, dk, dv) arrays to write into, e.g. views of the
+    gradient of a fused QKV product."""
+    c = cache
+    dq, dk, dv = out if out is not None else (None, None, None)
+    dv = np.matmul(c.dropped.swapaxes(-1, -2), dcontext, out=dv)
+    ddropped = np.matmul(dcontext, c.v.swapaxes(-1, -2))
+    # the gradient on the raw product q k^T, written over ddropped (no longer needed)
+    dscores = softmax_dropout_backward(ddropped, c.probs, c.dropped, c.scale, dscores_extra, out=ddropped)
+    dq = np.matmul(dscores, c.k, out=dq)
+    dk = np.matmul(dscores.swapaxes(-1, -2), c.q, out=dk)
     return dq, dk, dv
 
 
 # --- embeddings -----------------------------------------------------------------------------
 # ids (B, T) -> (B, T, C): word + position + token type, then layer norm
 
+class EmbeddingCache(NamedTuple):
+    input_ids: np.ndarray       # (B, T)
+    token_type_ids: np.ndarray  # (B, T)
+
+
 def embeddings_sum_forward(input_ids, token_type_ids, word, position, token_type):
     T = input_ids.shape[1]
-    return word[input_ids] + position[None, :T] + token_type[token_type_ids], (input_ids, token_type_ids)
+    return (word[input_ids] + position[None, :T] + token_type[token_type_ids],
+            EmbeddingCache(input_ids, token_type_ids))
 
 
 def embeddings_sum_backward(dx, cache, dword, dposition, dtoken_type):
     """Accumulates into the (zeroed) gradient tables; only rows the batch touched change."""
-    input_ids, token_type_ids = cache
+    input_ids, token_type_ids = cache.input_ids, cache.token_type_ids
     C = dx.shape[-1]
     np.add.at(dword, input_ids.reshape(-1), dx.reshape(-1, C))
     dposition[: dx.shape[1]] += dx.sum(axis=0)
@@ -249,16 +298,21 @@ def embeddings_sum_backward(dx, cache, dword, dposition, dtoken_type):
 # --- pooler and heads -----------------------------------------------------------------------
 # hidden (B, T, C) -> pooled (B, C) = tanh(dense(hidden[:, 0]))
 
+class PoolerCache(NamedTuple):
+    linear: LinearCache
+    pooled: np.ndarray   # (B, C) tanh's output, which is all its derivative needs
+
+
 def pooler_forward(hidden, weight, bias):
-    pre, cache = linear_forward(hidden[:, 0], weight, bias)
+    pre, linear = linear_forward(hidden[:, 0], weight, bias)
     pooled = np.tanh(pre)
-    return pooled, (cache, pooled)
+    return pooled, PoolerCache(linear, pooled)
 
 
 def pooler_backward(dpooled, cache, weight, hidden_shape):
-    lin_cache, pooled = cache
+    pooled = cache.pooled
     dpre = dpooled * (1.0 - pooled * pooled)
-    dcls, dweight, dbias = linear_backward(dpre, lin_cache, weight)
+    dcls, dweight, dbias = linear_backward(dpre, cache.linear, weight)
     dhidden = np.zeros(hidden_shape, dtype=dpooled.dtype)
     dhidden[:, 0] = dcls
     return dhidden, dweight, dbias

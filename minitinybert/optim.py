@@ -12,7 +12,6 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from . import kernels  # noqa: F401  (OpenMP wait policy, set before Numba's runtime starts)
 from .params import ParamSet
 
 

@@ -4,6 +4,7 @@ The optimizer, gradient clipping and checkpointing each work on `ParamSet.data`,
 array; the model reads and writes the same memory through per-tensor views. Tensors that are
 used together (a layer's query, key and value weights) are laid out next to each other, so that
 the model can also view them as one larger matrix and give BLAS one big product instead of three.
+`assign_tensors` fills a ParamSet from named tensors (a checkpoint's, a state dict), checking each.
 """
 from __future__ import annotations
 
@@ -60,3 +61,33 @@ class ParamSet:
 
     def copy(self) -> "ParamSet":
         return ParamSet(self.shapes(), data=self.data.copy())
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be loaded: the message names the file and the tensor."""
+
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def assign_tensors(params: ParamSet, tensors: dict[str, np.ndarray], source: str,
+                   allow_missing: tuple[str, ...] = ()) -> None:
+    """Copy tensors (already in the ParamSet's names) into the flat buffer, checking each: every
+    parameter present (but those starting with `allow_missing`), float, of its shape, finite.
+    `source` names where they came from in the errors."""
+    missing = [n for n in params.names() if n not in tensors and not n.startswith(allow_missing)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise WeightsError(f"{source}: missing tensor(s) {shown}")
+    for name, view in params.views.items():
+        if name not in tensors:
+            continue
+        value = tensors[name]
+        if value.dtype.type not in FLOAT_DTYPES:
+            raise WeightsError(f"{source}: tensor {name!r} has dtype {value.dtype}, expected a float type")
+        if value.shape != view.shape:
+            raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(value.shape)}, "
+                               f"the config says {view.shape}")
+        if not np.all(np.isfinite(value)):
+            raise WeightsError(f"{source}: tensor {name!r} holds NaN or infinite values")
+        view[...] = value

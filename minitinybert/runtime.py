@@ -1,67 +1,37 @@
 """minitinybert edge runtime: BERT inference from one file, on the standard library and NumPy.
 
-Copy this file next to a model file onto any machine with Python >= 3.9 and NumPy:
-
     import runtime
     model = runtime.load("sst2-int8.safetensors")
-    model.predict(["a gripping film", "dull and lifeless"])
+    model.predict(["a gripping film", ("A man plays guitar.", "Someone makes music.")])  # texts, pairs
     # [{"label": "positive", "scores": {"negative": 0.02, "positive": 0.98}}, ...]
-    model.predict([("A man plays guitar.", "Someone makes music.")])   # sentence pairs
     model.embed(["some text"], pooling="mean")                         # (N, hidden) L2-normalised
 
     python runtime.py MODEL "text" ["text2" ...]     # JSON lines on stdout (stdin when no text)
 
-Nothing else is required. Two optional speed-ups are used when importable, with the same results
-(to float rounding): Numba (fused bias + GELU, residual + layer norm and masked softmax kernels,
-vectorised; imported and loaded from its on-disk cache at the first forward pass, not at load,
-because importing Numba alone takes ~0.3 s) and `tokenizers` (the Rust WordPiece; the built-in one
-gives the same ids). load(..., kernels="numpy", tokenizer="python") or the environment variables
-MINITINYBERT_NUMBA=0 / MINITINYBERT_TOKENIZERS=0 keep them off; script mode skips Numba for fewer
-than 64 texts, where its import costs more than it saves (it also adds ~120 MB of resident
-memory: LLVM). Threads: by default one Python thread, and BLAS threads as OMP_NUM_THREADS /
-OPENBLAS_NUM_THREADS say; load(..., threads=N) runs the runtime's own N threads over
-single-threaded BLAS calls (set process-wide through OpenBLAS's API when it can be found), which
-degrades gracefully when other processes hold the cores, where OpenBLAS's threads can stall.
-A model is safe to share between threads (forward passes are serialised).
+Optional, same results to float rounding: Numba (GELU, layer norm, softmax and int8 product
+kernels; imported at the first forward pass: ~0.3 s, ~110 MB of LLVM; script mode skips it under
+64 texts); kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off. A forward pass runs on
+sub-batches of ~CHUNK_TOKENS tokens in buffers reused across layers and calls (bounded memory).
+threads=None leaves BLAS's threads as the environment sets them; threads=N runs N threads of the
+runtime's own over single-threaded BLAS (OpenBLAS's threads stall when other processes hold the
+cores): they share the sub-batches; a single sub-batch's large products are split by rows.
 
-Model file format ("minitinybert-runtime/1")
---------------------------------------------
-A safetensors file: 8-byte little-endian header length N, N bytes of JSON header (padded with
-spaces), then the tensor bytes. The header's "__metadata__" holds (all values are strings):
-  format         "minitinybert-runtime/1"
-  config         JSON: vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
-                 intermediate_size, max_position_embeddings, type_vocab_size, layer_norm_eps,
-                 hidden_act ("gelu", exact erf), num_labels (0 embedding model, 1 regression,
-                 >= 2 classes), problem_type ("single_label_classification", "regression" or
-                 "embedding")
-  labels         JSON list of the class names in id order ([] for regression / embedding models)
-  vocab          the WordPiece vocabulary, tokens joined by "\\n" (line number = id)
-  do_lower_case  "true" or "false" (lower-case + NFD accent stripping)
-  max_length     default truncation length in tokens, [CLS] and [SEP]s included
-  dtype          informational: "float32", "float16" or "int8"
-Tensors use Hugging Face BERT names without prefix: embeddings.{word,position,token_type}_embeddings
-.weight, embeddings.LayerNorm.{weight,bias}, encoder.layer.L.attention.self.{query,key,value}.
-{weight,bias}, encoder.layer.L.attention.output.dense.{weight,bias}, ...attention.output.LayerNorm.*,
-...intermediate.dense.*, ...output.dense.*, ...output.LayerNorm.*, pooler.dense.*, classifier.*
-(with a head). Linear weights are (out, in). Dtypes: F32; F16 (computed in float32; F64 and BF16
-are read too, converted at load); I8 for 2-D
-weights, with a F32 "<name>_scale" of one scale per row (per output channel for linear layers, per
-token for embeddings), symmetric: w = q * scale, scale = max|w_row| / 127. When a layer's query,
-key and value weights (and biases, and scales) lie back to back in the file, the runtime uses them
-as one fused (3C, C) matrix straight from the memory map; otherwise it concatenates them once.
+File format "minitinybert-runtime/1": safetensors, whose "__metadata__" holds format, config (JSON:
+vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings,
+type_vocab_size, layer_norm_eps, hidden_act "gelu" (exact erf), num_labels (0 embedding model, 1 regression,
+>= 2 classes), problem_type), labels (JSON list, id order), vocab (WordPiece tokens joined by newlines),
+do_lower_case ("true"/"false"), max_length (default truncation) and dtype (informational). Tensors have
+Hugging Face BERT names without prefix; linear weights are (out, in). F32; F16 (F64, BF16: converted at
+load); I8 for 2-D weights with a F32 "<name>_scale" per row (output channel, or token for embeddings):
+w = q * scale, scale = max|w_row| / 127. Query, key and value weights lying back to back in the file are
+used as one (3C, C) matrix, in place.
 
-Numerics: float32 throughout, as the training engine (post-LN BERT, exact erf GELU, additive
--10000 key mask, tanh pooler). Activations are feature-major (features, tokens), so that a linear
-layer is W @ X with W as stored, the product OpenBLAS runs fastest at these sizes. predict(),
-logits() and embed(pooling="cls") compute the last layer for the [CLS] positions only (all that the
-pooler reads), a fifth less work for a 4-layer model, same outputs. Weight storage: float32 tensors are used in place from the memory
-map (no copy at load; pages are read on first use). float16 linear weights are upcast to float32
-once at load (measured: upcasting per product made batch 1x128 1.5x and 1x32 2x slower; float16
-is a download-size format), float16 embedding tables stay float16 (only the gathered rows are
-converted). int8 weights stay int8 in memory: each product dequantizes its (out, in) weight into
-one shared float32 scratch buffer (q * scale, a single pass) and calls BLAS (measured cost vs
-float32: +2 % at 1x128, +18 % at 1x32, none at 32x128). Keeping float32 copies would undo
-the 4x memory saving, and integer products in NumPy do not use BLAS.
+Numerics: float32, as the training engine (post-LN, exact erf GELU, -10000 key mask, tanh pooler);
+predict(), logits(), embed(pooling="cls") run the last layer for the [CLS] positions only. float32
+weights are used from the memory map, float16 linear weights upcast at load, embedding tables kept
+as stored. int8 weights stay int8: with Numba, products of up to INT8_KERNEL_MAX_TOKENS tokens read
+them as int8 in the kernel (the batch-1 fast path); larger ones, and all without Numba, cast the
+weight into a reused float32 buffer for BLAS (NumPy has no int8 product).
 """
 from __future__ import annotations
 
@@ -73,6 +43,7 @@ import re
 import sys
 import threading
 import unicodedata
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -88,32 +59,29 @@ SPECIAL_TOKENS = ("[UNK]", "[SEP]", "[CLS]", "[PAD]", "[MASK]")
 MAX_WORD_CHARS = 100
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off", "")
-
-
 def _can_import(name: str) -> bool:
-    if not _env_flag("MINITINYBERT_" + name.upper()):
-        return False
+    """Importable (found without importing it), and not turned off by MINITINYBERT_<NAME>=0."""
+    from importlib.util import find_spec
+    off = os.environ.get("MINITINYBERT_" + name.upper(), "1").strip().lower() in ("0", "false", "no", "off", "")
     try:
-        from importlib.util import find_spec
-        return find_spec(name) is not None
+        return not off and find_spec(name) is not None
     except (ImportError, ValueError):
         return False
 
 
-# Optional speed-ups, detected at import without importing them (Numba alone costs ~0.3 s).
 HAVE_NUMBA = _can_import("numba")
-HAVE_TOKENIZERS = _can_import("tokenizers")
 
 
 class RuntimeModelError(ValueError):
     """A model file that cannot be used, or inputs the model cannot take: the message says which."""
 
 
-# =================================================================================================
-# safetensors reader
-# =================================================================================================
+def _need(ok, message):
+    if not ok:
+        raise RuntimeModelError(message)
+
+
+# === safetensors reader ===========================================================================
 
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
            "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
@@ -229,9 +197,7 @@ def _check_entry(path, name, info, data_size):
     return dtype, tuple(shape), begin, end
 
 
-# =================================================================================================
-# WordPiece tokenizer (equal to tokenizers' BertWordPieceTokenizer)
-# =================================================================================================
+# === WordPiece tokenizer (equal to tokenizers' BertWordPieceTokenizer) ============================
 # Character classes as tokenizers' BertNormalizer and BertPreTokenizer see them (their Unicode
 # tables, not Python's, which are newer for some characters): "other" (Cc Cf Co Cs, dropped by
 # clean-up), "Mn" (non-spacing marks, dropped by accent stripping) and punctuation (ASCII
@@ -339,7 +305,11 @@ class WordPieceTokenizer:
     non-spacing marks, then per-character lower-casing; split on whitespace and punctuation;
     greedy longest-match-first WordPiece with "##" continuations, words over 100 characters ->
     [UNK]. encode() adds [CLS] A [SEP] (B [SEP]) with token types 0/1 and truncates longest-first.
-    `backend`: "auto" (tokenizers when importable), "python" or "tokenizers"."""
+    `backend`: "auto" or "python", the same (this is faster than `tokenizers`: tools/bench_runtime.py)."""
+
+    # Lone surrogates (bytes decoded with surrogateescape, broken UTF-16) are not characters and
+    # cannot reach Rust: both backends drop them first, as clean-up drops the other Cs characters.
+    _SURROGATES = re.compile("[\ud800-\udfff]")
 
     def __init__(self, tokens, do_lower_case=True, backend="auto"):
         tokens = list(tokens)
@@ -361,12 +331,9 @@ class WordPieceTokenizer:
                                                                                     reverse=True)) + ")")
         self._max_piece = max([len(t) - 2 if t.startswith("##") else len(t) for t in tokens] + [1])
         self._cache = {}
-        if backend not in ("auto", "python", "tokenizers"):
-            raise ValueError(f"backend must be 'auto', 'python' or 'tokenizers', got {backend!r}")
-        if backend == "tokenizers" and not HAVE_TOKENIZERS:
-            raise RuntimeModelError("the tokenizers package is not available")
-        self.backend = "tokenizers" if backend == "tokenizers" or (backend == "auto" and HAVE_TOKENIZERS) else "python"
-        self._hf = None
+        if backend not in ("auto", "python"):
+            raise ValueError(f"backend must be 'auto' or 'python', got {backend!r}")
+        self.backend = "python"
 
     # --- one text -> word-piece ids ------------------------------------------------------------
 
@@ -375,7 +342,7 @@ class WordPieceTokenizer:
         if text.isascii():
             text = text.translate(P.ascii_clean)
             return text.lower() if self.do_lower_case else text
-        text = P.drop.sub("", text)
+        text = P.drop.sub("", self._SURROGATES.sub("", text))
         text = P.space.sub(" ", text)
         text = P.cjk.sub(r" \g<0> ", text)
         if self.do_lower_case:
@@ -430,29 +397,10 @@ class WordPieceTokenizer:
                     out.extend(self._word_ids(word))
         return out
 
-    def _hf_tokenizer(self):
-        if self._hf is None:
-            from tokenizers import Tokenizer, normalizers, pre_tokenizers
-            from tokenizers.models import WordPiece
-            tk = Tokenizer(WordPiece(vocab=self.vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS))
-            tk.add_special_tokens(self.specials)
-            tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                       strip_accents=None, lowercase=self.do_lower_case)
-            tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            self._hf = tk
-        return self._hf
-
     def token_ids(self, texts) -> list:
         """Word-piece ids of each text, without special tokens and without truncation."""
-        texts = [_check_text(t) for t in texts]
-        if self.backend == "tokenizers" and texts:
-            try:
-                hf = self._hf_tokenizer()
-            except Exception:  # noqa: BLE001 - a broken install: the built-in tokenizer gives the same ids
-                self.backend = "python"
-            else:
-                return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
-        return [self._python_ids(t) for t in texts]
+        # lone surrogates (bytes decoded with surrogateescape) are not characters: dropped first
+        return [self._python_ids(t if t.isascii() else self._SURROGATES.sub("", t)) for t in map(_check_text, texts)]
 
     def tokenize(self, text: str) -> list:
         """Word-piece strings of one text (no special tokens, no truncation)."""
@@ -521,131 +469,116 @@ def _split_inputs(inputs):
     return texts, pairs
 
 
-# =================================================================================================
-# numerical kernels: NumPy, and Numba twins used when available
-# =================================================================================================
 
-# erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 beyond (float32 saturates there); |error| < 7e-8
-# in exact arithmetic (the rational approximation Eigen and XLA use for float32).
+# === numerical kernels: NumPy, and Numba twins used when available (same results to float rounding) ===
+# Activations are feature-major, (features, tokens): a linear layer is W @ X with W (out, in) as stored (the
+# product OpenBLAS runs fastest here). Kernels work in place, on workspace buffers: no large allocation.
+
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4], +-1 beyond (float32 saturates there); |error| < 7e-8 in
+# exact arithmetic (the rational approximation Eigen and XLA use for float32).
 _ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
           -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
 _ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
           -1.42647390514189e-02)
 _F32 = np.float32
-_ERF_P32 = tuple(_F32(c) for c in _ERF_P)
-_ERF_Q32 = tuple(_F32(c) for c in _ERF_Q)
 
 
-def erf(x):
-    """Vectorised erf in NumPy (float32 in, float32 out; float64 evaluation for other inputs)."""
-    x = np.asarray(x)
-    dt = np.float32 if x.dtype == np.float32 else np.float64
-    P = _ERF_P32 if dt is np.float32 else _ERF_P
-    Q = _ERF_Q32 if dt is np.float32 else _ERF_Q
-    x = np.clip(x, -4.0, 4.0).astype(dt, copy=False)
-    x2 = x * x
-    p = np.full_like(x2, P[0])
-    for c in P[1:]:
-        p *= x2
+def _erf_into(t, p, q):
+    """p <- erf(t) for t clipped to [-4, 4]; t and q are overwritten."""
+    np.multiply(t, t, out=q)
+    p[...] = _ERF_P[0]
+    for c in _ERF_P[1:]:
+        p *= q
         p += c
-    q = np.full_like(x2, Q[0])
-    for c in Q[1:]:
-        q *= x2
-        q += c
-    p *= x
-    p /= q
-    return p
-
-
-# Activations are kept feature-major, (features, tokens): a linear layer is then W @ X with the
-# weight as stored (out, in), the product OpenBLAS runs fastest at these shapes (10-45 % faster
-# than X @ W^T at 32-128 tokens), and per-feature biases are column vectors.
-
-def _np_bias_gelu(x, bias):
-    """x <- gelu(x + bias[:, None]), exact (erf) GELU, in place on a float32 (F, N) array (or rows of one)."""
-    x += bias[:, None]
-    t = x * _F32(1.0 / math.sqrt(2.0))
-    np.clip(t, -4.0, 4.0, out=t)
-    t2 = t * t
-    p = np.full_like(t2, _ERF_P32[0])
-    for c in _ERF_P32[1:]:
-        p *= t2
-        p += c
-    q = np.full_like(t2, _ERF_Q32[0])
-    for c in _ERF_Q32[1:]:
-        q *= t2
-        q += c
     p *= t
-    p /= q                       # erf(x / sqrt 2)
-    p += _F32(1.0)
-    p *= _F32(0.5)
-    x *= p
-    return x
+    t[...], q[...] = q, _ERF_Q[0]
+    for c in _ERF_Q[1:]:
+        q *= t
+        q += c
+    p /= q
 
 
-def _np_add_layernorm(x, residual, bias, gamma, beta, eps, j0=0, j1=None):
-    """x <- LayerNorm over the features of (x + bias[:, None] + residual), in place on (C, N) (on its
-    columns j0:j1 only, if given); residual and bias may be None."""
-    if j0 != 0 or (j1 is not None and j1 != x.shape[1]):
-        out = x[:, j0:j1]
-        _np_add_layernorm(out, None if residual is None else residual[:, j0:j1], bias, gamma, beta, eps)
-        return x
+def _np_bias_gelu(h, bias, ws):
+    """h <- gelu(h + bias[:, None]), exact (erf) GELU, on (F, N), in row blocks of ~64K values (cached)."""
+    step = max(1, 65536 // h.shape[1])
+    for r in range(0, h.shape[0], step):
+        x = h[r:r + step]
+        x += bias[r:r + step, None]
+        t, p, q = (ws(name, x.shape) for name in ("gelu_t", "gelu_p", "gelu_q"))
+        np.multiply(x, _F32(1 / math.sqrt(2)), out=t)
+        np.clip(t, -4.0, 4.0, out=t)
+        _erf_into(t, p, q)
+        p += _F32(1.0)
+        p *= _F32(0.5)
+        x *= p
+
+
+def _np_add_layernorm(x, residual, bias, gamma, beta, eps):
+    """x <- LayerNorm over the features of (x + bias[:, None] + residual), in place on (C, N)."""
     if bias is not None:
         x += bias[:, None]
     if residual is not None:
         x += residual
-    mean = x.mean(axis=0)
-    x -= mean
-    var = np.einsum("ij,ij->j", x, x)
-    var *= _F32(1.0 / x.shape[0])
-    var += _F32(eps)
-    np.sqrt(var, out=var)
-    x /= var
+    x -= x.mean(axis=0)
+    x /= np.sqrt(np.einsum("ij,ij->j", x, x) * _F32(1.0 / x.shape[0]) + _F32(eps))
     x *= gamma[:, None]
     x += beta[:, None]
-    return x
 
 
-def _np_softmax(scores, mask_bias):
-    """scores (B, H, T, T) <- softmax(scores + mask_bias[:, None, None, :]) over the last axis."""
+def _np_softmax(scores, mask_bias, scale):
+    """scores (B, H, Tq, T) <- softmax(scale * scores + mask_bias[:, None, None, :]) over the last axis."""
+    scores *= scale
     if mask_bias is not None:
         scores += mask_bias[:, None, None, :]
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    return scores
 
 
-# Plain Python bodies of the Numba kernels: compiled (and cached on disk) on first use, with
-# fastmath so that LLVM vectorises them: the GELU in float32 (the same rational erf), the layer
-# norm accumulating in float64, the softmax with its own vectorisable float32 exp (Cephes' expf
-# polynomial, relative error ~1e-7; a scalar exp call per element would make it 3x slower than
-# NumPy's SIMD exp).
+def _np_int8_matmul(q, scale, x, out, ws, xt=None):
+    """out <- (q * scale[:, None]) @ x: NumPy has no int8 product, so blocks of ~64K weights are cast
+    into a small reused float32 buffer for BLAS."""
+    for r in range(0, q.shape[0], step := max(1, 65536 // q.shape[1])):
+        w = ws("int8_weight", q[r:r + step].shape)
+        np.copyto(w, q[r:r + step], casting="unsafe")
+        np.matmul(w, x, out=out[r:r + step])
+    out *= scale[:, None]
 
-def _nb_bias_gelu(x, bias):
-    f, n = x.shape
-    for i in range(f):
-        b = bias[i]
-        for j in range(n):
-            u = x[i, j] + b
+
+# Numba twins, compiled (cached on disk) on first use, fastmath so that LLVM vectorises them: the GELU, the layer
+# norm (float64 sums), the softmax with its own vectorisable exp (Cephes' expf, relative error ~1e-7), int8 product.
+
+def _nb_bias_gelu(h, bias):
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            u = h[i, j] + bias[i]
             t = min(max(u * np.float32(0.7071067811865476), np.float32(-4.0)), np.float32(4.0))
-            t2 = t * t
-            p = np.float32(-2.72614225801306e-10)
-            p = p * t2 + np.float32(2.77068142495902e-08)
-            p = p * t2 + np.float32(-2.10102402082508e-06)
-            p = p * t2 + np.float32(-5.69250639462346e-05)
-            p = p * t2 + np.float32(-7.34990630326855e-04)
-            p = p * t2 + np.float32(-2.95459980854025e-03)
-            p = p * t2 + np.float32(-1.60960333262415e-02)
-            q = np.float32(-1.45660718464996e-05)
-            q = q * t2 + np.float32(-2.13374055278905e-04)
-            q = q * t2 + np.float32(-1.68282697438203e-03)
-            q = q * t2 + np.float32(-7.37332916720468e-03)
-            q = q * t2 + np.float32(-1.42647390514189e-02)
-            x[i, j] = np.float32(0.5) * u * (np.float32(1.0) + t * p / q)
+            t2, p, q = t * t, np.float32(_ERF_P[0]), np.float32(_ERF_Q[0])
+            for c in _ERF_P[1:]:
+                p = p * t2 + np.float32(c)
+            for c in _ERF_Q[1:]:
+                q = q * t2 + np.float32(c)
+            h[i, j] = np.float32(0.5) * u * (np.float32(1.0) + t * p / q)
 
 
-def _nb_softmax(scores, mask_bias, use_mask):
+def _nb_add_layernorm(x, residual, bias, gamma, beta, eps):
+    c, n = x.shape
+    mean, var = np.zeros(n), np.zeros(n)
+    for i in range(c):
+        for j in range(n):
+            x[i, j] += bias[i] + residual[i, j]
+            mean[j] += x[i, j]
+    mean /= c
+    for i in range(c):
+        for j in range(n):
+            var[j] += (x[i, j] - mean[j]) ** 2
+    var = 1.0 / np.sqrt(var / c + eps)
+    for i in range(c):
+        for j in range(n):
+            x[i, j] = (x[i, j] - mean[j]) * var[j] * gamma[i] + beta[i]
+
+
+def _nb_softmax(scores, mask_bias, use_mask, scale):
     nb, nh, nt, ns = scores.shape
     bits = np.empty(ns, np.int32)
     pow2 = bits.view(np.float32)
@@ -653,698 +586,433 @@ def _nb_softmax(scores, mask_bias, use_mask):
         for h in range(nh):
             for r in range(nt):
                 row = scores[b, h, r]
-                if use_mask:
-                    for j in range(ns):
-                        row[j] += mask_bias[b, j]
-                m = row[0]
                 for j in range(ns):
-                    m = max(m, row[j])
-                for j in range(ns):                 # exp(x) = 2^k exp(x - k ln 2), x <= 0
-                    x = row[j] - m
-                    keep = np.float32(x >= np.float32(-87.0))   # exp(< -87) is 0 (as NumPy's, below 1e-38)
-                    x = max(x, np.float32(-87.0))
+                    row[j] = row[j] * scale + (mask_bias[b, j] if use_mask else np.float32(0.0))
+                m = row.max()
+                for j in range(ns):         # exp(x) = 2^k exp(x - k ln 2), x <= 0; exp(< -87) = 0
+                    x = max(row[j] - m, np.float32(-87.0))
                     k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
                     y = x - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
                     p = np.float32(1.9875691500e-4)
-                    p = p * y + np.float32(1.3981999507e-3)
-                    p = p * y + np.float32(8.3334519073e-3)
-                    p = p * y + np.float32(4.1665795894e-2)
-                    p = p * y + np.float32(1.6666665459e-1)
-                    p = p * y + np.float32(5.0000001201e-1)
-                    row[j] = (p * y * y + y + np.float32(1.0)) * keep
+                    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+                        p = p * y + np.float32(c)
+                    row[j] = (p * y * y + y + np.float32(1.0)) * np.float32(row[j] - m >= np.float32(-87.0))
                     bits[j] = (np.int32(k) + np.int32(127)) << 23      # 2^k as float32 bits
-                total = np.float32(0.0)
-                for j in range(ns):
-                    v = row[j] * pow2[j]
-                    row[j] = v
-                    total += v
-                inv = np.float32(1.0) / total
-                for j in range(ns):
-                    row[j] *= inv
+                row *= pow2
+                row *= np.float32(1.0) / row.sum()
 
 
-def _nb_add_layernorm(x, residual, bias, gamma, beta, eps, j0, j1):
-    """Columns j0:j1 of x (C, N): x <- LayerNorm over features of (x + bias + residual)."""
-    c = x.shape[0]
-    n = j1 - j0
-    mean = np.zeros(n)
-    var = np.zeros(n)
-    for i in range(c):
-        b = bias[i]
-        for j in range(n):
-            v = x[i, j0 + j] + b + residual[i, j0 + j]
-            x[i, j0 + j] = v
-            mean[j] += v
-    for j in range(n):
-        mean[j] /= c
-    for i in range(c):
-        for j in range(n):
-            d = x[i, j0 + j] - mean[j]
-            var[j] += d * d
-    for j in range(n):
-        var[j] = 1.0 / math.sqrt(var[j] / c + eps)
-    for i in range(c):
-        g = gamma[i]
-        b = beta[i]
-        for j in range(n):
-            x[i, j0 + j] = (x[i, j0 + j] - mean[j]) * var[j] * g + b
+def _nb_int8_matmul(q, scale, xt, out):
+    """out (O, N) <- (q * scale[:, None]) @ xt.T, int8 read and converted in registers, 2 rows x 4 tokens."""
+    (O, I), N = q.shape, xt.shape[0]
+    for o in range(0, O, 2):
+        o1 = min(o + 1, O - 1)
+        q0, q1 = q[o], q[o1]
+        for n in range(0, N, 4):
+            x0, x1, x2, x3 = xt[n], xt[min(n + 1, N - 1)], xt[min(n + 2, N - 1)], xt[min(n + 3, N - 1)]
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
+            for i in range(I):
+                w, v = np.float32(q0[i]), np.float32(q1[i])
+                a0, a1, a2, a3 = a0 + w * x0[i], a1 + w * x1[i], a2 + w * x2[i], a3 + w * x3[i]
+                b0, b1, b2, b3 = b0 + v * x0[i], b1 + v * x1[i], b2 + v * x2[i], b3 + v * x3[i]
+            for k, a, b in ((0, a0, b0), (1, a1, b1), (2, a2, b2), (3, a3, b3)):
+                if n + k < N:
+                    out[o, n + k], out[o1, n + k] = a * scale[o], b * scale[o1]
 
 
 class _Kernels:
-    """The memory-bound steps of a layer: NumPy by default, Numba twins when enabled and loaded."""
+    """The steps of a layer besides float32 products: NumPy by default, Numba twins when enabled."""
 
     def __init__(self):
-        self.name = "numpy"
-        self.bias_gelu = _np_bias_gelu
-        self.add_layernorm = _np_add_layernorm
-        self.softmax = _np_softmax
+        self.name, self.int8_input, self.int8_matmul = "numpy", (lambda x, ws: None), _np_int8_matmul
+        self.bias_gelu, self.add_layernorm, self.softmax = _np_bias_gelu, _np_add_layernorm, _np_softmax
 
     def use_numba(self) -> bool:
         """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
-        try:
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            import numba
-        except Exception:  # noqa: BLE001
-            return False
         for cache in (True, False):   # a stale or foreign on-disk cache must not break us: recompile
             try:
+                import numba
                 fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
-                exact = numba.njit(cache=cache, nogil=True, error_model="numpy")
-                gelu, addln, softmax = fast(_nb_bias_gelu), exact(_nb_add_layernorm), fast(_nb_softmax)
-                # compile (or load from the cache) now, for the argument types the forward pass uses
-                x2, v1 = np.ones((2, 3), _F32), np.ones(2, _F32)
-                gelu(x2, v1)
-                addln(x2, np.ones((2, 3), _F32), v1, v1, v1, 1e-12, 0, 3)
-                softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True)
+                gelu, softmax, int8 = fast(_nb_bias_gelu), fast(_nb_softmax), fast(_nb_int8_matmul)
+                addln = numba.njit(cache=cache, nogil=True, error_model="numpy")(_nb_add_layernorm)
+                x, v = np.ones((2, 3), _F32), np.ones(2, _F32)       # compile (or load) now, for these types
+                gelu(x, v)
+                addln(x, x.copy(), v, v, v, 1e-12)
+                softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
+                int8(np.ones((2, 3), np.int8), v, x, x)
                 break
             except Exception:  # noqa: BLE001
                 continue
         else:
             return False
-
-        def bias_gelu(x, bias):
-            gelu(x, bias)
-            return x
-
-        def add_layernorm(x, residual, bias, gamma, beta, eps, j0=0, j1=None):
-            if residual is None or bias is None:
-                return _np_add_layernorm(x, residual, bias, gamma, beta, eps, j0, j1)
-            addln(x, residual, bias, gamma, beta, eps, j0, x.shape[1] if j1 is None else j1)
-            return x
-
         no_mask = np.zeros((1, 0), _F32)
 
-        def softmax_(scores, mask_bias):
-            softmax(scores, no_mask if mask_bias is None else mask_bias, mask_bias is not None)
-            return scores
+        def int8_input(x, ws):                   # the kernel streams token rows: x^T, once per product
+            if x.shape[1] > INT8_KERNEL_MAX_TOKENS:    # past that, BLAS on the cast weight wins (measured)
+                return None
+            xt = ws("int8_xt", x.shape[::-1])
+            np.copyto(xt, x.T)
+            return xt
 
-        self.bias_gelu, self.add_layernorm, self.softmax = bias_gelu, add_layernorm, softmax_
-        self.name = "numba"
+        self.name, self.add_layernorm, self.int8_input = "numba", addln, int8_input
+        self.bias_gelu = lambda h, bias, ws: gelu(h, bias)
+        self.softmax = lambda s, mask_bias, scale: softmax(s, no_mask if mask_bias is None else mask_bias,
+                                                           mask_bias is not None, scale)
+        self.int8_matmul = lambda q, s, x, out, ws, xt: _np_int8_matmul(q, s, x, out, ws) if xt is None \
+            else int8(q, s, xt, out)
         return True
 
 
-# =================================================================================================
-# threads
-# =================================================================================================
+_BLAS_SETTERS = []
+
 
 def set_blas_threads(n: int) -> bool:
-    """Set the thread count of the OpenBLAS that NumPy uses (process-wide), if it can be found
-    (Linux, NumPy's bundled OpenBLAS or a system one). True when done."""
-    import ctypes
-    paths = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1] if len(line.split()) >= 6 else ""
-                if "openblas" in os.path.basename(path).lower() and path not in paths:
-                    paths.append(path)
-    except OSError:
-        return False
-    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-             "openblas_set_num_threads")
-    done = False
-    for path in paths:
+    """Set the thread count of NumPy's OpenBLAS (process-wide; Linux, bundled or system). True if done."""
+    if not _BLAS_SETTERS:
+        import ctypes
         try:
-            lib = ctypes.CDLL(path)
+            with open("/proc/self/maps") as f:
+                paths = dict.fromkeys(line.split()[-1] for line in f if "openblas" in line.lower())
         except OSError:
-            continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = None
-                fn(ctypes.c_int(int(n)))
-                done = True
-                break
-    return done
+            paths = {}
+        for lib in (ctypes.CDLL(path) for path in paths if os.path.isfile(path)):
+            _BLAS_SETTERS.extend([getattr(lib, name) for name in ("scipy_openblas_set_num_threads64_",
+                                  "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+                                  "openblas_set_num_threads") if hasattr(lib, name)][:1])
+        _BLAS_SETTERS.append(None)                # searched
+    for fn in _BLAS_SETTERS[:-1]:
+        fn(int(n))
+    return len(_BLAS_SETTERS) > 1
 
 
-_clock = __import__("time").perf_counter
+# === the model ====================================================================================
+
+INT8_KERNEL_MAX_TOKENS = 32     # int8 products of at most this many tokens run the int8 kernel (measured)
+CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
+SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
+PARALLEL_MIN_WORK = 32_000_000  # smaller products (multiply-adds) run on one thread (measured)
 
 
-class _Job:
-    __slots__ = ("fn", "n", "next", "done", "lock", "finished", "error", "start")
+def _workspace():
+    """ws(name, shape): float32 buffers reused across layers and calls (growing as needed); one per thread."""
+    buffers = {}
 
-    def __init__(self, fn, n):
-        import itertools
-        self.start = _clock()
-        self.fn, self.n = fn, n
-        self.next = itertools.count()
-        self.done = 0
-        self.lock = threading.Lock()
-        self.finished = threading.Event()
-        self.error = None
-
-    def work(self):
-        while True:
-            i = next(self.next)          # atomic under the GIL
-            if i >= self.n:
-                return
-            try:
-                self.fn(i)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-                self.error = e
-            with self.lock:
-                self.done += 1
-                if self.done == self.n:
-                    self.finished.set()
+    def ws(name, shape):
+        size = math.prod(shape)
+        if name not in buffers or buffers[name].size < size:
+            buffers[name] = np.empty(size, _F32)
+        return buffers[name][:size].reshape(shape)
+    return ws
 
 
-class _Pool:
-    """Work sharing over `size` threads, the caller being one of them: a job's chunks are taken in
-    turn by whichever thread is free, so a helper that the OS has not scheduled yet never holds the
-    caller up (it only waits for chunks already running), and concurrent callers each finish their
-    own job. The heavy parts (BLAS, NumPy ufuncs, nogil Numba kernels) run without the GIL. One
-    pool per size is shared by all models (see _pool_of)."""
-
-    def __init__(self, size: int):
-        self.size = max(1, int(size))
-        self._cv = threading.Condition()
-        self._job = None
-        self._generation = 0
-        self._workers = []
-        self.late = 0.0005
-        self.work_scale = 1.0            # tests set 0 to split even tiny work
-
-    def _loop(self):
-        seen = 0
-        while True:
-            with self._cv:
-                while self._generation == seen:
-                    self._cv.wait()
-                seen, job = self._generation, self._job
-            # A helper that got a core late (the others are busy) leaves the job to the caller:
-            # starting a chunk now would likely be preempted midway and make the caller wait.
-            if _clock() - job.start < self.late:
-                job.work()
-
-    def map(self, fn, n: int) -> None:
-        """fn(0) ... fn(n - 1), spread over the threads; returns when all are done."""
-        if self.size == 1 or n <= 1:
-            for i in range(n):
-                fn(i)
-            return
-        if not self._workers:
-            for _ in range(self.size - 1):
-                t = threading.Thread(target=self._loop, daemon=True, name="minitinybert-runtime")
-                t.start()
-                self._workers.append(t)
-        job = _Job(fn, n)
-        with self._cv:
-            self._job = job
-            self._generation += 1
-            self._cv.notify_all()
-        job.work()
-        job.finished.wait()
-        if job.error is not None:
-            raise job.error
-
-    def chunks(self, total: int, work: float, min_work: float = 2e5, align: int = 1):
-        """Split range(total) into pieces: several per thread when `work` is worth it, else one."""
-        if self.size == 1 or work < min_work * self.work_scale or total < 2 * align:
-            return [(0, total)]
-        count = min(self.size * 2, total // align)
-        step = -(-total // count)
-        step = -(-step // align) * align
-        return [(a, min(a + step, total)) for a in range(0, total, step)]
-
-
-_POOLS: dict = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool_of(size: int) -> "_Pool":
-    with _POOLS_LOCK:
-        if size not in _POOLS:
-            _POOLS[size] = _Pool(size)
-        return _POOLS[size]
-
-
-class _Dense:
-    """A linear layer on feature-major activations: W @ x (+ b), W (out, in) as stored: float32, or
-    int8 with per-row scales."""
-    __slots__ = ("weight", "bias", "scale", "owner")
-
-    def __init__(self, weight, bias, scale, owner):
-        self.weight, self.bias, self.scale, self.owner = weight, bias, scale, owner
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
-
-    def matmul(self, x, pool=None, add_bias=False, rows=None):
-        """W @ x for feature-major x (in, N): (out, N); the bias only if add_bias (else the caller
-        fuses it with what follows); `rows` (r0, r1): only those output features. Output rows are
-        split over the pool's threads."""
-        weight, scale, bias = self.weight, self.scale, self.bias
-        if rows is not None:
-            r0, r1 = rows
-            weight, bias = weight[r0:r1], bias[r0:r1]
-            scale = None if scale is None else scale[r0:r1]
-        out_f, in_f = weight.shape
-        y = np.empty((out_f, x.shape[1]), _F32)
-        w_all = None if scale is None else self.owner._scratch(weight.shape)
-
-        def compute(a, b):
-            w = weight[a:b]
-            if scale is not None:                                   # dequantize: one pass, float32
-                w = np.multiply(w, scale[a:b, None], out=w_all[a:b])
-            np.matmul(w, x, out=y[a:b])
-            if add_bias and bias is not None:
-                y[a:b] += bias[a:b, None]
-
-        parts = [(0, out_f)] if pool is None else pool.chunks(out_f, float(out_f) * in_f * x.shape[1], 1e6, 8)
-        if len(parts) == 1:
-            compute(0, out_f)
-        else:
-            pool.map(lambda i: compute(*parts[i]), len(parts))
-        return y
-
-    def __call__(self, x, pool=None):
-        return self.matmul(x, pool, add_bias=True)
-
-
-class _Embedding:
-    __slots__ = ("table", "scale")
-
-    def __init__(self, table, scale):
-        self.table, self.scale = table, scale
-
-    def rows(self, ids):
-        """Float32 rows, a new writeable array."""
-        out = self.table[ids]
-        if out.dtype != _F32:
-            out = out.astype(_F32)
-        if self.scale is not None:
-            out *= self.scale[ids][..., None]
-        return out
-
-
-class _Layer:
-    __slots__ = ("qkv", "attn_out", "ln1", "inter", "out", "ln2")
+def _embedding_rows(table, ids):
+    """Float32 rows (a new array) of an embedding: (array as stored, int8 scales or None, (file
+    descriptor, offset) to read the rows with pread rather than from the map, or None)."""
+    array, scale, source = table
+    if source is None:
+        rows = array[ids]
+    else:
+        unique, inverse = np.unique(ids, return_inverse=True)
+        size = array.strides[0]
+        raw = b"".join(os.pread(source[0], size, source[1] + int(i) * size) for i in unique)
+        rows = np.frombuffer(raw, array.dtype).reshape(-1, array.shape[1])[inverse.reshape(ids.shape)]
+    rows = rows.astype(_F32, copy=False)
+    return rows if scale is None else rows * scale[ids][..., None]
 
 
 class RuntimeModel:
     """A loaded model: predict(), embed(), tokenize(), forward(). See load()."""
 
     def __init__(self, path, metadata, tensors, mm, tokenizer_backend="auto", kernels="auto", threads=None):
-        self.path = os.fspath(path)
-        self._mm = mm
-        self._lock = threading.RLock()
-        self._scratch_buf = None
-        self._parse_metadata(metadata)
-        self.tokenizer = WordPieceTokenizer(self.vocab_tokens, self.do_lower_case, backend=tokenizer_backend)
-        del self.vocab_tokens
+        _need(kernels in ("auto", "numpy", "numba"), f"kernels must be 'auto', 'numpy' or 'numba', got {kernels!r}")
+        _need(threads is None or type(threads) is int and threads > 0, f"threads must be None or > 0: {threads!r}")
+        self.path, self._mm, self._lock = os.fspath(path), mm, threading.RLock()
+        tokens = self._parse_metadata(metadata)
+        self.tokenizer = WordPieceTokenizer(tokens, self.do_lower_case, backend=tokenizer_backend)
         self._build(tensors)
-        if kernels not in ("auto", "numpy", "numba"):
-            raise ValueError(f"kernels must be 'auto', 'numpy' or 'numba', got {kernels!r}")
-        self._kernel_choice = kernels
-        self._kernels = None
-        if threads is not None and (type(threads) is not int or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        self.threads = threads
-        # threads=N: the runtime runs its own N threads over single-threaded BLAS calls;
-        # None: one thread here, BLAS threads as the environment sets them.
-        self._pool = _pool_of(threads if threads and set_blas_threads(1) else 1)
+        self._kernel_choice, self._kernels, self.threads = kernels, None, threads
+        self._workspaces, self._executor = [_workspace() for _ in range(threads or 1)], None
 
     # --- metadata and tensors -------------------------------------------------------------------
 
     def _parse_metadata(self, meta):
-        p = self.path
-        if meta.get("format") != FORMAT:
-            raise RuntimeModelError(f"{p}: not a minitinybert runtime model (metadata format "
-                                    f"{meta.get('format')!r}, expected {FORMAT!r}); export one with "
-                                    f"python -m minitinybert.export")
+        """Checks the metadata and sets config, labels, ...; returns the vocabulary."""
+        def need(ok, message):
+            _need(ok, f"{self.path}: {message}")
+
+        need(meta.get("format") == FORMAT, f"not a minitinybert runtime model (metadata format "
+             f"{meta.get('format')!r}, expected {FORMAT!r}); export one with python -m minitinybert.export")
         for key in ("config", "labels", "vocab", "do_lower_case", "max_length"):
-            if key not in meta:
-                raise RuntimeModelError(f"{p}: metadata lacks {key!r}")
+            need(key in meta, f"metadata lacks {key!r}")
         try:
-            cfg = json.loads(meta["config"])
-            labels = json.loads(meta["labels"])
+            cfg, labels = json.loads(meta["config"]), json.loads(meta["labels"])
         except (ValueError, RecursionError) as e:
-            raise RuntimeModelError(f"{p}: metadata config/labels are not valid JSON ({str(e)[:200]})") from None
-        if not isinstance(cfg, dict):
-            raise RuntimeModelError(f"{p}: metadata config is not a JSON object")
-        limits = dict(vocab_size=10 ** 7, hidden_size=65536, num_hidden_layers=1024, num_attention_heads=4096,
-                      intermediate_size=10 ** 6, max_position_embeddings=10 ** 6, type_vocab_size=10 ** 6)
-        for key, limit in limits.items():
-            value = cfg.get(key)
-            if type(value) is not int or not 1 <= value <= limit:
-                raise RuntimeModelError(f"{p}: config {key} must be an integer in [1, {limit}], got {value!r}")
-        num_labels = cfg.get("num_labels", 0)
-        if type(num_labels) is not int or not 0 <= num_labels <= 10 ** 6:
-            raise RuntimeModelError(f"{p}: config num_labels must be an integer >= 0, got {num_labels!r}")
+            raise RuntimeModelError(f"{self.path}: metadata config/labels are not valid JSON ({str(e)[:99]})") from None
+        need(isinstance(cfg, dict), "metadata config is not a JSON object")
+        for key, limit in dict(vocab_size=10 ** 7, hidden_size=65536, num_hidden_layers=1024, num_attention_heads=4096,
+                               intermediate_size=10 ** 6, max_position_embeddings=10 ** 6,
+                               type_vocab_size=10 ** 6).items():
+            need(type(cfg.get(key)) is int and 1 <= cfg[key] <= limit,
+                 f"config {key} must be an integer in [1, {limit}], got {cfg.get(key)!r}")
+        n = cfg.get("num_labels", 0)
+        need(type(n) is int and 0 <= n <= 10 ** 6, f"config num_labels must be an integer >= 0, got {n!r}")
         eps = cfg.get("layer_norm_eps", 1e-12)
-        if type(eps) not in (int, float) or not 0 < eps < 1:
-            raise RuntimeModelError(f"{p}: config layer_norm_eps must be a small positive number, got {eps!r}")
-        if cfg["hidden_size"] % cfg["num_attention_heads"]:
-            raise RuntimeModelError(f"{p}: hidden_size {cfg['hidden_size']} is not divisible by "
-                                    f"num_attention_heads {cfg['num_attention_heads']}")
-        act = cfg.get("hidden_act", "gelu")
-        if act not in ("gelu", "gelu_python"):
-            raise RuntimeModelError(f"{p}: hidden_act {act!r} is not supported (exact erf GELU only)")
-        problem = cfg.get("problem_type") or ("embedding" if num_labels == 0 else
-                                              "regression" if num_labels == 1 else "single_label_classification")
-        expected_problem = ("embedding" if num_labels == 0 else "regression" if num_labels == 1
-                            else "single_label_classification")
-        if problem != expected_problem:
-            raise RuntimeModelError(f"{p}: problem_type {problem!r} does not fit num_labels {num_labels}")
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise RuntimeModelError(f"{p}: metadata labels must be a JSON list of strings")
-        if num_labels >= 2:
-            if not labels:
-                labels = [f"LABEL_{i}" for i in range(num_labels)]
-            if len(labels) != num_labels or len(set(labels)) != len(labels):
-                raise RuntimeModelError(f"{p}: {len(labels)} distinct label names for {num_labels} classes")
-        else:
-            labels = []
+        need(type(eps) in (int, float) and 0 < eps < 1, f"config layer_norm_eps must be a small positive number, "
+                                                        f"got {eps!r}")
+        need(cfg["hidden_size"] % cfg["num_attention_heads"] == 0, f"hidden_size {cfg['hidden_size']} is not "
+             f"divisible by num_attention_heads {cfg['num_attention_heads']}")
+        need(cfg.get("hidden_act", "gelu") in ("gelu", "gelu_python"),
+             f"hidden_act {cfg.get('hidden_act')!r} is not supported (exact erf GELU only)")
+        problem = "embedding" if n == 0 else "regression" if n == 1 else "single_label_classification"
+        need(cfg.get("problem_type") in (None, "", problem),
+             f"problem_type {cfg.get('problem_type')!r} does not fit num_labels {n}")
+        need(isinstance(labels, list) and all(isinstance(x, str) for x in labels),
+             "metadata labels must be a JSON list of strings")
+        # default names only for a head the file can hold (a row takes >= 2 bytes): a hostile
+        # header must not make us build a million strings before the tensor checks
+        need(labels or n < 2 or 2 * n <= (len(self._mm) if self._mm is not None else 0),
+             f"config num_labels {n}: the file is too small for a classifier of that many rows")
+        labels = (labels or [f"LABEL_{i}" for i in range(n)]) if n >= 2 else []
+        need(len(labels) == len(set(labels)) == (n if n >= 2 else 0), f"{len(labels)} distinct label names for "
+                                                                     f"{n} classes")
         tokens = meta["vocab"].split("\n")
-        if len(tokens) != cfg["vocab_size"]:
-            raise RuntimeModelError(f"{p}: the vocabulary has {len(tokens)} tokens, config vocab_size is "
-                                    f"{cfg['vocab_size']}")
+        need(len(tokens) == cfg["vocab_size"], f"the vocabulary has {len(tokens)} tokens, config vocab_size is "
+                                               f"{cfg['vocab_size']}")
         lower = meta["do_lower_case"].strip().lower()
-        if lower not in ("true", "false"):
-            raise RuntimeModelError(f"{p}: do_lower_case must be 'true' or 'false', got {meta['do_lower_case']!r}")
-        try:
-            max_length = int(meta["max_length"])
-        except ValueError:
-            max_length = -1
-        if not 3 <= max_length <= cfg["max_position_embeddings"]:
-            raise RuntimeModelError(f"{p}: max_length must be an integer in [3, {cfg['max_position_embeddings']}], "
-                                    f"got {meta['max_length']!r}")
-        self.config = dict(cfg, num_labels=num_labels, layer_norm_eps=float(eps), problem_type=problem)
-        self.labels = labels
-        self.num_labels = num_labels
-        self.problem_type = problem
-        self.vocab_tokens = tokens
-        self.do_lower_case = lower == "true"
-        self.max_length = max_length
-        self.dtype = meta.get("dtype", "")
+        need(lower in ("true", "false"), f"do_lower_case must be 'true' or 'false', got {meta['do_lower_case']!r}")
+        max_length = int(meta["max_length"]) if re.fullmatch(r"\s*\d{1,9}\s*", meta["max_length"]) else -1
+        need(3 <= max_length <= cfg["max_position_embeddings"], f"max_length must be an integer in "
+             f"[3, {cfg['max_position_embeddings']}], got {meta['max_length']!r}")
+        self.config = dict(cfg, num_labels=n, layer_norm_eps=float(eps), problem_type=problem)
+        self.labels, self.num_labels, self.problem_type, self.dtype = labels, n, problem, meta.get("dtype", "")
+        self.do_lower_case, self.max_length = lower == "true", max_length
+        return tokens
 
     def _build(self, tensors):
-        cfg, p = self.config, self.path
-        C, F, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-        used = set()
+        cfg, path = self.config, self.path
+        C, F = cfg["hidden_size"], cfg["intermediate_size"]
 
-        def get(name, shape, allow_int8=False, keep_f16=False):
-            """(float32 array, None) or, for int8, (int8 array, float32 per-row scales)."""
-            if name not in tensors:
-                raise RuntimeModelError(f"{p}: missing tensor {name!r}")
-            used.add(name)
-            dtype, arr, _ = tensors[name]
-            if arr.shape != shape:
-                raise RuntimeModelError(f"{p}: tensor {name!r} has shape {arr.shape}, the config says {shape}")
-            if dtype == "I8":
-                if not allow_int8:
-                    raise RuntimeModelError(f"{p}: tensor {name!r} is int8, which only 2-D weights may be")
-                return arr, get_scale(name + "_scale", shape[0])
-            if keep_f16 and dtype == "F16" and arr.dtype.isnative:
-                return arr, None
-            return to_float(name, dtype, arr), None
+        def get(name, shape, int8=False):
+            """(array as stored, float or int8; int8's per-row scales or None)."""
+            _need(name in tensors, f"{path}: missing tensor {name!r}")
+            dtype, array, _ = tensors[name]
+            _need(array.shape == shape, f"{path}: tensor {name!r} has shape {array.shape}, the config says {shape}")
+            if dtype == "I8" and int8:
+                scale = vec(name + "_scale", shape[0])
+                _need(np.all(np.isfinite(scale)), f"{path}: tensor {name + '_scale'!r} holds NaN or infinite values")
+                return array, scale
+            _need(dtype in ("F32", "F16", "F64", "BF16"), f"{path}: tensor {name!r} has dtype {dtype}, expected "
+                  f"F32, F16" + (" or I8" if int8 else " (int8 is for 2-D weights only)"))
+            return (array.astype(np.uint32) << 16).view(_F32) if dtype == "BF16" else array, None
 
-        def get_float(name, shape):
-            """A float32 array; 1-D ones (biases, norms: tiny) as writable copies, so that every kernel
-            argument has one type whatever the file's dtype (Numba compiles per type)."""
-            arr = get(name, shape)[0]
-            return np.array(arr, dtype=_F32) if len(shape) == 1 else arr
+        def vec(name, n):                  # biases, norms, scales: tiny, copied (one type for the kernels)
+            return np.array(get(name, (n,))[0], dtype=_F32)
 
-        def get_scale(name, rows):
-            scale = get_float(name, (rows,))
-            if not np.all(np.isfinite(scale)):
-                raise RuntimeModelError(f"{p}: tensor {name!r} holds NaN or infinite values")
-            return scale
+        def dense(prefix, out_f, in_f, parts=("",)):
+            """A linear layer; query, key and value parts as one product (in place if back to back)."""
+            names = [f"{prefix}{x}weight" for x in parts]
+            got = [get(n, (out_f, in_f), int8=True) for n in names]
+            weights = [w if s is not None else w.astype(_F32, copy=False) for w, s in got]
+            scales = [s for _, s in got]
+            if any(s is None for s in scales):     # float (or mixed) parts: float32
+                weights = [w if s is None else w * s[:, None] for w, s in zip(weights, scales)]
+                scales = None
+            offsets = [tensors[n][2] for n in names]
+            if len(names) > 1 and all(w is tensors[n][1] for w, n in zip(weights, names)) and None not in offsets \
+                    and all(o == offsets[0] + i * weights[0].nbytes for i, o in enumerate(offsets)):
+                weight = np.frombuffer(self._mm, weights[0].dtype, len(names) * weights[0].size,
+                                       offsets[0]).reshape(-1, in_f)
+            else:
+                weight = weights[0] if len(names) == 1 else np.concatenate(weights)
+            bias = np.concatenate([vec(f"{prefix}{x}bias", out_f) for x in parts])
+            return SimpleNamespace(weight=weight, bias=bias, scale=scales and np.concatenate(scales))
 
-        def to_float(name, dtype, arr):
-            if dtype == "F32":
-                return arr if arr.dtype.isnative else arr.astype(_F32)
-            if dtype in ("F16", "F64"):
-                return arr.astype(_F32)
-            if dtype == "BF16":
-                return (arr.astype(np.uint32) << 16).view(_F32)
-            raise RuntimeModelError(f"{p}: tensor {name!r} has dtype {dtype}, expected F32, F16 or I8")
-
-        def fused(names, shape):
-            """The tensors as one array viewed in place, when they lie back to back in the file."""
-            parts = [tensors.get(n) for n in names]
-            if any(x is None or x[2] is None for x in parts):
-                return None, None
-            dtype = parts[0][0]
-            if dtype not in ("F32", "I8") or any(x[0] != dtype or x[1].shape != shape for x in parts):
-                return None, None
-            if not parts[0][1].dtype.isnative:
-                return None, None
-            nbytes = parts[0][1].nbytes
-            if any(x[2] != parts[0][2] + i * nbytes for i, x in enumerate(parts)):
-                return None, None
-            view = np.frombuffer(self._mm, dtype=parts[0][1].dtype, count=len(parts) * parts[0][1].size,
-                                 offset=parts[0][2]).reshape((len(parts) * shape[0],) + shape[1:])
-            used.update(names)
-            return view, dtype
-
-        def dense(prefix, out_f, in_f, parts=None):
-            if not parts:
-                w, s = get(prefix + "weight", (out_f, in_f), allow_int8=True)
-                return _Dense(w, get_float(prefix + "bias", (out_f,)), s, self)
-            # query, key and value as one (3 out, in) product
-            wnames = [f"{prefix}{x}.weight" for x in parts]
-            bnames = [f"{prefix}{x}.bias" for x in parts]
-            w, wdt = fused(wnames, (out_f, in_f))
-            s = None
-            if w is not None and wdt == "I8":       # scales: tiny, copied (and checked) like biases
-                s = np.concatenate([get_scale(n + "_scale", out_f) for n in wnames])
-            elif w is None:
-                got = [get(n, (out_f, in_f), allow_int8=True) for n in wnames]
-                if all(sc is not None for _, sc in got):
-                    w, s = np.concatenate([a for a, _ in got]), np.concatenate([sc for _, sc in got])
-                else:
-                    w = np.concatenate([a if sc is None else a * sc[:, None] for a, sc in got])
-            b = np.concatenate([get_float(n, (out_f,)) for n in bnames])
-            return _Dense(w, b, s, self)
-
-        # embedding tables stay as stored (float16 too): only the rows a batch uses are converted
-        word, word_scale = get("embeddings.word_embeddings.weight", (cfg["vocab_size"], C), True, True)
-        pos, pos_scale = get("embeddings.position_embeddings.weight", (cfg["max_position_embeddings"], C), True, True)
-        typ, typ_scale = get("embeddings.token_type_embeddings.weight", (cfg["type_vocab_size"], C), True, True)
-        self._word = _Embedding(word, word_scale)
-        self._pos = _Embedding(pos, pos_scale)
-        self._type = _Embedding(typ, typ_scale)
-        self._emb_ln = (get_float("embeddings.LayerNorm.weight", (C,)), get_float("embeddings.LayerNorm.bias", (C,)))
+        # embedding tables stay as stored (float16, int8): only the rows used are converted, the word table's
+        tables = (("word", "vocab_size"), ("position", "max_position_embeddings"), ("token_type", "type_vocab_size"))
+        self._embeddings = [get(f"embeddings.{n}_embeddings.weight", (cfg[s], C), True) + (None,) for n, s in tables]
+        if hasattr(os, "pread") and (offset := tensors["embeddings.word_embeddings.weight"][2]) is not None:
+            self._file = open(path, "rb")   # read with pread: random rows from the map would fault in whole pages
+            self._embeddings[0] = (*self._embeddings[0][:2], (self._file.fileno(), offset))
+        self._emb_ln = vec("embeddings.LayerNorm.weight", C), vec("embeddings.LayerNorm.bias", C)
         self._layers = []
-        for i in range(L):
-            pre = f"encoder.layer.{i}."
-            layer = _Layer()
-            layer.qkv = dense(pre + "attention.self.", C, C, parts=("query", "key", "value"))
-            layer.attn_out = dense(pre + "attention.output.dense.", C, C)
-            layer.ln1 = (get_float(pre + "attention.output.LayerNorm.weight", (C,)),
-                         get_float(pre + "attention.output.LayerNorm.bias", (C,)))
-            layer.inter = dense(pre + "intermediate.dense.", F, C)
-            layer.out = dense(pre + "output.dense.", C, F)
-            layer.ln2 = (get_float(pre + "output.LayerNorm.weight", (C,)),
-                         get_float(pre + "output.LayerNorm.bias", (C,)))
-            self._layers.append(layer)
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"encoder.layer.{i}."
+            self._layers.append(SimpleNamespace(
+                qkv=dense(p + "attention.self.", C, C, parts=("query.", "key.", "value.")),
+                attn_out=dense(p + "attention.output.dense.", C, C),
+                ln1=(vec(f"{p}attention.output.LayerNorm.weight", C), vec(f"{p}attention.output.LayerNorm.bias", C)),
+                inter=dense(p + "intermediate.dense.", F, C), out=dense(p + "output.dense.", C, F),
+                ln2=(vec(p + "output.LayerNorm.weight", C), vec(p + "output.LayerNorm.bias", C))))
         self._pooler = dense("pooler.dense.", C, C)
         self._classifier = dense("classifier.", self.num_labels, C) if self.num_labels else None
-        self._scratch_size = max([0] + [d.weight.size for d in self._dense_layers() if d.scale is not None])
-
-    def _dense_layers(self):
-        for layer in self._layers:
-            yield from (layer.qkv, layer.attn_out, layer.inter, layer.out)
-        yield self._pooler
-        if self._classifier is not None:
-            yield self._classifier
-
-    def _scratch(self, shape):
-        n = shape[0] * shape[1]
-        if self._scratch_buf is None or self._scratch_buf.size < n:
-            self._scratch_buf = np.empty(max(n, self._scratch_size), _F32)
-        return self._scratch_buf[:n].reshape(shape)
-
-    def _get_kernels(self):
-        if self._kernels is None:
-            k = _Kernels()
-            if self._kernel_choice == "numba" or (self._kernel_choice == "auto" and HAVE_NUMBA):
-                if not k.use_numba() and self._kernel_choice == "numba":
-                    raise RuntimeModelError("Numba kernels were asked for but Numba cannot be imported")
-            self._kernels = k
-        return self._kernels
 
     @property
     def kernels(self) -> str:
         """"numba" or "numpy" (settled at the first forward pass)."""
-        return self._get_kernels().name
+        if self._kernels is None:
+            k, choice = _Kernels(), self._kernel_choice
+            _need(choice == "numpy" or (choice == "auto" and not HAVE_NUMBA) or k.use_numba() or choice == "auto",
+                  "Numba kernels were asked for but Numba cannot be imported")
+            self._kernels = k
+        return self._kernels.name
 
     # --- forward -------------------------------------------------------------------------------
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, hidden=True):
-        """(B, T) ids -> dict(hidden (B, T, C), pooled (B, C), logits (B, K) or None), float32.
-
-        hidden=False computes the last layer for the [CLS] positions only (all the pooler and the
-        head read; about a fifth less work for a 4-layer model) and returns hidden None."""
-        cfg = self.config
-        ids = np.asarray(input_ids)
-        if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise RuntimeModelError(f"input_ids must be a non-empty (batch, tokens) integer array, got "
-                                    f"{ids.dtype} {ids.shape}")
-        B, T = ids.shape
+        """(B, T) ids -> dict(hidden (B, T, C), pooled (B, C), logits (B, K) or None), float32. hidden=False
+        runs the last layer for the [CLS] positions only (all the pooler and head read) and returns hidden None."""
+        cfg, ids = self.config, np.asarray(input_ids)
+        _need(ids.ndim == 2 and ids.size and np.issubdtype(ids.dtype, np.integer),
+              f"input_ids must be a non-empty (batch, tokens) integer array, got {ids.dtype} {ids.shape}")
+        (B, T), C, K = ids.shape, cfg["hidden_size"], self.num_labels
         types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        if types.shape != ids.shape or mask.shape != ids.shape:
-            raise RuntimeModelError(f"token_type_ids {types.shape} and attention_mask {mask.shape} must have "
-                                    f"input_ids' shape {ids.shape}")
-        if T > cfg["max_position_embeddings"]:
-            raise RuntimeModelError(f"{T} tokens exceed max_position_embeddings {cfg['max_position_embeddings']}")
-        if ids.min() < 0 or ids.max() >= cfg["vocab_size"]:
-            raise RuntimeModelError(f"token ids must lie in [0, {cfg['vocab_size']})")
-        if types.min() < 0 or types.max() >= cfg["type_vocab_size"]:
-            raise RuntimeModelError(f"token type ids must lie in [0, {cfg['type_vocab_size']})")
-        with self._lock:
-            xt, cls = self._encode(ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False), mask,
-                                   all_positions=hidden)
-            pooled_t = self._pooler(cls, self._pool)                   # from the [CLS] columns, (C, B)
-            np.tanh(pooled_t, out=pooled_t)
-            pooled = np.ascontiguousarray(pooled_t.T)
-            logits = None
-            if self._classifier is not None:
-                logits = np.ascontiguousarray(self._classifier(pooled_t).T)
-        return {"hidden": xt.T.reshape(B, T, -1) if hidden else None, "pooled": pooled, "logits": logits}
+        _need(types.shape == ids.shape == mask.shape, f"token_type_ids {types.shape} and attention_mask "
+              f"{mask.shape} must have input_ids' shape {ids.shape}")
+        _need(T <= cfg["max_position_embeddings"], f"{T} tokens exceed max_position_embeddings "
+              f"{cfg['max_position_embeddings']}")
+        _need(0 <= ids.min() and ids.max() < cfg["vocab_size"], f"token ids must lie in [0, {cfg['vocab_size']})")
+        _need(0 <= types.min() and types.max() < cfg["type_vocab_size"],
+              f"token type ids must lie in [0, {cfg['type_vocab_size']})")
+        out = {"hidden": np.empty((B, T, C), _F32) if hidden else None, "pooled": np.empty((B, C), _F32),
+               "logits": np.empty((B, K), _F32) if K else None}
+        ids, types = ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False)
 
-    def _encode(self, ids, types, mask, all_positions=True):
+        def run(rows, ws, par):                   # sequences rows[0]:rows[1] into `out`
+            r = slice(*rows)
+            x, cls = self._encode(ids[r], types[r], mask[r], ws, par, all_positions=hidden)
+            if hidden:
+                out["hidden"][r] = x.T.reshape(-1, T, C)
+            pooled = self._product(self._pooler, cls, ws("pooled", cls.shape), ws, 1)
+            pooled += self._pooler.bias[:, None]
+            out["pooled"][r] = np.tanh(pooled, out=pooled).T
+            if K:
+                logits = self._product(self._classifier, pooled, ws("logits", (K, cls.shape[1])), ws, 1)
+                out["logits"][r] = (logits + self._classifier.bias[:, None]).T
+
+        with self._lock:
+            self.kernels                          # settled at the first forward pass
+            threads = self.threads or 1
+            if self.threads:
+                set_blas_threads(1)               # our threads, never OpenBLAS's (they stall under load)
+            rows = max(1, CHUNK_TOKENS // T)      # sub-batches: bounded memory
+            if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
+                rows = min(rows, -(-B // threads))
+            chunks = [(b, min(b + rows, B)) for b in range(0, B, rows)]
+            if threads == 1 or len(chunks) == 1:  # one sub-batch: its products are split over the threads
+                for chunk in chunks:
+                    run(chunk, self._workspaces[0], threads)
+            else:                                 # several: the threads share them, one at a time each
+                self._share(lambda i, ws: run(chunks[i], ws, 1), len(chunks))
+        return out
+
+    def _share(self, fn, count):
+        """fn(i, ws) for i < count over the model's threads (own workspaces), each taking the next i
+        when done, the caller too: a helper the OS has not scheduled yet never holds it up for long."""
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(len(self._workspaces) - 1, thread_name_prefix="minitinybert-runtime")
+        pieces = iter(range(count))
+
+        def work(ws):
+            for i in pieces:                      # next() on a shared iterator is atomic under the GIL
+                fn(i, ws)
+
+        helpers = [self._executor.submit(work, ws) for ws in self._workspaces[1:count]]
+        work(self._workspaces[0])
+        for helper in helpers:
+            helper.result()
+
+    def _product(self, dense, x, out, ws, par, rows=None, then=None):
+        """out <- W[r0:r1] @ x, no bias (float32 W, or int8 with row scales); then(rows, ws) on each
+        block of output rows. Blocks go to par threads when the work pays for the hand-off."""
+        r0, r1 = rows or (0, dense.weight.shape[0])
+        parts = 2 * par if par > 1 and (r1 - r0) * x.size >= PARALLEL_MIN_WORK else 1
+        xt = self._kernels.int8_input(x, ws) if dense.scale is not None else None
+
+        def block(i, ws):
+            a, b = (r1 - r0) * i // parts, (r1 - r0) * (i + 1) // parts
+            w = dense.weight[r0 + a:r0 + b]
+            if dense.scale is None:
+                np.matmul(w, x, out=out[a:b])
+            else:
+                self._kernels.int8_matmul(w, dense.scale[r0 + a:r0 + b], x, out[a:b], ws, xt)
+            if then is not None:
+                then(slice(a, b), ws)
+
+        block(0, ws) if parts == 1 else self._share(block, parts)
+        return out
+
+    def _encode(self, ids, types, mask, ws, par, all_positions=True):
         """(last hidden states feature-major (C, B*T), column b*T + t, or None; [CLS] states (C, B)).
         all_positions=False runs the last layer for the [CLS] queries only."""
-        cfg, K, pool = self.config, self._get_kernels(), self._pool
-        B, T = ids.shape
-        C, H, F = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
-        D, N, eps = C // H, B * T, cfg["layer_norm_eps"]
-        x = self._word.rows(ids)
-        x += self._pos.rows(np.arange(T))
-        x += self._type.rows(types)
-        x = np.ascontiguousarray(x.reshape(N, C).T)                    # (C, N)
-        _np_add_layernorm(x, None, None, self._emb_ln[0], self._emb_ln[1], eps)
-        mask_bias = None
-        if not np.all(mask != 0):
-            mask_bias = ((mask == 0).astype(_F32) * _F32(MASK_VALUE))
-        scale = _F32(1.0 / math.sqrt(D))
-        for index, layer in enumerate(self._layers):
-            if index == len(self._layers) - 1 and not all_positions:
-                return None, self._cls_layer(layer, x, B, T, mask_bias, scale)
-            x = self._layer(layer, x, B, T, mask_bias, scale)
-        return x, np.ascontiguousarray(x[:, ::T])
+        (B, T), C = ids.shape, self.config["hidden_size"]
+        emb = sum(_embedding_rows(table, i) for table, i in zip(self._embeddings, (ids, np.arange(T), types)))
+        x = ws("hidden0", (C, B * T))
+        np.copyto(x, emb.reshape(B * T, C).T)
+        _np_add_layernorm(x, None, None, *self._emb_ln, self.config["layer_norm_eps"])
+        mask_bias = None if np.all(mask != 0) else (mask == 0).astype(_F32) * _F32(MASK_VALUE)
+        for i, layer in enumerate(self._layers):
+            cls_only = i == len(self._layers) - 1 and not all_positions
+            x = self._layer(layer, x, B, T, mask_bias, ws, par, "cls" if cls_only else f"hidden{(i + 1) % 2}", cls_only)
+        return (x, np.ascontiguousarray(x[:, ::T])) if all_positions else (None, x)   # (BLAS: contiguous)
 
-    def _layer(self, layer, x, B, T, mask_bias, scale):
-        """One encoder layer on feature-major x (C, N) -> (C, N)."""
-        cfg, K, pool = self.config, self._kernels, self._pool
-        C, H, F = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]
-        D, N, eps = C // H, B * T, cfg["layer_norm_eps"]
-        qkv = layer.qkv(x, pool)                               # (3C, N): q, k, v features, with bias
-        qkv[:C] *= scale
-        heads = qkv.reshape(3, H, D, B, T)
-        ctx = np.empty((C, N), _F32)
-        ctx_heads = ctx.reshape(H, D, B, T).transpose(2, 0, 1, 3)       # (B, H, D, T) view
-        head_parts = pool.chunks(H, float(B) * H * T * T * D, 5e5)
-
-        def attention(i):
-            h0, h1 = head_parts[i]
-            qt, kt, vt = (heads[j, h0:h1].transpose(2, 0, 1, 3) for j in range(3))   # (B, h, D, T)
-            scores = np.matmul(qt.swapaxes(-1, -2), kt)        # (B, h, T, T) = q k^T
-            K.softmax(scores, mask_bias)
-            # context^T = v^T P^T, written straight into place
-            np.matmul(vt, scores.swapaxes(-1, -2), out=ctx_heads[:, h0:h1])
-
-        pool.map(attention, len(head_parts))
-        del qkv, heads, ctx_heads
-        return self._feed_forward(layer, ctx, x, pool.chunks(N, float(C) * N, 1e5, 16))
-
-    def _feed_forward(self, layer, ctx, x, col_parts):
-        """Attention output + residual + norm, then the FFN + residual + norm, on (C, n) columns."""
-        K, pool, eps = self._kernels, self._pool, self.config["layer_norm_eps"]
-        n = ctx.shape[1]
-        a = layer.attn_out.matmul(ctx, pool)
-        pool.map(lambda i: K.add_layernorm(a, x, layer.attn_out.bias, layer.ln1[0], layer.ln1[1], eps,
-                                           *col_parts[i]), len(col_parts))
-        inter = layer.inter.matmul(a, pool)
-        bias, F = layer.inter.bias, inter.shape[0]
-        row_parts = pool.chunks(F, float(F) * n, 1e5, 8)
-        pool.map(lambda i: K.bias_gelu(inter[row_parts[i][0]:row_parts[i][1]], bias[row_parts[i][0]:row_parts[i][1]]),
-                 len(row_parts))
-        y = layer.out.matmul(inter, pool)
-        del inter
-        pool.map(lambda i: K.add_layernorm(y, a, layer.out.bias, layer.ln2[0], layer.ln2[1], eps, *col_parts[i]),
-                 len(col_parts))
+    def _layer(self, layer, x, B, T, mask_bias, ws, par, out_name, cls_only=False):
+        """One post-LN encoder layer on feature-major x (C, B*T) -> (C, B*T), or (C, B) for the
+        [CLS] positions only (their queries; keys and values of all positions)."""
+        cfg, K, product = self.config, self._kernels, self._product
+        C, H, F, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"], cfg["layer_norm_eps"]
+        D, N, Tq = C // H, B * T, 1 if cls_only else T
+        if cls_only:
+            x_q = ws("x_cls", (C, B))
+            np.copyto(x_q, x[:, ::T])
+            q = product(layer.qkv, x_q, ws("q", (C, B)), ws, par, rows=(0, C))
+            kv = product(layer.qkv, x, ws("kv", (2 * C, N)), ws, par, rows=(C, 3 * C))
+            q += layer.qkv.bias[:C, None]
+            kv += layer.qkv.bias[C:, None]
+        else:
+            x_q, qkv = x, product(layer.qkv, x, ws("qkv", (3 * C, N)), ws, par)     # (3C, N): q, k, v
+            qkv += layer.qkv.bias[:, None]
+            q, kv = qkv[:C], qkv[C:]
+        q_heads = q.reshape(H, D, B, Tq).transpose(2, 0, 3, 1)                  # (B, H, Tq, D)
+        k_heads, v_heads = kv.reshape(2, H, D, B, T).transpose(0, 3, 1, 2, 4)   # (B, H, D, T) each
+        scores = np.matmul(q_heads, k_heads, out=ws("scores", (B, H, Tq, T)))   # softmax(q k^T / sqrt D)
+        K.softmax(scores, mask_bias, _F32(1.0 / math.sqrt(D)))
+        ctx = ws("ctx", (C, B * Tq))                                          # ctx^T = v^T P^T, in place
+        np.matmul(v_heads, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B, Tq).transpose(2, 0, 1, 3))
+        a = product(layer.attn_out, ctx, ws("attn", ctx.shape), ws, par)
+        K.add_layernorm(a, x_q, layer.attn_out.bias, *layer.ln1, eps)
+        h = ws("ffn", (F, a.shape[1]))
+        product(layer.inter, a, h, ws, par, then=lambda rows, w: K.bias_gelu(h[rows], layer.inter.bias[rows], w))
+        y = product(layer.out, h, ws(out_name, a.shape), ws, par)
+        K.add_layernorm(y, a, layer.out.bias, *layer.ln2, eps)
         return y
 
-    def _cls_layer(self, layer, x, B, T, mask_bias, scale):
-        """The last layer for the [CLS] queries only: keys and values of every position, then
-        attention, FFN and norms on B columns. Returns the [CLS] states (C, B)."""
-        cfg, K, pool = self.config, self._kernels, self._pool
-        C, H = cfg["hidden_size"], cfg["num_attention_heads"]
-        D = C // H
-        x_cls = np.ascontiguousarray(x[:, ::T])                          # (C, B)
-        q = layer.qkv.matmul(x_cls, pool, add_bias=True, rows=(0, C))    # (C, B)
-        q *= scale
-        kv = layer.qkv.matmul(x, pool, add_bias=True, rows=(C, 3 * C))   # (2C, N)
-        kv_heads = kv.reshape(2, H, D, B, T)
-        kt = kv_heads[0].transpose(2, 0, 1, 3)                           # (B, H, D, T)
-        vt = kv_heads[1].transpose(2, 0, 1, 3)
-        qh = q.reshape(H, D, B).transpose(2, 0, 1)[:, :, None, :]       # (B, H, 1, D)
-        scores = np.matmul(qh, kt)                                       # (B, H, 1, T)
-        K.softmax(scores, mask_bias)
-        ctx = np.empty((C, B), _F32)
-        np.matmul(vt, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B).transpose(2, 0, 1)[..., None])
-        return self._feed_forward(layer, ctx, x_cls, [(0, B)])
-
-    # --- tokenization and batching ----------------------------------------------------------------
+    # --- tokenization, batching and the public API --------------------------------------------------
 
     def _check_max_length(self, max_length):
-        if max_length is None:
-            return self.max_length
         limit = self.config["max_position_embeddings"]
-        if type(max_length) is not int or not 3 <= max_length <= limit:
-            raise RuntimeModelError(f"max_length must be an integer in [3, {limit}], got {max_length!r}")
-        return max_length
+        _need(max_length is None or type(max_length) is int and 3 <= max_length <= limit,
+              f"max_length must be an integer in [3, {limit}], got {max_length!r}")
+        return self.max_length if max_length is None else max_length
 
     def tokenize(self, inputs, max_length=None):
         """Model inputs for texts or (text, pair) tuples, padded to the longest:
         dict(input_ids, token_type_ids, attention_mask) of (B, T) int64 arrays, plus "truncated" (B,) bool."""
-        encoded = self.tokenizer.encode(inputs, self._check_max_length(max_length))
-        return self._pad(encoded)
+        return self._pad(self.tokenizer.encode(inputs, self._check_max_length(max_length)))
 
     def _pad(self, encoded):
-        T = max(len(ids) for ids, _, _ in encoded)
-        B = len(encoded)
-        ids = np.full((B, T), self.tokenizer.pad_id, np.int64)
-        types = np.zeros((B, T), np.int64)
-        mask = np.zeros((B, T), np.int64)
+        shape = (len(encoded), max(len(ids) for ids, _, _ in encoded))
+        ids, types, mask = (np.full(shape, value, np.int64) for value in (self.tokenizer.pad_id, 0, 0))
         for row, (i, t, _) in enumerate(encoded):
-            ids[row, :len(i)] = i
-            types[row, :len(t)] = t
-            mask[row, :len(i)] = 1
+            ids[row, :len(i)], types[row, :len(t)], mask[row, :len(i)] = i, t, 1
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
                 "truncated": np.array([tr for _, _, tr in encoded], bool)}
 
     def _run(self, inputs, batch_size, max_length, want):
         """Outputs of `want` ("logits", "mean" or "pooled") per input, in input order: inputs are
         sorted by length into buckets of batch_size, each padded only to its own longest."""
-        if type(batch_size) is not int or batch_size < 1:
-            raise RuntimeModelError(f"batch_size must be a positive integer, got {batch_size!r}")
+        _need(type(batch_size) is int and batch_size >= 1, f"batch_size must be a positive integer, got {batch_size!r}")
         encoded = self.tokenizer.encode(inputs, self._check_max_length(max_length))
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
         results = [None] * len(encoded)
@@ -1353,104 +1021,76 @@ class RuntimeModel:
             batch = self._pad([encoded[i] for i in chunk])
             out = self.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                                hidden=want == "mean")
-            if want == "logits":
-                values = out["logits"]
-            elif want == "pooled":
-                values = out["pooled"]
-            else:
+            if want == "mean":
                 m = batch["attention_mask"].astype(_F32)[:, :, None]
-                values = (out["hidden"] * m).sum(axis=1) / m.sum(axis=1)
+                out["mean"] = (out["hidden"] * m).sum(axis=1) / m.sum(axis=1)
             for row, index in enumerate(chunk):
-                results[index] = values[row]
+                results[index] = out[want][row]
         return np.stack(results).astype(_F32, copy=False), [e[2] for e in encoded]
-
-    # --- public API -------------------------------------------------------------------------------
 
     def logits(self, inputs, batch_size=32, max_length=None) -> np.ndarray:
         """(N, num_labels) raw head outputs (for evaluation)."""
-        if self._classifier is None:
-            raise RuntimeModelError(f"{self.path} is an embedding model without a task head: use embed()")
+        _need(self._classifier, f"{self.path} is an embedding model without a task head: use embed()")
         return self._run(inputs, batch_size, max_length, "logits")[0]
 
     def predict(self, inputs, batch_size=32, max_length=None, return_truncated=False):
         """Texts or (text, pair) tuples -> [{"label", "scores": {label: probability}}] for classifiers,
         [{"score"}] for regression models; in input order. A single text or pair may be given bare."""
-        if self._classifier is None:
-            raise RuntimeModelError(f"{self.path} is an embedding model without a task head: use embed()")
+        _need(self._classifier, f"{self.path} is an embedding model without a task head: use embed()")
         logits, truncated = self._run(inputs, batch_size, max_length, "logits")
-        out = []
         if self.num_labels == 1:
             out = [{"score": float(row[0])} for row in logits]
         else:
-            z = logits.astype(np.float64)
-            z = np.exp(z - z.max(axis=1, keepdims=True))
+            z = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
             z /= z.sum(axis=1, keepdims=True)
-            for row in z:
-                best = int(np.argmax(row))
-                out.append({"label": self.labels[best],
-                            "scores": {name: float(v) for name, v in zip(self.labels, row)}})
+            out = [{"label": self.labels[int(np.argmax(row))], "scores": dict(zip(self.labels, row.tolist()))}
+                   for row in z]
         return (out, truncated) if return_truncated else out
 
     def embed(self, inputs, pooling="mean", batch_size=32, max_length=None, normalize=True) -> np.ndarray:
         """(N, hidden) sentence embeddings, L2-normalised unless normalize=False. pooling: "mean"
         (mean of the last hidden states over real tokens) or "cls" (the pooler output, tanh(W h_CLS + b))."""
-        if pooling not in ("mean", "cls", "pooler"):
-            raise RuntimeModelError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        _need(pooling in ("mean", "cls", "pooler"), f"pooling must be 'mean' or 'cls', got {pooling!r}")
         vectors = self._run(inputs, batch_size, max_length, "mean" if pooling == "mean" else "pooled")[0]
         if normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, _F32(1e-12))
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), _F32(1e-12))
         return vectors
 
     def __repr__(self):
-        cfg = self.config
-        return (f"RuntimeModel({self.path!r}, {self.problem_type}, layers={cfg['num_hidden_layers']}, "
-                f"hidden={cfg['hidden_size']}, labels={self.labels}, dtype={self.dtype or '?'})")
+        return f"RuntimeModel({self.path!r}, {self.problem_type}, labels={self.labels}, dtype={self.dtype or '?'})"
 
 
 def load(path, tokenizer="auto", kernels="auto", threads=None) -> RuntimeModel:
-    """A runtime model from its file. `tokenizer`: "auto" | "python" | "tokenizers";
-    `kernels`: "auto" (Numba when available) | "numpy" | "numba"; `threads`: None (BLAS threads as
-    the environment sets them) or N: the runtime's own N threads, BLAS set to one thread per call
-    (process-wide; degrades gracefully when other processes hold the cores)."""
+    """A runtime model from its file. `tokenizer`: "auto" | "python"; `kernels`: "auto" (Numba when available) |
+    "numpy" | "numba"; `threads`: None (BLAS's threads, as the environment sets them) or N (see the top)."""
     metadata, tensors, mm = read_safetensors(path)
     return RuntimeModel(path, metadata, tensors, mm, tokenizer_backend=tokenizer, kernels=kernels, threads=threads)
 
 
-# =================================================================================================
-# script mode
-# =================================================================================================
+# === script mode ==================================================================================
 
 def main(argv=None) -> int:
     import argparse
-    parser = argparse.ArgumentParser(prog="runtime.py", description="Run a minitinybert runtime model: one JSON "
-                                     "line per input. Texts come from the arguments, else from stdin, one per "
-                                     "line (a tab-separated line is a sentence pair; blank lines are skipped).")
+    parser = argparse.ArgumentParser(prog="runtime.py", description="Run a minitinybert runtime model: one JSON line "
+                                     "per input; texts from the arguments, else stdin lines (TAB: a sentence pair)")
     parser.add_argument("model", help="the runtime model file")
     parser.add_argument("texts", nargs="*", help="texts to classify (or embed)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=None)
-    parser.add_argument("--pooling", default="mean", choices=("mean", "cls"),
-                        help="embedding models: how token states become one vector")
+    parser.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="embedding models' pooling")
     args = parser.parse_intermixed_args(argv)
     try:
-        if args.texts:
-            inputs = list(args.texts)
-        else:
-            try:
-                lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
-            except UnicodeDecodeError as e:
-                raise RuntimeModelError(f"stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
-            inputs = [tuple(line.split("\t", 1)) if "\t" in line else line for line in lines if line.strip()]
+        try:
+            lines = list(args.texts) or sys.stdin.buffer.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise RuntimeModelError(f"stdin is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        inputs = lines if args.texts else [tuple(x.split("\t", 1)) if "\t" in x else x for x in lines if x.strip()]
         if not inputs:
             raise RuntimeModelError("no input texts (give them as arguments or on stdin)")
         model = load(args.model, kernels="auto" if len(inputs) >= 64 else "numpy")
-        if model.num_labels:
-            results = model.predict(inputs, batch_size=args.batch_size, max_length=args.max_length)
-        else:
-            vectors = model.embed(inputs, pooling=args.pooling, batch_size=args.batch_size,
-                                  max_length=args.max_length)
-            results = [{"embedding": [round(float(v), 6) for v in row]} for row in vectors]
+        options = dict(batch_size=args.batch_size, max_length=args.max_length)
+        results = model.predict(inputs, **options) if model.num_labels else [
+            {"embedding": [round(float(v), 6) for v in row]} for row in model.embed(inputs, args.pooling, **options)]
     except RuntimeModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -1466,3 +1106,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -88,6 +88,9 @@ class Tokenizer:
         self._batch_tk = HFTokenizer.from_str(tk.to_str())
         self._batch_tk.enable_padding(pad_id=self.pad_id, pad_token="[PAD]", pad_type_id=0)
         self._max_length: int | None = None
+        # A twin for whole datasets (token caches): the same truncation, no padding.
+        self._rows_tk = HFTokenizer.from_str(tk.to_str())
+        self._rows_max_length: int | None = None
 
     # --- construction ---------------------------------------------------------------------
 
@@ -160,17 +163,65 @@ class Tokenizer:
                      np.array([e.type_ids for e in encodings], dtype=np.int32),
                      np.array([e.attention_mask for e in encodings], dtype=np.int32))
 
-    def batch_from_ids(self, sequences: list[list[int]]) -> Batch:
-        """A padded single-segment batch from id lists that already hold their special tokens."""
+    def lengths(self, texts: list[str], pairs: list[str] | None = None, max_length: int = 128) -> np.ndarray:
+        """Tokens each text (or pair) takes in a batch, special tokens included: its row's length
+        before padding, as `encode` would truncate it to max_length."""
+        texts = list(texts)
+        _check_strings(texts, "texts")
+        if pairs is not None:
+            pairs = list(pairs)
+            if len(pairs) != len(texts):
+                raise TokenizerError(f"lengths got {len(texts)} texts but {len(pairs)} pairs")
+            _check_strings(pairs, "pairs")
+        inputs = texts if pairs is None else list(zip(texts, pairs))
+        # Truncation (longest first for pairs) only ever cuts a row down to max_length exactly
+        encode = getattr(self._tk, "encode_batch_fast", self._tk.encode_batch)    # no offsets: 1.7x faster
+        counts = [len(e.ids) for e in encode(inputs, add_special_tokens=True)]
+        return np.minimum(np.array(counts, dtype=np.int64), int(max_length))
+
+    def batch_from_ids(self, sequences: list[list[int]], width: int | None = None,
+                       type_ids: list[list[int]] | None = None) -> Batch:
+        """A padded batch from id lists that already hold their special tokens, padded to the longest,
+        or to `width`; token types from `type_ids` (one list a sequence, as long), else all 0."""
         if not sequences:
             raise TokenizerError("batch_from_ids got no sequences")
-        width = max(len(s) for s in sequences)
+        longest = max(len(s) for s in sequences)
+        if width is not None and width < longest:
+            raise TokenizerError(f"batch_from_ids: a sequence of {longest} ids does not fit in width {width}")
+        width = width or longest
         ids = np.full((len(sequences), width), self.pad_id, dtype=np.int32)
         mask = np.zeros((len(sequences), width), dtype=np.int32)
+        types = np.zeros((len(sequences), width), dtype=np.int32)
+        if type_ids is not None and [len(t) for t in type_ids] != [len(s) for s in sequences]:
+            raise TokenizerError("batch_from_ids: type_ids must hold one type per id of each sequence")
         for row, seq in enumerate(sequences):
             ids[row, :len(seq)] = seq
             mask[row, :len(seq)] = 1
-        return Batch(ids, np.zeros_like(ids), mask)
+            if type_ids is not None:
+                types[row, :len(seq)] = type_ids[row]
+        return Batch(ids, types, mask)
+
+    def encode_rows(self, texts: list[str], pairs: list[str] | None = None,
+                    max_length: int = 128) -> tuple[list[list[int]], list[list[int]]]:
+        """(ids, type ids) of each text (or pair), unpadded: the rows of `encode`'s batch without
+        their padding, truncated alike. For caches that keep every example's tokens."""
+        texts = list(texts)
+        _check_strings(texts, "texts")
+        if pairs is not None:
+            pairs = list(pairs)
+            if len(pairs) != len(texts):
+                raise TokenizerError(f"encode_rows got {len(texts)} texts but {len(pairs)} pairs")
+            _check_strings(pairs, "pairs")
+        minimum = 3 if pairs is None else 4
+        if not isinstance(max_length, (int, np.integer)) or max_length < minimum:
+            raise TokenizerError(f"max_length must be an integer >= {minimum}, got {max_length!r}")
+        if self._rows_max_length != max_length:
+            self._rows_tk.enable_truncation(int(max_length), strategy="longest_first")
+            self._rows_max_length = int(max_length)
+        inputs = texts if pairs is None else list(zip(texts, pairs))
+        encode = getattr(self._rows_tk, "encode_batch_fast", self._rows_tk.encode_batch)   # no offsets: faster
+        encodings = encode(inputs, add_special_tokens=True)
+        return [e.ids for e in encodings], [e.type_ids for e in encodings]
 
     def tokenize(self, text: str) -> list[str]:
         """WordPieces of one text, without [CLS]/[SEP] and without truncation."""

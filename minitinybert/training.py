@@ -7,11 +7,20 @@ A stage directory holds:
     best/        the best checkpoint by the dev metric (task stages), or final/ (general distillation)
     log.jsonl    one JSON object per step (every loss term, lr, grad norm, throughput) and per evaluation
     loss.png     the loss curves
-Every checkpoint is built beside its target and renamed into place, so an interruption at any
-moment leaves the previous good one intact.
+Every checkpoint is built beside its target, flushed to the disk and renamed into place, so an
+interruption at any moment (SIGKILL included) leaves the previous good one intact, and so does a
+write that fails: a full disk or a read-only place stops the run with one line that says which
+checkpoint is intact and how to go on.
+
+Under mpiexec (world.py) every rank runs this loop in step: rank 0 alone reads the checkpoint it
+resumes from (the others receive parameters, optimizer moments and position by broadcast) and alone
+writes checkpoints, the log, the plot and the progress bar; a stop (Ctrl-C, --stop-after) is agreed
+by all ranks before any acts on it; each rank's batch-stream position is saved, and a resumed run
+needs the same number of ranks.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -24,7 +33,8 @@ import numpy as np
 
 from .optim import AdamW, clip_grad_norm, linear_schedule
 from .plots import plot_log
-from .weights import load_model, read_safetensors, save_checkpoint
+from .weights import load_model, read_safetensors, recover_checkpoint, save_checkpoint
+from .world import World, get_world
 
 
 class TrainingError(RuntimeError):
@@ -49,7 +59,8 @@ class LoopConfig:
 class StepResult:
     losses: dict[str, float]         # every term, and "loss" (the weighted total)
     sequences: int
-    tokens: int
+    tokens: int                      # real tokens
+    padded_tokens: int = 0           # tokens computed: the batch's rows times its width, padding included
 
 
 @dataclass
@@ -60,6 +71,7 @@ class LoopState:                     # the fields' order is trainer_state.json's
     done: bool = False
     data: dict = field(default_factory=dict)     # the batch stream's state_dict()
     rng: dict = field(default_factory=dict)      # the dropout generator's state
+    cycle_start: int = 0             # the step the learning-rate schedule's current cycle began at
 
 
 class BatchStream(Protocol):
@@ -82,16 +94,24 @@ class Checkpoints:
     def __init__(self, directory: Path, model, optimizer: AdamW, vocab_from):
         self.directory, self.model, self.optimizer, self.vocab_from = directory, model, optimizer, vocab_from
         self.last = directory / "last"
+        self.saved_step: int | None = None       # the step last/ holds, once known
 
-    def save_last(self, state: LoopState, batches: BatchStream, rng: np.random.Generator) -> None:
+    def recover(self, log) -> None:
+        """Puts back what a killed checkpoint write left half-swapped, and clears its unfinished copies."""
+        for name in ("last", "best", "final"):
+            if recover_checkpoint(self.directory / name):
+                log(f"{self.directory / name}: restored from {name}.old (a run was stopped while replacing it)")
+
+    def save_last(self, state: LoopState, data: dict, rng: np.random.Generator) -> None:
         """Parameters, optimizer moments, and the loop's position: its step and best-so-far, the
-        position of the batch stream and of the dropout generator."""
-        state.data = batches.state_dict()
+        position of the batch stream (`data`) and of the dropout generator."""
+        state.data = data
         state.rng = rng.bit_generator.state
         trainer_state = json.dumps({**state.__dict__, "optimizer_step": self.optimizer.step_count}, indent=1)
         save_checkpoint(self.model, self.last, vocab_from=self.vocab_from,
                         extra_files={"trainer_state.json": trainer_state + "\n"},
                         extra_tensors={"optimizer.safetensors": {"m": self.optimizer.m, "v": self.optimizer.v}})
+        self.saved_step = state.step
 
     def load_last(self) -> LoopState:
         """Restores parameters and optimizer moments from last/; returns the loop state saved with them."""
@@ -106,7 +126,9 @@ class Checkpoints:
                                 f"(different student, head or projections)")
         self.model.params.data[...] = saved.params.data
         self.optimizer.load_state_dict({"m": moments["m"], "v": moments["v"], "step": raw.pop("optimizer_step")})
-        return LoopState(**raw)
+        state = LoopState(**raw)
+        self.saved_step = state.step
+        return state
 
     def save_best(self, step: int, metrics: dict) -> None:
         save_checkpoint(self.model, self.directory / "best", vocab_from=self.vocab_from,
@@ -156,63 +178,124 @@ def _truncate_log(path: Path, step: int) -> None:
 def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStream,
           step_fn: Callable[[object, np.random.Generator], StepResult],
           evaluate: Callable[[], dict] | None = None,
-          vocab_from=None, resume: bool = False, log=print) -> LoopState:
+          vocab_from=None, resume: bool = False, log=print, world: World | None = None) -> LoopState:
     """Runs `cfg.total_steps` optimizer steps of `step_fn(batch, rng)` (which leaves gradients in
-    model.grads) on the batches of `batches`; a resumed run restores the stream's position.
-    `evaluate()` returns the task's metrics with a "main" entry; the best checkpoint by it is kept in best/."""
+    model.grads, summed over the world's ranks) on the batches of `batches`; a resumed run restores the
+    stream's position. `evaluate()` returns the task's metrics with a "main" entry; the best checkpoint
+    by it is kept in best/. Returns rank 0's final state on every rank.
+
+    A finished run resumed with more steps than it made is extended from its saved state: the
+    added steps get a schedule cycle of their own (warm-up, then linear decay to 0 over them),
+    with the optimizer's moments carried over."""
+    world = world or get_world()
+    root = world.is_root
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     optimizer = AdamW(model.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     checkpoints = Checkpoints(directory, model, optimizer, vocab_from)
-    state = _start_or_resume(stage, checkpoints, cfg, resume, log)
-    if state.done:
-        log(f"[{stage}] already complete ({directory}); reusing it")
+
+    def start() -> LoopState:        # rank 0 alone touches the directory
+        directory.mkdir(parents=True, exist_ok=True)
+        checkpoints.recover(log)
+        return _start_or_resume(stage, checkpoints, cfg, resume, log)
+
+    state = world.root_call(start)
+    for array in (model.params.data, optimizer.m, optimizer.v):     # rank 0's, on every rank
+        world.bcast_(array)
+    optimizer.step_count = world.bcast(optimizer.step_count)
+    if state.done and state.step >= cfg.total_steps:
+        log(f"[{stage}] already complete ({directory}, {state.step} steps); reusing it")
         return state
+    if state.done:
+        log(f"[{stage}] extending the finished {state.step}-step run to {cfg.total_steps} steps: a new warm-up "
+            f"and linear decay over the {cfg.total_steps - state.step} added steps")
+        state.done, state.cycle_start = False, state.step
     rng = np.random.default_rng(cfg.seed)           # dropout
     if state.rng:
         rng.bit_generator.state = state.rng
     if state.data:
-        batches.load_state_dict(state.data)
-    step_log = StepLog(directory / "log.jsonl", resume, state.step)
-    bar = _progress(cfg.total_steps, state.step, stage)
+        batches.load_state_dict(_this_ranks_part(state.data, world))
+
+    def save_last():
+        parts = world.allgather(batches.state_dict())
+        if root:
+            checkpoints.save_last(state, parts[0] if world.size == 1 else {"ranks": parts}, rng)
+
+    step_log = StepLog(directory / "log.jsonl", resume, state.step) if root else None
+    bar = _progress(cfg.total_steps, state.step, stage) if root else None
     steps_this_run = 0
     try:
-        with Stopper() as stopper:
+        with Stopper(announce=root) as stopper:
             while state.step < cfg.total_steps:
                 t0 = time.perf_counter()
                 batch = next(batches)
-                lr = cfg.lr * linear_schedule(state.step, cfg.total_steps, cfg.warmup)
+                lr = cfg.lr * linear_schedule(state.step - state.cycle_start, cfg.total_steps - state.cycle_start,
+                                              cfg.warmup)
                 result = step_fn(batch, rng)
                 grad_norm = _clip_and_step(model, optimizer, cfg.max_grad_norm, lr, result,
                                            where=f"[{stage}] step {state.step}")
                 state.step += 1
                 steps_this_run += 1
                 seconds = time.perf_counter() - t0
-                if state.step % cfg.log_every == 0 or state.step == cfg.total_steps:
+                if root and (state.step % cfg.log_every == 0 or state.step == cfg.total_steps):
                     step_log.write(_step_record(stage, state.step, lr, grad_norm, result, seconds))
                 _show_progress(bar, result, seconds)
-                if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0 \
+                if root and evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0 \
                         and state.step < cfg.total_steps:
                     _evaluate(stage, evaluate, state, checkpoints, step_log, log)
-                if stopper.requested or (cfg.stop_after is not None and steps_this_run >= cfg.stop_after):
-                    checkpoints.save_last(state, batches, rng)
+                if world.any(stopper.requested) or (cfg.stop_after is not None and steps_this_run >= cfg.stop_after):
+                    save_last()
                     log(f"[{stage}] stopped at step {state.step}/{cfg.total_steps}; checkpoint in "
                         f"{checkpoints.last} (continue with --resume)")
-                    return state
+                    break
                 if cfg.save_every and state.step % cfg.save_every == 0:
-                    checkpoints.save_last(state, batches, rng)
-            if evaluate is not None:
-                _evaluate(stage, evaluate, state, checkpoints, step_log, log)
-            state.done = True
-            checkpoints.save_last(state, batches, rng)
-            if evaluate is None:
-                checkpoints.save_final()
+                    save_last()
+            else:
+                if root and evaluate is not None:
+                    _evaluate(stage, evaluate, state, checkpoints, step_log, log)
+                state.done = True
+                save_last()
+                if root and evaluate is None:
+                    checkpoints.save_final()
+    except OSError as e:                 # a full disk, a read-only place: one line, and what is safe
+        raise TrainingError(_write_failure(stage, state.step, e, checkpoints)) from None
     finally:
         if bar is not None:
             bar.close()
-        step_log.close()
-        plot_log(step_log.path, directory / "loss.png")
-    return state
+        if step_log is not None:
+            try:
+                step_log.close()
+                plot_log(step_log.path, directory / "loss.png")
+            except OSError:
+                pass                     # the disk that failed the run fails these too: its error is the one to tell
+    world.barrier()                  # what rank 0 wrote is there before any rank reads it
+    return world.bcast(state)
+
+
+def _this_ranks_part(data: dict, world: World) -> dict:
+    """The batch-stream state of this rank from a checkpoint's (one per rank when several ran)."""
+    ranks = data.get("ranks") if isinstance(data, dict) else None
+    written_by = 1 if ranks is None else len(ranks)
+    if written_by != world.size:
+        raise TrainingError(f"the checkpoint was written by a run of {written_by} process(es), this one has "
+                            f"{world.size}: resume with the same number of processes (mpiexec -n {written_by})")
+    return data if ranks is None else ranks[world.rank]
+
+
+def describe_os_error(error: OSError) -> str:
+    """"path: No space left on device (ENOSPC)": what failed, where, and the code to search for."""
+    code = errno.errorcode.get(error.errno, "") if error.errno else ""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}" + (f" ({code})" if code else "")
+
+
+def _write_failure(stage: str, step: int, error: OSError, checkpoints: Checkpoints) -> str:
+    if checkpoints.saved_step is None:
+        safe = "no checkpoint of this stage was written yet; free some space or fix the permissions and run " \
+               "the same command again"
+    else:
+        safe = (f"the checkpoint of step {checkpoints.saved_step} in {checkpoints.last} is intact: free some "
+                f"space or fix the permissions, then run the same command with --resume")
+    return f"[{stage}] stopped at step {step}: {describe_os_error(error)}; {safe}"
 
 
 def _start_or_resume(stage: str, checkpoints: Checkpoints, cfg: LoopConfig, resume: bool, log) -> LoopState:
@@ -239,6 +322,7 @@ def _clip_and_step(model, optimizer: AdamW, max_grad_norm: float, lr: float, res
 
 def _step_record(stage: str, step: int, lr: float, grad_norm: float, result: StepResult, seconds: float) -> dict:
     return {"stage": stage, "step": step, "lr": lr, "grad_norm": grad_norm, **result.losses,
+            "tokens": result.tokens, "padded_tokens": result.padded_tokens,
             "seq_per_s": result.sequences / seconds, "tokens_per_s": result.tokens / seconds, "seconds": seconds}
 
 
@@ -261,8 +345,9 @@ class Stopper:
     """Turns the first Ctrl-C into a request to stop after the current step (and save);
     a second Ctrl-C interrupts at once."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.requested = False
+        self.announce = announce
         self._previous = None
 
     def __enter__(self):
@@ -270,8 +355,9 @@ class Stopper:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
-            print("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
-                  flush=True)
+            if self.announce:
+                print("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
+                      flush=True)
         try:
             self._previous = signal.signal(signal.SIGINT, handler)
         except ValueError:               # not the main thread: no handler, Ctrl-C behaves as usual

@@ -12,6 +12,7 @@ A checkpoint directory holds config.json, model.safetensors, vocab.txt and token
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -22,15 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import BertConfig
-from .params import ParamSet
-
-
-class WeightsError(ValueError):
-    """A checkpoint that cannot be loaded: the message names the file and the tensor."""
+from .model import Bert
+from .params import WeightsError, assign_tensors
 
 
 IGNORED = re.compile(r"^(embeddings\.position_ids|cls\.seq_relationship\..*|cls\.predictions\.decoder\.(weight|bias))$")
-FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
 def normalize_name(name: str) -> str:
@@ -80,27 +77,6 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path}: cannot read safetensors data ({e}); the file is truncated or corrupt") from None
 
 
-def assign_tensors(params: ParamSet, tensors: dict[str, np.ndarray], source: str,
-                   allow_missing: tuple[str, ...] = ()) -> None:
-    """Copy checkpoint tensors (already normalised names) into the flat buffer, checking each."""
-    missing = [n for n in params.names() if n not in tensors and not n.startswith(allow_missing)]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise WeightsError(f"{source}: missing tensor(s) {shown}")
-    for name, view in params.views.items():
-        if name not in tensors:
-            continue
-        value = tensors[name]
-        if value.dtype.type not in FLOAT_DTYPES:
-            raise WeightsError(f"{source}: tensor {name!r} has dtype {value.dtype}, expected a float type")
-        if value.shape != view.shape:
-            raise WeightsError(f"{source}: tensor {name!r} has shape {tuple(value.shape)}, "
-                               f"the config says {view.shape}")
-        if not np.all(np.isfinite(value)):
-            raise WeightsError(f"{source}: tensor {name!r} holds NaN or infinite values")
-        view[...] = value
-
-
 def checkpoint_file(directory: str | Path) -> Path:
     directory = Path(directory)
     if directory.is_file():
@@ -120,8 +96,6 @@ def load_model(directory: str | Path, num_labels: int | None = None, dtype=np.fl
 
     `num_labels` asks for a task head: taken from the checkpoint when it has one (the sizes must
     agree), otherwise initialised from `seed` (a pre-trained teacher has no head)."""
-    from .model import Bert
-
     directory = Path(directory)
     if not directory.exists():
         raise WeightsError(f"checkpoint directory not found: {directory}")
@@ -177,13 +151,68 @@ def export_tensors(model, prefixed: bool | None = None) -> dict[str, np.ndarray]
     return out
 
 
+def write_file(path: str | Path, data) -> None:
+    """`data` (bytes, or a list of bytes-like pieces written one after the other) into a new file at
+    `path`, flushed to the disk before returning: every file of a checkpoint goes through here. An
+    OSError (a full disk, a read-only place) names `path`."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for piece in [data] if isinstance(data, (bytes, bytearray)) else data:
+                _write_all(fd, piece)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Makes the names in `directory` (new files, a rename) durable; some file systems cannot."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def safetensors_pieces(tensors: dict[str, np.ndarray], metadata: dict | None = None) -> list:
+    """A safetensors file as pieces to write in turn: its header, then each tensor's bytes straight
+    from the array. The bytes are safetensors.numpy.save's (float32 tensors, ordered by name; header
+    padded with spaces to 8 bytes), without first copying hundreds of MB into one bytes object."""
+    metadata = {"format": "pt", **(metadata or {})}
+    if any(t.dtype != np.float32 for t in tensors.values()) or len(metadata) > 1:
+        from safetensors.numpy import save      # dtype and key orders of its own: let it write
+        return [save(tensors, metadata=metadata)]
+    header, arrays, offset = {"__metadata__": metadata}, [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        arrays.append(array)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return [len(text).to_bytes(8, "little") + text] + [a for a in arrays if a.nbytes]
+
+
 def write_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | Path, metadata: dict | None = None):
-    from safetensors.numpy import save_file
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
+        write_file(tmp, safetensors_pieces(tensors, metadata))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -193,38 +222,70 @@ def write_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | Path, m
 def save_checkpoint(model, directory: str | Path, vocab_from: str | Path | None = None,
                     extra_files: dict[str, str] | None = None,
                     extra_tensors: dict[str, dict[str, np.ndarray]] | None = None) -> Path:
-    """Write a checkpoint directory atomically: it is built beside the target and renamed into place,
-    so an interruption never leaves a half-written checkpoint where a good one was."""
+    """Write a checkpoint directory atomically: its files are written in a directory beside the
+    target, flushed to the disk, and that directory is renamed into place. A kill or a failed write
+    (a full disk) at any moment leaves the previous checkpoint where it was, or, killed between the
+    two renames of the swap, in `<name>.old`, which `recover_checkpoint` puts back. A failed write
+    raises OSError naming `directory`."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".", suffix=".part", dir=directory.parent))
+    files = {"config.json": json.dumps(model.config.to_dict(), indent=2) + "\n",
+             "model.safetensors": safetensors_pieces(export_tensors(model))}
+    if vocab_from is not None:
+        src = Path(vocab_from)
+        files["vocab.txt"] = (src / "vocab.txt" if src.is_dir() else src).read_bytes()
+    files["tokenizer_config.json"] = json.dumps(
+        {"do_lower_case": model.config.do_lower_case, "tokenizer_class": "BertTokenizer",
+         "model_max_length": model.config.max_position_embeddings}, indent=2) + "\n"
+    files.update(extra_files or {})
+    files.update({name: safetensors_pieces(tensors) for name, tensors in (extra_tensors or {}).items()})
+    tmp = None
     try:
-        model.config.save(tmp / "config.json")
-        write_safetensors_atomic(export_tensors(model), tmp / "model.safetensors")
-        if vocab_from is not None:
-            src = Path(vocab_from)
-            src = src / "vocab.txt" if src.is_dir() else src
-            shutil.copyfile(src, tmp / "vocab.txt")
-        (tmp / "tokenizer_config.json").write_text(json.dumps(
-            {"do_lower_case": model.config.do_lower_case, "tokenizer_class": "BertTokenizer",
-             "model_max_length": model.config.max_position_embeddings}, indent=2) + "\n")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        for name, tensors in (extra_tensors or {}).items():
-            write_safetensors_atomic(tensors, tmp / name)
+        tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".", suffix=".part", dir=directory.parent))
+        for name, data in files.items():
+            write_file(tmp / name, data.encode("utf-8") if isinstance(data, str) else data)
+        _fsync_dir(tmp)
         _replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_dir(directory.parent)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, str(directory)) from None
         raise
     return directory
 
 
 def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
+    """`new` renamed to `target`; a previous `target` goes to `<target>.old` for the moment between
+    the two renames (put back if the second fails), then is removed."""
+    if not target.exists():
         os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    try:
         os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(directory: str | Path) -> bool:
+    """Tidies what an interrupted `save_checkpoint` left beside `directory`: its unfinished
+    `<name>.*.part` directories are removed, and `<name>.old` (a kill between the two renames of the
+    swap) becomes `<name>` again when `<name>` is missing. True if it put a checkpoint back.
+    Only the run that owns the directory may call it (one holding its run.lock)."""
+    directory = Path(directory)
+    if not directory.parent.is_dir():
+        return False
+    for part in directory.parent.glob(glob.escape(directory.name) + ".*.part"):
+        shutil.rmtree(part, ignore_errors=True)
+    old = directory.with_name(directory.name + ".old")
+    if old.is_dir() and not directory.exists():
+        os.replace(old, directory)
+        return True
+    shutil.rmtree(old, ignore_errors=True)
+    return False

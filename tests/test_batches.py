@@ -1,5 +1,5 @@
-"""Task batches: one pass (order, shuffling, start), the resumable training stream, and
-predict_logits' reordering against a plain forward pass."""
+"""Task batches: one pass (order, shuffling, start), the resumable training stream (random or
+grouped by length), and predict_logits' reordering against a plain forward pass."""
 import json
 
 import numpy as np
@@ -45,23 +45,97 @@ def _labels_of(batches, n):
     return [next(batches)[1].tolist() for _ in range(n)]
 
 
-def test_task_batches_epochs_and_exact_resume(tok):
-    ex = Examples([f"sentence number {i}" for i in range(11)], None, np.arange(11), get_task("sst2"))
-    reference = TaskBatches(ex, tok, batch_size=4, max_length=16, seed=3)
+@pytest.mark.parametrize("window", [0, 2])
+def test_task_batches_epochs_and_exact_resume(tok, window):
+    ex = Examples([f"sentence number {i}" + " more" * (i % 4) for i in range(11)], None, np.arange(11),
+                  get_task("sst2"))
+    reference = TaskBatches(ex, tok, batch_size=4, max_length=16, seed=3, window=window)
     expected = _labels_of(reference, 9)                     # 3 batches an epoch: three epochs
     for epoch in range(3):
         seen = sum(expected[3 * epoch:3 * epoch + 3], [])
         assert sorted(seen) == list(range(11))              # every example once an epoch
     assert expected[:3] != expected[3:6]                    # reshuffled each epoch
     for cut in (0, 1, 3, 5):                                # at the start, mid-epoch, at an epoch's end
-        first = TaskBatches(ex, tok, 4, 16, seed=3)
+        first = TaskBatches(ex, tok, 4, 16, seed=3, window=window)
         _labels_of(first, cut)
         state = json.loads(json.dumps(first.state_dict()))  # survives a JSON checkpoint
-        resumed = TaskBatches(ex, tok, 4, 16, seed=3)
+        resumed = TaskBatches(ex, tok, 4, 16, seed=3, window=window)
         resumed.load_state_dict(state)
         assert _labels_of(resumed, 9 - cut) == expected[cut:], cut
-    assert TaskBatches(ex, tok, 4, 16, seed=4).state_dict() == {"epoch": 0, "index": 0}
-    assert _labels_of(TaskBatches(ex, tok, 4, 16, seed=4), 3) != expected[:3]
+    assert TaskBatches(ex, tok, 4, 16, seed=4, window=window).state_dict() == {"epoch": 0, "index": 0,
+                                                                                "window": window}
+    assert _labels_of(TaskBatches(ex, tok, 4, 16, seed=4, window=window), 3) != expected[:3]
+
+
+def _varied_examples(n, seed=0):
+    """n texts of 1 to 40 words: lengths as varied as SST-2's."""
+    rng = np.random.default_rng(seed)
+    words = "the film was good bad dull great fun plot story actors very not".split()
+    texts = [" ".join(rng.choice(words, int(k))) for k in rng.integers(1, 41, n)]
+    return Examples(texts, None, np.arange(n) % 2, get_task("sst2"))
+
+
+def _epoch(batches):
+    """One epoch of a stream whose extras[0] is each example's index: (index arrays, batches)."""
+    out = [next(batches) for _ in range(batches.per_epoch)]
+    return [item[2] for item in out], [item[0] for item in out]
+
+
+def test_grouped_batches_cover_each_example_once_with_little_padding(tok):
+    n, bs = 403, 8
+    ex = _varied_examples(n)
+    lengths = tok.lengths(ex.texts, max_length=32)
+    grouped = TaskBatches(ex, tok, bs, 32, seed=1, window=10, extras=(np.arange(n),))
+    random = TaskBatches(ex, tok, bs, 32, seed=1, window=0, extras=(np.arange(n),))
+    padded = {}
+    for name, stream in (("grouped", grouped), ("random", random)):
+        epochs = [_epoch(stream) for _ in range(3)]
+        for indices, batches in epochs:
+            assert sorted(np.concatenate(indices).tolist()) == list(range(n))          # each example once
+            for index, batch in zip(indices, batches):
+                assert batch.attention_mask.sum(1).tolist() == lengths[index].tolist()   # rows are those examples
+        assert [i.tolist() for i in epochs[0][0]] != [i.tolist() for i in epochs[1][0]]   # a new order each epoch
+        padded[name] = sum(b.input_ids.size for b in epochs[0][1]) / lengths.sum()
+    assert padded["grouped"] < 1.1 and padded["random"] > 1.3, padded
+    # grouped within windows, not across the epoch: batch widths rise and fall in the epoch's order
+    indices, batches = _epoch(grouped)
+    widths = [b.input_ids.shape[1] for b in batches]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+    rises = sum(a < b for a, b in zip(widths, widths[1:]))
+    assert 0.25 < rises / (len(widths) - 1) < 0.75, widths
+    # sorted within windows of 10 batches of the epoch's random permutation, never across them
+    position = np.empty(n, np.int64)
+    position[np.random.default_rng([1, 3]).permutation(n)] = np.arange(n)      # epoch 3's permutation
+    windows = [set((position[i] // (10 * bs)).tolist()) for i in indices]
+    assert all(len(w) == 1 for w in windows)
+    by_window = {}
+    for w, i in zip(windows, indices):
+        by_window.setdefault(w.pop(), []).append(lengths[i])
+    for rows in by_window.values():
+        rows.sort(key=lambda r: r.min())
+        assert all(a.max() <= b.min() for a, b in zip(rows, rows[1:]))
+    # ... and the batches of a window do not come together, in their sorted order
+    blocks = [widths[i:i + 10] for i in range(0, len(widths), 10)]
+    assert sum(block == sorted(block) for block in blocks) < len(blocks) / 2
+    # random batches are the shuffled permutation cut in order (the stream before grouping, unchanged)
+    plain = list(iterate_batches(ex, tok, bs, 32, rng=np.random.default_rng([1, 0])))
+    first = TaskBatches(ex, tok, bs, 32, seed=1, window=0)
+    for (batch, labels), (got, got_labels, *_) in zip(plain, (next(first) for _ in plain)):
+        assert np.array_equal(batch.input_ids, got.input_ids) and np.array_equal(labels, got_labels)
+
+
+def test_grouped_batches_resume_exactly_across_epochs(tok):
+    ex = _varied_examples(101, seed=2)
+    stream = lambda: TaskBatches(ex, tok, 8, 32, seed=5, window=4, extras=(np.arange(101),))   # noqa: E731
+    reference = stream()
+    expected = [next(reference)[2].tolist() for _ in range(40)]             # 13 batches an epoch: 3 epochs
+    for cut in (7, 13, 20, 26):
+        first = stream()
+        for _ in range(cut):
+            next(first)
+        resumed = stream()
+        resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        assert [next(resumed)[2].tolist() for _ in range(40 - cut)] == expected[cut:], cut
 
 
 def test_task_batches_errors(tok):
@@ -73,6 +147,12 @@ def test_task_batches_errors(tok):
         batches.load_state_dict({"epoch": 0, "index": 3})
     with pytest.raises(DataError, match="no examples"):
         TaskBatches(ex.subset([]), tok, 2, 16, seed=0)
+    # a run's batches depend on the window: resuming with another one is refused
+    with pytest.raises(DataError, match="resume with --length-window 0"):
+        batches.load_state_dict({"epoch": 0, "index": 1})          # saved before grouping: random batches
+    TaskBatches(ex, tok, 2, 16, seed=0, window=0).load_state_dict({"epoch": 0, "index": 1})
+    with pytest.raises(DataError, match="rows for 3 examples"):
+        TaskBatches(ex, tok, 2, 16, seed=0, extras=(np.zeros(2),))
 
 
 def test_predict_logits_puts_each_row_back_in_place(tok):

@@ -1,8 +1,13 @@
 """The distillation pipeline on a tiny world (tiny teacher, tiny student, tiny GLUE-shaped data):
-the whole objective's gradient, losses that go down, exact resume, Ctrl-C, and bad input."""
+the whole objective's gradient, losses that go down, exact resume, Ctrl-C, hard kills, one run per
+directory, failed writes, bad input, and general students reused and extended."""
+import errno
+import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,8 +20,10 @@ from minitinybert.config import BertConfig
 from minitinybert.distill import LossWeights, intermediate_step, layer_mapping, main, prediction_step
 from minitinybert.model import Bert
 from minitinybert.optim import AdamW
+from minitinybert.tasks import get_task
 from minitinybert.tokenizer import Batch, Tokenizer
 from minitinybert.weights import load_model, save_checkpoint
+from glue_files import write_task
 from gradcheck import assert_grad_close, numeric_directional
 
 WORDS = ("the a film movie was is good bad great awful fun dull plot actors story , . ! and not very "
@@ -59,10 +66,13 @@ def world(tmp_path_factory):
     return root
 
 
-def cli(world, out, *extra):
+def cli(world, out, *extra, shared_general=False):
+    """The command's options for a tiny run in `out`; its general student in out/general unless
+    `shared_general` (then where every run beside it finds it: <parent of out>/general/)."""
+    general = [] if shared_general else ["--general-dir", str(out / "general")]
     return ["--data", str(world / "data"), "--teacher", str(world / "teacher"), "--student",
             str(world / "student.json"), "--out", str(out), "--batch-size", "8", "--general-seq-len", "16",
-            "--augment-limit", "16", "--n-aug", "2", "--save-every", "2", "--eval-every", "0", *extra]
+            "--augment-limit", "16", "--n-aug", "2", "--save-every", "2", "--eval-every", "0", *general, *extra]
 
 
 def accuracy_here(checkpoint, texts, labels):
@@ -127,9 +137,10 @@ def test_prediction_objective_gradient():
     student = Bert(STUDENT.replace(num_labels=3), dtype=np.float64, seed=2)
     batch, labels = tiny_batch(rng), np.array([0, 2])
     w = LossWeights(prediction=1.0, hard=0.5)
-    prediction_step(teacher, student, batch, labels, None, w, temperature=2.0)
+    t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    prediction_step(student, batch, labels, t_logits, None, w, temperature=2.0)
     grad = student.grads.data.copy()
-    f = lambda: prediction_step(teacher, student, batch, labels, None, w, 2.0).losses["loss"]
+    f = lambda: prediction_step(student, batch, labels, t_logits, None, w, 2.0).losses["loss"]
     d = rng.standard_normal(grad.shape)
     assert_grad_close(grad @ d, numeric_directional(f, student.params.data, d), rtol=1e-5, atol=1e-8,
                       what="prediction distillation objective")
@@ -196,6 +207,9 @@ def test_pipeline_runs_and_resume_is_exact(world, tmp_path, workers):
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]          # resumed runs append, never repeat
     assert {"loss_embedding", "loss_hidden", "loss_attention", "lr", "seq_per_s"} <= set(log[0])
     assert (out / "general" / "loss.png").stat().st_size > 1000
+    for stage in ("teacher", "task-intermediate", "task-prediction"):   # every step says what it computed
+        steps = [r for r in map(json.loads, (out / stage / "log.jsonl").read_text().splitlines()) if "eval" not in r]
+        assert steps and all(0 < r["tokens"] <= r["padded_tokens"] <= 8 * 64 for r in steps), stage
 
 
 def test_existing_run_is_never_overwritten_without_resume(world, tmp_path, capsys):
@@ -216,13 +230,21 @@ def test_corrupt_checkpoint_is_refused_on_resume(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--task", "mnli"], "unknown task"),
+    (["--task", "mnli2"], "unknown task"),
     (["--data", "/nonexistent/data"], "does not exist"),
     (["--teacher", "/nonexistent/teacher"], "not found"),
 ])
 def test_bad_input_gives_a_clear_error(world, tmp_path, capsys, argv, message):
     assert main(["finetune-teacher", *cli(world, tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err.lower()
+
+
+def test_task_stage_needs_a_general_student(world, tmp_path, capsys):
+    args = cli(world, tmp_path / "o", "--finetuned-teacher", str(world / "teacher-sst2"))
+    assert main(["task", *args]) == 2
+    assert "general student not found" in capsys.readouterr().err
+    assert main(["task", *args, "--general-student", str(tmp_path / "nowhere")]) == 2
+    assert "general student not found" in capsys.readouterr().err
 
 
 def test_task_stage_refuses_mismatched_teacher_and_student(world, tmp_path, capsys):
@@ -293,53 +315,52 @@ def test_resume_after_a_hard_kill_logs_each_step_once(world, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-class CountingForward:
-    """Counts a model's forward passes."""
-
-    def __init__(self, model):
-        self.model, self.calls = model, 0
-        inner = model.forward
-
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return inner(*args, **kwargs)
-        model.forward = counted
-
-
 def test_prediction_step_regression_target_and_unused_teacher():
+    """STS-B: MSE to the teacher's (precomputed) output, or with regression_target="gold" to the gold
+    score, which needs no teacher logits at all."""
     rng = np.random.default_rng(2)
     teacher = Bert(TEACHER.replace(num_labels=1), dtype=np.float64, seed=1)
     student = Bert(STUDENT.replace(num_labels=1), dtype=np.float64, seed=2)
     batch, scores = tiny_batch(rng), np.array([0.5, 4.0])
-    counter = CountingForward(teacher)
     prediction = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits[:, 0]
-    t_out = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits[:, 0]
-    counter.calls = 0
-    fit_teacher = prediction_step(teacher, student, batch, scores, None, LossWeights())
-    assert counter.calls == 1
-    assert fit_teacher.losses["loss_prediction"] == pytest.approx(np.mean((prediction - t_out) ** 2), rel=1e-12)
-    fit_gold = prediction_step(teacher, student, batch, scores, None, LossWeights(), regression_target="gold")
-    assert counter.calls == 1                                      # the gold score needs no teacher
+    t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    fit_teacher = prediction_step(student, batch, scores, t_logits, None, LossWeights())
+    assert fit_teacher.losses["loss_prediction"] == pytest.approx(np.mean((prediction - t_logits[:, 0]) ** 2),
+                                                                  rel=1e-12)
+    fit_gold = prediction_step(student, batch, scores, None, None, LossWeights(), regression_target="gold")
     assert fit_gold.losses["loss_prediction"] == pytest.approx(np.mean((prediction - scores) ** 2), rel=1e-12)
+    # the teacher's logits, if given, are ignored for a gold target
+    assert prediction_step(student, batch, scores, t_logits, None, LossWeights(),
+                           regression_target="gold").losses["loss"] == pytest.approx(fit_gold.losses["loss"])
     grad = student.grads.data.copy()
-    f = lambda: prediction_step(teacher, student, batch, scores, None, LossWeights(),   # noqa: E731
+    f = lambda: prediction_step(student, batch, scores, None, None, LossWeights(),   # noqa: E731
                                 regression_target="gold").losses["loss"]
     d = rng.standard_normal(grad.shape)
     assert_grad_close(grad @ d, numeric_directional(f, student.params.data, d), rtol=1e-5, atol=1e-8,
                       what="prediction objective, gold regression target")
     with pytest.raises(ValueError, match="regression_target"):
-        prediction_step(teacher, student, batch, scores, None, LossWeights(), regression_target="labels")
+        prediction_step(student, batch, scores, t_logits, None, LossWeights(), regression_target="labels")
 
 
-def test_labels_only_prediction_step_skips_the_teacher():
+def test_labels_only_prediction_step_needs_no_teacher_logits():
     rng = np.random.default_rng(4)
-    teacher = Bert(TEACHER.replace(num_labels=2), seed=1)
     student = Bert(STUDENT.replace(num_labels=2), seed=2)
-    counter = CountingForward(teacher)
-    result = prediction_step(teacher, student, tiny_batch(rng), np.array([0, 1]), None,
+    result = prediction_step(student, tiny_batch(rng), np.array([0, 1]), None, None,
                              LossWeights(prediction=0.0, hard=1.0))
-    assert counter.calls == 0 and result.losses["loss_prediction"] == 0 and result.losses["loss_hard"] > 0
+    assert result.losses["loss_prediction"] == 0 and result.losses["loss_hard"] > 0
     assert result.losses["loss"] == result.losses["loss_hard"]
+
+
+def test_task_stage_skips_the_teacher_logits_when_unused(world, tmp_path, monkeypatch):
+    """--w-prediction 0 (labels only): the stage does not run the teacher over the training set."""
+    import minitinybert.distill as distill
+
+    def no_logits(*a, **k):
+        raise AssertionError("teacher logits computed although unused")
+    monkeypatch.setattr(distill, "teacher_logits", no_logits)
+    args = cli(world, tmp_path / "o", "--finetuned-teacher", str(world / "teacher-sst2"), "--general-student",
+               "scratch", "--skip-intermediate", "--prediction-steps", "1", "--w-prediction", "0", "--w-hard", "1")
+    assert main(["task", *args]) == 0
 
 
 def test_task_stage_from_scratch_without_intermediate(world, tmp_path):
@@ -370,3 +391,349 @@ def test_augmentation_ahead_of_the_task_stage_fills_its_cache(world, tmp_path, c
     assert list((out / "augment-cache").glob("*.jsonl")) == cached and cached[0].stat().st_mtime_ns == stamp
     assert augment_main([*ahead, "--candidates", "mlm"]) == 2
     assert "masked-language-model head" in capsys.readouterr().err
+# --- the general student: recorded, found by other runs, extended ---------------------------------------
+
+def test_general_student_is_recorded_reused_and_extended(world, tmp_path, capsys):
+    steps = ["--teacher-steps", "2", "--general-steps", "4", "--intermediate-steps", "2", "--prediction-steps", "2"]
+    assert main(["all", *cli(world, tmp_path / "sst2", shared_general=True), *steps]) == 0
+    (general_dir,) = (tmp_path / "general").iterdir()          # beside the run: <parent of --out>/general/
+    record = json.loads((general_dir / "general.json").read_text())
+    assert json.loads((general_dir / "final" / "general.json").read_text()) == record
+    assert (record["steps"], record["complete"], record["cycles"]) == (4, True, [4])
+    assert general_dir.name == f"student-{record['fingerprint']}"
+    recipe = record["recipe"]
+    assert recipe["teacher"]["weights_sha256"] == hashlib.sha256(
+        (world / "teacher" / "model.safetensors").read_bytes()).hexdigest()
+    assert (recipe["student"]["num_hidden_layers"], recipe["student"]["hidden_size"],
+            recipe["student"]["fit_size"]) == (2, 12, 24)
+    corpus = world / "data" / "corpus" / "tiny.txt"
+    assert recipe["corpus"] == [{"name": "tiny.txt", "bytes": corpus.stat().st_size,
+                                 "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()}]
+    assert recipe["seq_len"] == 16 and recipe["batch_size"] == 8
+    summary = json.loads((tmp_path / "sst2" / "summary.json").read_text())
+    assert summary["general_student"]["path"] == str((general_dir / "final").resolve())
+    assert summary["general_student"]["steps"] == 4
+
+    # a second run beside it finds and reuses it, and says so
+    capsys.readouterr()
+    assert main(["all", *cli(world, tmp_path / "again", shared_general=True), *steps]) == 0
+    assert "reusing the general student" in capsys.readouterr().out
+    assert list((tmp_path / "general").iterdir()) == [general_dir]
+    source = json.loads((tmp_path / "again" / "task-intermediate" / "general-student.json").read_text())
+    assert source == summary["general_student"]
+
+    # more steps than it has: refused without --resume; with it, extended in its own directory
+    assert main(["general", *cli(world, tmp_path / "sst2", shared_general=True), "--general-steps", "7"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    shutil.copytree(general_dir, tmp_path / "copy")
+    assert main(["general", *cli(world, tmp_path / "sst2", shared_general=True), "--general-steps", "7",
+                 "--resume"]) == 0
+    record = json.loads((general_dir / "general.json").read_text())
+    assert (record["steps"], record["complete"], record["cycles"]) == (7, True, [4, 7])
+    log = [json.loads(line) for line in (general_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6, 7]
+    # the added steps are a schedule cycle of their own: no warm-up at 3 steps, decay from the peak
+    assert [r["lr"] for r in log[4:]] == pytest.approx([5e-4, 5e-4 * 2 / 3, 5e-4 / 3])
+    assert log[3]["lr"] < 5e-4 / 3
+    # the same extension, interrupted after every step and resumed, gives the same student
+    copy = ["--general-dir", str(tmp_path / "copy"), "--general-steps", "7", "--resume", "--stop-after", "1"]
+    for _ in range(4):                       # 3 steps, and a last call that finds them all made and finishes
+        assert main(["general", *cli(world, tmp_path / "sst2", shared_general=True), *copy]) == 0
+    assert json.loads((tmp_path / "copy" / "general.json").read_text())["cycles"] == [4, 7]
+    np.testing.assert_array_equal(load_model(tmp_path / "copy" / "final").params.data,
+                                  load_model(general_dir / "final").params.data)
+
+    # a run asking for fewer steps than it now has reuses the longer student
+    capsys.readouterr()
+    assert main(["all", *cli(world, tmp_path / "third", shared_general=True), *steps]) == 0
+    assert "7 steps" in capsys.readouterr().out
+
+
+def test_changed_corpus_makes_another_general_student_and_explicit_one_skips_the_stage(world, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(world / "data", data)
+    steps = ["--general-steps", "2"]
+    assert main(["general", *cli(world, tmp_path / "a", shared_general=True), "--data", str(data), *steps]) == 0
+    with open(data / "corpus" / "tiny.txt", "a") as f:
+        f.write("\nthe film was not very good\n")
+    assert main(["general", *cli(world, tmp_path / "a", shared_general=True), "--data", str(data), *steps]) == 0
+    assert len(list((tmp_path / "general").iterdir())) == 2
+    # --general-dir holding another recipe's student is refused, naming what differs
+    (first,) = [d for d in (tmp_path / "general").iterdir()
+                if json.loads((d / "general.json").read_text())["recipe"]["corpus"][0]["bytes"] !=
+                (data / "corpus" / "tiny.txt").stat().st_size]
+    assert main(["general", *cli(world, tmp_path / "a", shared_general=True), "--data", str(data), *steps,
+                 "--general-dir", str(first)]) == 2
+    assert "corpus differ" in capsys.readouterr().err
+    # all with --general-student: no general stage, that student used
+    assert main(["all", *cli(world, tmp_path / "b", shared_general=True), "--general-student", str(first),
+                 "--teacher-steps", "1", "--intermediate-steps", "1", "--prediction-steps", "1"]) == 0
+    assert "using the general student" in capsys.readouterr().out
+    source = json.loads((tmp_path / "b" / "task-intermediate" / "general-student.json").read_text())
+    assert source["path"] == str((first / "final").resolve()) and source["steps"] == 2
+    assert len(list((tmp_path / "general").iterdir())) == 2
+
+
+def test_local_dataset_is_its_own_task(world, tmp_path, capsys, monkeypatch):
+    """A paraphrase dataset with 0/1 labels and no --task is not SST-2: it is named after its
+    folder, and its models call the classes what the file does ("0"/"1", or --labels' order)."""
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "paraphrase"
+    folder.mkdir()
+    for split, n in (("train", 16), ("dev", 8)):
+        rows = [f"{t}\t{u}\t{y}" for (t, y), (u, _) in zip(sentences(rng, n), sentences(rng, n))]
+        (folder / f"{split}.tsv").write_bytes(("\ufeffQuality\t#1 String\t#2 String\r\n"   # as Excel saves it
+                                               + "".join(f"{y}\t{t}\t{u}\r\n" for t, u, y in
+                                                         (r.split("\t") for r in rows))).encode())
+    local = ["--train-file", str(folder / "train.tsv"), "--dev-file", str(folder / "dev.tsv"),
+             "--text-column", "#1 String", "--pair-column", "#2 String", "--label-column", "Quality",
+             "--teacher-steps", "2"]
+    assert main(["finetune-teacher", *cli(world, tmp_path / "o"), *local]) == 0
+    out = capsys.readouterr().out
+    assert " on paraphrase:" in out and "sst2" not in out
+    config = json.loads((tmp_path / "o" / "teacher" / "best" / "config.json").read_text())
+    assert config["id2label"] == {"0": "0", "1": "1"}
+    # --labels sets the classes' order, --name the name; no --out: runs/<name>
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in cli(world, tmp_path / "unused") if a not in ("--out", str(tmp_path / "unused"))]
+    assert main(["finetune-teacher", *args, *local, "--labels", "1,0", "--name", "my-pairs"]) == 0
+    assert " on my-pairs:" in capsys.readouterr().out
+    config = json.loads((tmp_path / "runs" / "my-pairs" / "teacher" / "best" / "config.json").read_text())
+    assert config["id2label"] == {"0": "1", "1": "0"}
+
+
+@pytest.mark.parametrize("task", ["mnli", "mrpc"])
+def test_glue_task_from_its_files(world, tmp_path, task):
+    """`--task T --data DIR` on the files GLUE distributes: the teacher is fine-tuned and evaluated
+    on every dev set (MNLI: matched and mismatched), with the task's metrics and class names (MRPC:
+    F1 first; every task's files are read in test_datafiles)."""
+    rng = np.random.default_rng(7)
+    spec = get_task(task)
+    def rows(n):
+        return [(a, b, spec.labels[int(rng.integers(len(spec.labels)))])
+                for (a, _), (b, _) in zip(sentences(rng, n), sentences(rng, n))]
+    write_task(world / "data", task, {"train": rows(16), **{split: rows(8) for split in spec.dev_splits}})
+    assert main(["finetune-teacher", *cli(world, tmp_path), "--task", task, "--teacher-steps", "2"]) == 0
+    metrics = json.loads((tmp_path / "teacher" / "best" / "metrics.json").read_text())
+    expected = {"step", "main", *spec.metrics} | ({"mismatched_accuracy"} if task == "mnli" else set())
+    assert set(metrics) == expected and metrics["main"] == metrics[spec.main_metric]
+    config = json.loads((tmp_path / "teacher" / "best" / "config.json").read_text())
+    assert list(config["id2label"].values()) == list(spec.class_names)
+
+
+# --- faults: a second run, a failed write, a hard kill -----------------------------------------------
+
+def stage_files(directory):
+    """Every checkpoint file of a stage directory (last/, final/, best/), by relative path."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(Path(directory).rglob("*"))
+            if p.is_file() and p.parent.name in ("last", "final", "best")}
+
+
+def start(world, out, *extra, prefix=()):
+    """`distill general` in a child process (stdout and stderr to out.log)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, *(prefix or ["-m", "minitinybert.distill"]), "general", *cli(world, out, *extra)]
+    with open(f"{out}.log", "a") as log:
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def error_lines(stderr):
+    """What a failed command said, without its progress bar: one line, and no traceback."""
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("error")]
+
+
+def wait_for(condition, proc, what, seconds=120):
+    deadline = time.time() + seconds
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def logged_steps(out):
+    log = out / "general" / "log.jsonl"
+    return log.read_text().count("\n") if log.exists() else 0
+
+
+def test_one_run_per_directory(world, tmp_path, capsys):
+    """A second run on a directory a live run holds is refused with the other's pid, host, command
+    and start time; once that run is killed, its lock is taken over without anyone cleaning up."""
+    out = tmp_path / "run"
+    args = ["--general-steps", "100000", "--workers", "1"]
+    proc = start(world, out, *args)
+    try:
+        wait_for(lambda: (out / "general" / "last").exists(), proc, "a first checkpoint")
+        assert main(["general", *cli(world, out, *args), "--resume"]) == 2
+        [line] = error_lines(capsys.readouterr().err)
+        assert f"is in use by another run (pid {proc.pid} on {socket.gethostname()}, started 20" in line
+        assert "-m minitinybert.distill general" in line
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (out / "run.lock").exists()                              # what the killed run left
+    assert main(["general", *cli(world, out, *args), "--resume", "--stop-after", "1"]) == 0
+    said = capsys.readouterr().out
+    assert f"held by a run that is gone (pid {proc.pid} " in said and "taking it over" in said
+    assert not (out / "run.lock").exists()
+
+
+ERRORS = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
+          errno.EACCES: "Permission denied"}
+
+
+@pytest.fixture(scope="module")
+def straight_general(world, tmp_path_factory):
+    """An uninterrupted general distillation of 24 steps (checkpoints every 2), 1 worker."""
+    out = tmp_path_factory.mktemp("straight")
+    assert main(["general", *cli(world, out, "--general-steps", "24", "--workers", "1")]) == 0
+    return stage_files(out / "general")
+
+
+@pytest.mark.parametrize("code", sorted(ERRORS))
+def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(world, tmp_path, monkeypatch, capsys,
+                                                                        straight_general, code):
+    """The second checkpoint's model file fails half-way (a full disk, a read-only place, a lost
+    permission): one line says so and which checkpoint is intact; that one is untouched, and
+    --resume from it ends as the uninterrupted run."""
+    import minitinybert.weights as weights
+    out = tmp_path / "run"
+    args = cli(world, out, "--general-steps", "24", "--workers", "1")
+    real_write, models, before = weights.write_file, [], {}
+
+    def write_file(path, data):
+        if Path(path).name == "model.safetensors":
+            models.append(path)
+            if len(models) == 2:                                   # the checkpoint of step 4
+                before.update(stage_files(out / "general"))
+                real_write(path, data[: len(data) // 2])             # its header and half its tensors
+                raise OSError(code, os.strerror(code), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(weights, "write_file", write_file)
+    assert main(["general", *args]) == 2
+    err = capsys.readouterr().err
+    last = out / "general" / "last"
+    assert error_lines(err) == [f"error: [general] stopped at step 4: {last}: {ERRORS[code]} "
+                                f"({errno.errorcode[code]}); the checkpoint of step 2 in {last} is intact: free some "
+                                f"space or fix the permissions, then run the same command with --resume"]
+    assert stage_files(out / "general") == before and json.loads((last / "trainer_state.json").read_text())["step"] == 2
+    assert sorted(p.name for p in (out / "general").iterdir()) == ["general.json", "last", "log.jsonl", "loss.png"]
+    assert not (out / "run.lock").exists()
+    if code == errno.ENOSPC:                                       # the same path for every code: resume once
+        monkeypatch.undo()
+        assert main(["general", *args, "--resume"]) == 0
+        assert stage_files(out / "general") == straight_general
+
+
+def test_a_full_disk_for_real(world, tmp_path, capsys, straight_general):
+    """The same on a small tmpfs filled up after the first checkpoint (needs root and mount)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}); "
+                    f"test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one injects the same failure")
+    try:
+        out = disk / "run"
+        args = cli(world, out, "--general-steps", "24", "--workers", "1")
+        assert main(["general", *args, "--stop-after", "2"]) == 0
+        before = stage_files(out / "general")
+        filler = disk / "filler"
+        with open(filler, "wb") as f:                             # fill the disk up ...
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+            f.truncate(0)
+        # ... but for room for the lock and the log: not for a checkpoint
+        filler.write_bytes(b"\0" * (shutil.disk_usage(disk).free - 3 * 4096))
+        capsys.readouterr()
+        assert main(["general", *args, "--resume"]) == 2
+        err = capsys.readouterr().err
+        [line] = error_lines(err)
+        assert line.startswith("error: [general] stopped at step 4: ") and "(ENOSPC)" in line
+        assert "the checkpoint of step 2 in" in line
+        assert stage_files(out / "general") == before
+        filler.unlink()
+        assert main(["general", *args, "--resume"]) == 0
+        assert stage_files(out / "general") == straight_general
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys
+import minitinybert.weights as weights
+where, nth = sys.argv.pop(1), int(sys.argv.pop(1))
+seen = []
+if where == "file":              # half-way through a checkpoint's model file
+    real_write = weights.write_file
+    def write_file(path, data):
+        if os.path.basename(path) == "model.safetensors":
+            seen.append(path)
+            if len(seen) == nth:
+                real_write(path, data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+        real_write(path, data)
+    weights.write_file = write_file
+else:                            # between the two renames that swap last/ for the new checkpoint
+    real_replace = os.replace
+    def replace(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith("last.old"):
+            seen.append(dst)
+            if len(seen) == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+    weights.os.replace = replace
+sys.argv[0] = "distill"
+from minitinybert.distill import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_at_any_moment_then_resume_is_exact(world, tmp_path, straight_general):
+    """General distillation killed (SIGKILL) at a random moment of training, half-way through a
+    checkpoint file, and between the two renames of a checkpoint swap, resumed each time: it ends
+    byte-identical to the uninterrupted run, each step logged once, with no lock or debris left."""
+    out = tmp_path / "run"
+    args = ["--general-steps", "24", "--workers", "1", "--resume"]
+    rng = np.random.default_rng(0)
+    # a random moment: once a random number of steps are logged, after a random delay
+    proc = start(world, out, *args)
+    steps = int(rng.integers(1, 7))                                  # of 24: the kill lands before the end
+    wait_for(lambda: logged_steps(out) >= steps, proc, f"step {steps}")
+    time.sleep(float(rng.uniform(0, 0.02)))
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    # half-way through writing the model file of the resumed run's second checkpoint
+    proc = start(world, out, *args, prefix=["-c", KILL_DURING_WRITE, "file", "2"])
+    assert proc.wait(timeout=300) == -signal.SIGKILL, Path(f"{out}.log").read_text()
+    assert any(p.name.endswith(".part") for p in (out / "general").iterdir())
+    # between the renames of its first swap: last/ is gone, last.old holds it
+    proc = start(world, out, *args, prefix=["-c", KILL_DURING_WRITE, "swap", "1"])
+    assert proc.wait(timeout=300) == -signal.SIGKILL, Path(f"{out}.log").read_text()
+    assert not (out / "general" / "last").exists() and (out / "general" / "last.old").exists()
+    assert (out / "run.lock").exists()
+    assert main(["general", *cli(world, out, *args)]) == 0
+    assert stage_files(out / "general") == straight_general
+    assert sorted(p.name for p in (out / "general").iterdir()) == ["final", "general.json", "last", "log.jsonl",
+                                                                    "loss.png"]
+    assert [json.loads(line)["step"] for line in (out / "general" / "log.jsonl").read_text().splitlines()] == \
+        list(range(1, 25))
+    assert not (out / "run.lock").exists()
+
+
+def test_a_shared_general_student_is_made_by_one_run_at_a_time(world, tmp_path, capsys):
+    """Outside --out (whose lock covers its own directory), the general run takes a lock of its own."""
+    from minitinybert.runlock import RunLock
+    shared = ["--general-dir", str(tmp_path / "shared"), "--general-steps", "1"]
+    with RunLock(tmp_path / "shared", log=lambda *a: None):
+        assert main(["general", *cli(world, tmp_path / "o"), *shared]) == 2
+        assert f"{tmp_path / 'shared'} is in use by another run" in capsys.readouterr().err
+    assert main(["general", *cli(world, tmp_path / "o"), *shared]) == 0
+    assert not (tmp_path / "shared" / "run.lock").exists()

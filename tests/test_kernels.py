@@ -16,6 +16,27 @@ def close(a, b, tol=2e-5):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+def padded_mask():
+    """(B, T) with a partly padded row, a row of one token and a fully padded row."""
+    mask = np.ones((B, T), np.int32)
+    mask[1, 40:] = 0
+    mask[2, 1:] = 0
+    mask[3, :] = 0
+    return mask
+
+
+def fused_qkv_views(rng, batch=B):
+    """q, k, v (batch, H, T, D) as the model has them: strided views of one (batch, T, 3C) product."""
+    qkv = rng.normal(size=(batch, T, 3, H, C // H)).astype(np.float32)
+    return [qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3)]
+
+
+def merged_heads(batch=B):
+    """A (batch, T, C) array and its (batch, H, T, D) view: where the model writes the context."""
+    merged = np.empty((batch, T, C), np.float32)
+    return merged, merged.reshape(batch, T, H, C // H).transpose(0, 2, 1, 3)
+
+
 def test_layernorm_twins(rng):
     x = rng.normal(size=(B, T, C)).astype(np.float32) * 3 + 1
     gamma, beta = rng.normal(size=C).astype(np.float32), rng.normal(size=C).astype(np.float32)
@@ -37,22 +58,6 @@ def test_bias_gelu_twins(rng):
     close(y1, y0)
     for got, want in zip(kernels.bias_gelu_backward(dy, c1), ops.bias_gelu_backward(dy, c0)):
         close(got, want, 1e-3 if got.ndim == 1 else 2e-5)   # the bias gradient sums 256 rows
-
-
-def test_masked_softmax_twins(rng):
-    scores = rng.normal(size=(B, H, T, T)).astype(np.float32) * 4
-    mask = np.ones((B, T), np.int32)
-    mask[1, 40:] = 0
-    mask[2, 1:] = 0
-    mask[3, :] = 0          # a fully padded row must still give finite numbers
-    bias = ops.key_mask_bias(mask, np.float32)
-    s1, p1 = kernels.masked_softmax_forward(scores, bias, 0.125)
-    s0, p0 = ops.masked_softmax_forward(scores, bias, 0.125)
-    close(s1, s0)
-    close(p1, p0)
-    assert np.isfinite(p1).all()
-    dp = rng.normal(size=p1.shape).astype(np.float32)
-    close(kernels.softmax_backward(dp, p1), ops.softmax_backward(dp, p0))
 
 
 def test_embedding_scatter_twins(rng):
@@ -117,14 +122,12 @@ def test_bias_dropout_residual_layernorm_twins(rng, p):
 @pytest.mark.parametrize("p", [0.0, 0.1])
 def test_masked_softmax_dropout_twins(rng, p):
     scores = rng.normal(size=(B, H, T, T)).astype(np.float32) * 4
-    mask = np.ones((B, T), np.int32)
-    mask[1, 40:] = 0
-    mask[3, :] = 0
-    bias = ops.key_mask_bias(mask, np.float32)
+    bias = ops.key_mask_bias(padded_mask(), np.float32)
     out1 = kernels.masked_softmax_dropout_forward(scores, bias, 0.125, p, np.random.default_rng(6))
     out0 = ops.masked_softmax_dropout_forward(scores, bias, 0.125, p, np.random.default_rng(6))
     for got, want in zip(out1[:3], out0[:3]):
         close(got, want)
+    assert np.isfinite(out1[1]).all()                         # fully padded rows included
     np.testing.assert_array_equal(out1[2] == 0, out0[2] == 0)     # the same dropped positions
     if p == 0:
         assert np.shares_memory(out1[2], out1[1])          # eval mode: no second array
@@ -143,13 +146,122 @@ def test_masked_softmax_dropout_twins(rng, p):
         close(kernels.softmax_dropout_backward(g.copy(), out1[1], out1[2], 0.125, e, out=g.copy()), want)
 
 
-def test_batched_matmul_is_matmul(rng):
-    """The per-head products split over threads: bit-identical to np.matmul, strided out= included."""
-    D = C // H
-    qkv = rng.normal(size=(B, T, 3, H, D)).astype(np.float32)
-    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-    scores = kernels.batched_matmul(q, k.swapaxes(-1, -2))
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_attention_twins(rng, p):
+    """The attention core as the model calls it: q, k, v strided views of the fused QKV product,
+    the context written into the merged-heads layout, the gradients into the fused QKV gradient."""
+    q, k, v = fused_qkv_views(rng)
+    bias = ops.key_mask_bias(padded_mask(), np.float32)
+    merged, context_view = merged_heads()
+    ctx1, s1, cache1 = kernels.attention_forward(q, k, v, bias, p, np.random.default_rng(8), out=context_view)
+    ctx0, s0, cache0 = ops.attention_forward(q, k, v, bias, p, np.random.default_rng(8))
+    assert np.shares_memory(ctx1, merged)
+    close(merged, ctx0.transpose(0, 2, 1, 3).reshape(B, T, C))
+    close(s1, s0)
+    np.testing.assert_array_equal(cache1.dropped == 0, cache0.dropped == 0)
+    dctx = rng.normal(size=ctx0.shape).astype(np.float32)
+    extra = rng.normal(size=s0.shape).astype(np.float32) * padded_mask()[:, None, None, :]
+    dqkv = np.full((B, T, 3, H, C // H), np.nan, np.float32)
+    views = tuple(dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    got = kernels.attention_backward(dctx, cache1, extra, out=views)
+    want = ops.attention_backward(dctx, cache0, extra)
+    for g, view, w in zip(got, views, want):
+        assert np.shares_memory(g, dqkv)
+        close(view, w, 1e-4)
+    assert np.isfinite(dqkv).all()                             # every entry written
+
+
+def _layout(cache):
+    """A cache's structure: its type, and per field the type, or shape and dtype of an array."""
+    if isinstance(cache, np.ndarray):
+        return ("array", cache.shape, cache.dtype)
+    if isinstance(cache, tuple):
+        return (type(cache).__name__, getattr(cache, "_fields", None), tuple(_layout(c) for c in cache))
+    return type(cache).__name__
+
+
+def test_twins_share_cache_layouts(rng):
+    """A cache from the kernel and from its NumPy twin: the same NamedTuple, the same shapes."""
+    x = rng.normal(size=(B, T, C)).astype(np.float32)
+    vec = rng.normal(size=C).astype(np.float32)
+    u = rng.normal(size=(B, T, F)).astype(np.float32)
+    q, k, v = fused_qkv_views(rng)
+    bias = ops.key_mask_bias(padded_mask(), np.float32)
+    calls = {
+        "layernorm": lambda impl: impl.layernorm_forward(x, vec, vec, 1e-12),
+        "sublayer exit": lambda impl: impl.bias_dropout_residual_layernorm_forward(
+            x, vec, x, vec, vec, 1e-12, 0.1, np.random.default_rng(1)),
+        "gelu": lambda impl: impl.bias_gelu_forward(u, u[0, 0]),
+        "dropout": lambda impl: impl.dropout_forward(x, 0.1, np.random.default_rng(1)),
+        "attention": lambda impl: impl.attention_forward(q, k, v, bias, 0.1, np.random.default_rng(1)),
+    }
+    for name, call in calls.items():
+        fast, ref = _layout(call(kernels)[-1]), _layout(call(ops)[-1])
+        assert fast == ref, f"{name}: kernel cache {fast} != NumPy cache {ref}"
+    assert _layout(calls["layernorm"](ops)[-1])[1] == ("xhat", "rstd", "gamma")      # the check sees fields
+
+
+@pytest.fixture
+def two_numba_threads():
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: nothing to split over")
+    saved = numba.get_num_threads()
+    numba.set_num_threads(2)
+    yield
+    numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("batch", [B, 1])    # 1: split over the heads instead
+def test_batched_matmul_splits_and_is_matmul(rng, monkeypatch, two_numba_threads, batch):
+    """Inside a single-threaded-BLAS region the per-head products are split over our threads:
+    bit-identical to np.matmul, strided out= included, and the BLAS thread count is never set."""
+    if not kernels.blas_thread_control():
+        pytest.skip("no OpenBLAS found: batched_matmul is np.matmul")
+    q, k, v = fused_qkv_views(rng, batch)
+    with kernels.single_threaded_blas():
+        set_threads, get_threads = kernels.blas_thread_control()
+        sets, splits = [], []
+        monkeypatch.setattr(kernels, "_blas", (lambda n: sets.append(n), get_threads))
+        real_pool = kernels._thread_pool
+        monkeypatch.setattr(kernels, "_thread_pool", lambda n: splits.append(n) or real_pool(n))
+        scores = kernels.batched_matmul(q, k.swapaxes(-1, -2))
+        merged, context_view = merged_heads(batch)
+        kernels.batched_matmul(scores, v, out=context_view)
+        monkeypatch.undo()
     np.testing.assert_array_equal(scores, q @ k.swapaxes(-1, -2))
-    ctx = np.empty((B, T, C), np.float32)
-    kernels.batched_matmul(scores, v, out=ctx.reshape(B, T, H, D).transpose(0, 2, 1, 3))
-    np.testing.assert_array_equal(ctx, (scores @ v).transpose(0, 2, 1, 3).reshape(B, T, C))
+    np.testing.assert_array_equal(merged, (scores @ v).transpose(0, 2, 1, 3).reshape(batch, T, C))
+    assert splits == [2, 2] and sets == []
+
+
+def test_single_threaded_blas_regions_nest_across_threads():
+    """The first region to open sets one thread, the last to close restores the count, whatever
+    the order and the threads they close in."""
+    import threading
+    control = kernels.blas_thread_control()
+    if not control:
+        pytest.skip("no OpenBLAS found")
+    set_threads, get_threads = control
+    saved = get_threads()
+    set_threads(3)
+    try:
+        outer = kernels.single_threaded_blas()
+        outer.__enter__()
+        assert get_threads() == 1
+        opened, release = threading.Event(), threading.Event()
+
+        def other():
+            with kernels.single_threaded_blas():
+                opened.set()
+                release.wait(10)
+
+        worker = threading.Thread(target=other)
+        worker.start()
+        opened.wait(10)
+        outer.__exit__(None, None, None)           # closes first: the other region is still open
+        assert get_threads() == 1
+        release.set()
+        worker.join(10)
+        assert get_threads() == 3
+    finally:
+        set_threads(saved)

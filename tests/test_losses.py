@@ -52,11 +52,24 @@ def test_attention_kernel_matches_numpy_float32():
     assert np.isclose(l0, l1, rtol=1e-5)
     np.testing.assert_allclose(loss_kernels.attention_mse_backward(c1), losses.attention_mse_backward(c0),
                                rtol=1e-5, atol=1e-12)
-    scratch = s.copy()                                    # overwrite: the gradient lands in the student's array
+    scratch = s.copy()                   # overwrite: the kernel's cache is written over the student's array
     l2, c2 = loss_kernels.attention_mse_forward(scratch, t, overwrite=True)
-    grad = loss_kernels.attention_mse_backward(c2)
-    assert l2 == l1 and np.shares_memory(grad, scratch)
-    np.testing.assert_allclose(grad, losses.attention_mse_backward(c0), rtol=1e-5, atol=1e-12)
+    assert l2 == l1 and np.shares_memory(c2[0], scratch)
+    np.testing.assert_allclose(loss_kernels.attention_mse_backward(c2), losses.attention_mse_backward(c0),
+                               rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", [losses, loss_kernels], ids=["numpy", "numba"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_attention_backward_leaves_its_cache_alone(impl, overwrite):
+    """backward twice gives the same gradient (a backward that scaled its cache in place doubled it)."""
+    rng = np.random.default_rng(1)
+    s, t = (rng.standard_normal((2, 3, 5, 5)).astype(np.float32) for _ in range(2))
+    _, cache = impl.attention_mse_forward(s.copy(), t, overwrite=overwrite)
+    first = impl.attention_mse_backward(cache, 0.7).copy()
+    second = impl.attention_mse_backward(cache, 0.7)
+    np.testing.assert_array_equal(second, first)
+    np.testing.assert_allclose(first, 2 * 0.7 * (s - t) / s.size, rtol=1e-6)
 
 
 def test_attention_heads_must_match():

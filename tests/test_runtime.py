@@ -5,10 +5,13 @@ import json
 import math
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minitinybert import runtime
 from minitinybert.config import BertConfig
@@ -104,14 +107,22 @@ def test_float32_export_equals_engine(tmp_path, num_labels):
             rm.predict(TEXTS)
 
 
-def test_fused_qkv_is_a_view_of_the_file(tmp_path):
-    model, ckpt = make_checkpoint(tmp_path, 2)
+def test_load_maps_the_weights_without_copying_them(tmp_path):
+    """float32 and int8 weights are used from the memory map: loading allocates a small fraction of
+    the file (a float32 copy of the int8 weights, or a concatenated q/k/v, would exceed it)."""
+    model, ckpt = make_checkpoint(tmp_path, 2, hidden_size=256, intermediate_size=1024, num_attention_heads=4)
     for dtype in ("float32", "int8"):
-        rm = runtime.load(export_runtime(ckpt, tmp_path / f"{dtype}.safetensors", dtype))
-        qkv = rm._layers[0].qkv
-        assert qkv.weight.shape == (96, 32) and not qkv.weight.flags.owndata
-        assert not qkv.weight.flags.writeable                 # straight from the read-only memory map
-        assert (qkv.scale is not None) == (dtype == "int8")
+        path = export_runtime(ckpt, tmp_path / f"{dtype}.safetensors", dtype)
+        tracemalloc.start()
+        try:
+            rm = runtime.load(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 0.15 * path.stat().st_size, (dtype, peak, path.stat().st_size)
+        batch = rm.tokenize(TEXTS)
+        ref = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits
+        close(rm.logits(TEXTS), ref, 1e-5 if dtype == "float32" else 0.05)
 
 
 def test_bucketing_preserves_order_and_equals_one_by_one(tmp_path):
@@ -178,11 +189,64 @@ def test_quantize_rows():
     np.testing.assert_allclose(q * scale[:, None], w, atol=float(scale.max()) / 2 + 1e-7)
 
 
-def test_erf_accuracy():
-    x = np.linspace(-6, 6, 20001)
-    ref = np.array([math.erf(v) for v in x])
-    assert np.abs(runtime.erf(x) - ref).max() < 1e-7                      # float64 evaluation
-    assert np.abs(runtime.erf(x.astype(np.float32)) - ref).max() < 6e-7   # float32 evaluation
+def _kernel_sets():
+    sets = [runtime._Kernels()]
+    numba_kernels = runtime._Kernels()
+    if numba_kernels.use_numba():
+        sets.append(numba_kernels)
+    return sets
+
+
+KERNEL_SETS = _kernel_sets()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 70), st.integers(1, 2 * runtime.INT8_KERNEL_MAX_TOKENS),
+       st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_int8_product_equals_float32_product_of_the_dequantized_weight(out_f, in_f, tokens, seed, zero_row):
+    """The int8 product (NumPy: cast weight; Numba: int8 read in the kernel, up to
+    INT8_KERNEL_MAX_TOKENS tokens, then the NumPy path) is (q * scale) @ x, float32 rounding apart."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(out_f, in_f)).astype(np.float32) * rng.uniform(0.01, 10)
+    if zero_row:
+        w[0] = 0.0
+    q, scale = quantize_rows(w)
+    x = rng.normal(size=(in_f, tokens)).astype(np.float32)
+    expected = (q.astype(np.float64) * scale[:, None].astype(np.float64)) @ x
+    bound = (np.abs(q).astype(np.float64) * scale[:, None]) @ np.abs(x)      # sum |terms|: rounding scale
+    for kernels in KERNEL_SETS:
+        ws = runtime._workspace()
+        out = np.full((out_f, tokens), np.nan, np.float32)
+        kernels.int8_matmul(q, scale, x, out, ws, kernels.int8_input(x, ws))
+        assert np.all(np.abs(out - expected) <= 1e-5 * bound + 1e-30), kernels.name
+
+
+def test_int8_file_computes_the_dequantized_model(tmp_path):
+    """An int8 file gives the logits of the float32 model whose weights are q * scale (so int8's
+    accuracy is that model's: no error beyond the weights' rounding, whatever the kernel)."""
+    model, ckpt = make_checkpoint(tmp_path, 2, seed=11, hidden_size=64, intermediate_size=128)
+    int8_path = export_runtime(ckpt, tmp_path / "int8.safetensors", "int8", quantize_embeddings=True)
+    from minitinybert.export import runtime_tensors
+    for name, value in runtime_tensors(model.state_dict(), "float32"):
+        if name in model.params and value.ndim == 2 and not name.startswith("classifier."):
+            q, scale = quantize_rows(value)
+            model.params[name][...] = q * scale[:, None]
+    f32_path = export_model(model, tmp_path / "dequantized.safetensors", VOCAB, True, "float32")
+    texts = TEXTS + [f"{a} {b}" for a in WORDS for b in WORDS[:12]]     # up to 2 x 32-token products and more
+    expected = runtime.load(f32_path, kernels="numpy").logits(texts)
+    for kernels in ("numpy", "auto"):
+        for batch_size in (3, 64):                 # products of a few tokens (the int8 kernel), and many
+            close(runtime.load(int8_path, kernels=kernels).logits(texts, batch_size=batch_size), expected, 2e-5)
+
+
+def test_gelu_accuracy():
+    """The exact (erf) GELU of both kernel sets, float32, against math.erf in float64."""
+    x = np.linspace(-10, 10, 20000)
+    ref = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
+    for kernels in KERNEL_SETS:
+        h = x.astype(np.float32).reshape(2, -1).copy()                  # (features, tokens)
+        kernels.bias_gelu(h, np.zeros(2, np.float32), runtime._workspace())
+        assert np.all(np.abs(h.ravel() - ref) <= 1e-6 + 3e-7 * np.abs(ref)), kernels.name
 
 
 def test_numpy_and_numba_kernels_agree(tmp_path):
@@ -282,28 +346,44 @@ def test_export_drops_training_tensors_and_is_readable_by_safetensors(tmp_path):
     assert rm.labels == ["class0", "class1"]
 
 
-def test_own_thread_pool_gives_the_same_results(tmp_path):
-    """threads=N (the runtime's pool over single-threaded BLAS; process-wide, hence a subprocess)."""
+THREADS_PROBE = """
+import json, sys, threading
+from minitinybert import runtime
+# every piece of work split, however small: sub-batches of a few tokens, products and attention in blocks
+runtime.PARALLEL_MIN_WORK, runtime.SHARD_MIN_TOKENS, runtime.CHUNK_TOKENS = 0, 0, int(sys.argv[4])
+m = runtime.load(sys.argv[1], threads=int(sys.argv[2]), kernels=sys.argv[3])
+texts = json.loads(sys.argv[5])
+print(json.dumps({"logits": m.logits(texts, batch_size=8).tolist(), "single": m.logits(texts[4:5]).tolist(),
+                  "embed": m.embed(texts, batch_size=8).tolist(),
+                  "helpers": sum(t.name.startswith("minitinybert-runtime") for t in threading.enumerate())}))
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_threads_give_the_same_results(tmp_path, dtype):
+    """threads=N (sub-batches shared among N threads, products split by rows;
+    BLAS set process-wide, hence subprocesses) gives the single-threaded results."""
     _, ckpt = make_checkpoint(tmp_path, 3, seed=6, max_position_embeddings=64)
-    path = export_runtime(ckpt, tmp_path / "m.safetensors")
+    path = export_runtime(ckpt, tmp_path / "m.safetensors", dtype)
     texts = TEXTS * 4
-    code = ("import json, sys; from minitinybert import runtime; "
-            "m = runtime.load(sys.argv[1], threads=int(sys.argv[2]), kernels=sys.argv[3]); "
-            "m._pool.work_scale = 0.0; m._pool.late = 1e9; "
-            "print(json.dumps([m.logits(json.loads(sys.argv[4]), batch_size=8).tolist(), m._pool.size]))")
     outputs = {}
-    for threads, kernels in ((1, "numpy"), (3, "numpy"), (3, "auto")):   # 3: more helpers than chunks at times
-        proc = subprocess.run([sys.executable, "-c", code, str(path), str(threads), kernels, json.dumps(texts)],
-                              capture_output=True, text=True, timeout=120)
+    for threads, kernels, chunk in ((1, "numpy", 4096), (1, "auto", 16), (3, "numpy", 16), (3, "auto", 16),
+                                    (2, "auto", 4096)):
+        proc = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(path), str(threads), kernels, str(chunk),
+                               json.dumps(texts)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
-        outputs[threads, kernels], size = json.loads(proc.stdout)
-        assert size in (1, threads)
-    close(outputs[3, "numpy"], outputs[1, "numpy"], 1e-6)
-    close(outputs[3, "auto"], outputs[1, "numpy"], 1e-5)
-    close(outputs[1, "numpy"], runtime.load(path).logits(texts), 1e-5)
+        outputs[threads, kernels, chunk] = out = json.loads(proc.stdout)
+        assert out["helpers"] == threads - 1           # the work did go to other threads
+    reference = outputs[1, "numpy", 4096]
+    for key, out in outputs.items():
+        for name in ("logits", "single", "embed"):
+            close(out[name], reference[name], 1e-5)
+    rm = runtime.load(path)
+    close(reference["logits"], rm.logits(texts), 1e-5)
+    close(reference["single"], rm.logits(texts[4:5]), 1e-5)
 
 
-def test_concurrent_callers_share_the_pool(tmp_path):
+def test_concurrent_callers(tmp_path):
     _, ckpt = make_checkpoint(tmp_path, 2, seed=8)
     path = export_runtime(ckpt, tmp_path / "m.safetensors")
     code = """
@@ -311,10 +391,8 @@ import json, sys, threading
 import numpy as np
 from minitinybert import runtime
 texts = json.loads(sys.argv[2])
+runtime.PARALLEL_MIN_WORK, runtime.SHARD_MIN_TOKENS, runtime.CHUNK_TOKENS = 0, 0, 16
 models = [runtime.load(sys.argv[1], threads=2, kernels="numpy") for _ in range(2)]
-for m in models:
-    m._pool.work_scale = 0.0
-    m._pool.late = 1e9
 expected = models[0].logits(texts)
 results, errors = [], []
 def run(m):

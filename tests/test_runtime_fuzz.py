@@ -17,10 +17,14 @@ from minitinybert.runtime import RuntimeModelError
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghij") + ["##" + c for c in "abcdefghij"]
 
 
-def valid_bytes(tmp_path, dtype="float32") -> bytes:
+def valid_model() -> Bert:
     cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=12, max_position_embeddings=16, num_labels=2)
-    path = export_model(Bert(cfg, seed=0), tmp_path / f"valid-{dtype}.safetensors", VOCAB, True, dtype,
+    return Bert(cfg, seed=0)
+
+
+def valid_bytes(tmp_path, dtype="float32") -> bytes:
+    path = export_model(valid_model(), tmp_path / f"valid-{dtype}.safetensors", VOCAB, True, dtype,
                         quantize_embeddings=True, max_length=16)
     return path.read_bytes()
 
@@ -63,9 +67,17 @@ def refused(tmp_path, data: bytes, match=None):
 
 
 def test_valid_files_load(tmp_path):
-    for dtype in ("float32", "float16", "int8"):
+    """The unmutated files load and compute the exported model's probabilities."""
+    texts = ["abc", "def", "a b c d e"]
+    for dtype, tol in (("float32", 1e-5), ("float16", 2e-3), ("int8", 2e-2)):
         model = load_bytes(tmp_path, valid(tmp_path, dtype))
-        assert len(model.predict(["abc", "def"])) == 2
+        batch = model.tokenize(texts)
+        logits = valid_model().forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits
+        expected = np.exp(logits - logits.max(1, keepdims=True))
+        expected /= expected.sum(1, keepdims=True)
+        got = model.predict(texts)
+        assert [p["label"] for p in got] == [f"LABEL_{i}" for i in expected.argmax(1)]
+        np.testing.assert_allclose([[p["scores"][f"LABEL_{i}"] for i in range(2)] for p in got], expected, atol=tol)
 
 
 @pytest.mark.parametrize("cut", [0, 1, 7, 8, 12, 100, -1, -9, "header-1", "header+3"])

@@ -89,15 +89,19 @@ def test_tricky_examples(text, lowercase):
     assert ours.token_ids([text])[0] == reference_ids(reference, text)
 
 
-def test_backends_agree_and_batch():
-    with open(vocab_path(), encoding="utf-8") as f:
-        tokens = [line.rstrip("\r\n") for line in f]
-    python = WordPieceTokenizer(tokens, True, backend="python")
-    rust = WordPieceTokenizer(tokens, True, backend="tokenizers")
-    assert python.token_ids(TRICKY) == rust.token_ids(TRICKY)
+def test_batch_and_pairs_equal_reference():
+    ours, reference = tokenizers_for(True)
+    assert ours.token_ids(TRICKY) == [e.ids for e in reference.encode_batch(TRICKY, add_special_tokens=False)]
     pairs = list(zip(TRICKY, reversed(TRICKY)))
-    assert python.encode(pairs, 16) == rust.encode(pairs, 16)
-    assert python.tokenize("unaffable") == ["una", "##ffa", "##ble"]
+    reference.enable_truncation(16, strategy="longest_first")
+    try:
+        expected = [(e.ids, e.type_ids) for e in reference.encode_batch(pairs)]
+    finally:
+        reference.no_truncation()
+    assert [(ids, types) for ids, types, _ in ours.encode(pairs, 16)] == expected
+    assert ours.tokenize("unaffable") == ["una", "##ffa", "##ble"]
+    with pytest.raises(ValueError, match="backend"):
+        WordPieceTokenizer(["[UNK]", "[CLS]", "[SEP]"], backend="tokenizers")
 
 
 def test_tokenizer_errors():

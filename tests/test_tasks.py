@@ -13,8 +13,10 @@ def test_get_task_aliases():
         assert get_task(alias).name == "stsb"
     assert get_task("CoLA").name == "cola" and get_task("RTE").name == "rte"
     assert get_task(get_task("rte")) is tasks.TASKS["rte"]
-    with pytest.raises(DataError, match=r"unknown task 'mnli'; known tasks: sst2 \(SST-2\), cola"):
-        get_task("mnli")
+    with pytest.raises(DataError, match=r"unknown task 'mnli2'; known tasks: mnli \(MNLI\), qqp \(QQP\)"):
+        get_task("mnli2")
+    for alias in ("MNLI", "QQP", "QNLI", "MRPC", "WNLI"):
+        assert get_task(alias).name == alias.lower()
     assert get_task("stsb").is_regression and get_task("stsb").num_labels == 1
     assert get_task("rte").is_pair and not get_task("sst2").is_pair
 

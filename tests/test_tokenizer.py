@@ -107,6 +107,17 @@ def test_dynamic_padding(tok):
     assert longer.input_ids.shape == (2, 7)
 
 
+@pytest.mark.parametrize("max_length", [5, 7, 12, 128])
+def test_lengths_are_the_rows_encode_makes(tok, max_length):
+    texts = ["one two three four five six seven eight", "short", "a gripping, unexpectedly tender film", "x"]
+    pairs = ["a b", "one two three four five six", "c", "the end of it all"]
+    for second in (None, pairs):
+        if second is not None and max_length < 7:
+            continue
+        expected = tok.encode(texts, second, max_length=max_length).attention_mask.sum(1)
+        assert tok.lengths(texts, second, max_length).tolist() == expected.tolist()
+
+
 def test_pre_tokenize_and_word_pieces(tok):
     words = tok.pre_tokenize("Don't stop-it, Café!")
     assert words == ["don", "'", "t", "stop", "-", "it", ",", "cafe", "!"]

@@ -1,5 +1,7 @@
 """Loading and saving checkpoints: every real BERT layout, and a clear error for every bad file."""
+import errno
 import json
+import os
 import struct
 
 import numpy as np
@@ -170,17 +172,67 @@ def test_corrupt_files_give_clear_errors(tmp_path, damage):
         assert "pooler.dense.bias" in str(info.value)
 
 
-def test_save_checkpoint_never_leaves_a_partial_directory(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")])
+def test_save_checkpoint_never_leaves_a_partial_directory(tmp_path, monkeypatch, failure):
+    """Interrupted or out of space half-way through a file: the previous checkpoint is untouched,
+    nothing is left beside it, and the error names the checkpoint."""
     model = Bert(SMALL, seed=0)
     target = save_checkpoint(model, tmp_path / "ckpt")
-    before = (target / "model.safetensors").read_bytes()
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
     import minitinybert.weights as weights
+    real = weights._write_all
 
-    def explode(*args, **kwargs):
-        raise KeyboardInterrupt
+    def fail_half_way(fd, data):
+        data = memoryview(data).cast("B")
+        if len(data) > 1000:
+            real(fd, data[: len(data) // 2])
+            raise failure
+        real(fd, data)
 
-    monkeypatch.setattr(weights, "write_safetensors_atomic", explode)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(weights, "_write_all", fail_half_way)
+    with pytest.raises(type(failure)) as info:
         save_checkpoint(Bert(SMALL, seed=1), target)
-    assert (target / "model.safetensors").read_bytes() == before
+    if isinstance(failure, OSError):
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_checkpoint_files_are_what_safetensors_writes():
+    """Tensors go to the disk straight from their arrays, in the bytes safetensors itself writes."""
+    from safetensors.numpy import save
+    import minitinybert.weights as weights
+    tensors = export_tensors(Bert(SMALL.replace(num_labels=3), seed=0))
+    tensors["empty"] = np.zeros((0, 4), np.float32)
+    assert b"".join(bytes(memoryview(p).cast("B")) for p in weights.safetensors_pieces(tensors)) == \
+        save(tensors, metadata={"format": "pt"})
+
+
+def test_a_swap_cut_short_is_undone_or_recovered(tmp_path, monkeypatch):
+    """Replacing a checkpoint renames it aside, then the new one into place. A failure of the second
+    rename puts the old one back; a kill between the two leaves <name>.old, which recover_checkpoint
+    restores (and it clears unfinished .part copies)."""
+    import minitinybert.weights as weights
+    target = save_checkpoint(Bert(SMALL, seed=0), tmp_path / "last")
+    before = (target / "model.safetensors").read_bytes()
+    real_replace = os.replace
+
+    def refuse_new(src, dst):
+        if str(src).endswith(".part"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(weights.os, "replace", refuse_new)
+    with pytest.raises(OSError, match="Read-only"):
+        save_checkpoint(Bert(SMALL, seed=1), target)
+    monkeypatch.undo()
+    assert (target / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    # what a SIGKILL between the renames leaves: last.old and an unfinished copy, no last
+    os.replace(target, tmp_path / "last.old")
+    (tmp_path / "last.x1y2.part").mkdir()
+    (tmp_path / "last.x1y2.part" / "model.safetensors").write_bytes(b"half")
+    assert weights.recover_checkpoint(target) is True
+    assert (target / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert weights.recover_checkpoint(target) is False                 # nothing to do

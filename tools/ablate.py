@@ -152,7 +152,8 @@ class Ablation:
         stage = self.shared / distill.STAGE_DIRS["general"]
         if _complete(stage):
             return stage / "final"
-        return _stage(distill.run_general, ["general", "--out", str(self.shared), *self.common])
+        return _stage(distill.run_general, ["general", "--out", str(self.shared), "--general-dir", str(stage),
+                                            *self.common])
 
     def run_variant(self, v: Variant, teacher: Path) -> dict:
         out = self.out / v.name
@@ -162,7 +163,9 @@ class Ablation:
         general, minutes = "scratch", 0.0
         own_general = v.general == "own" and self.loss_stages == "both"
         if own_general:
-            general = str(_stage(distill.run_general, ["general", "--out", str(out), *self.common, *v.loss_flags]))
+            general = str(_stage(distill.run_general, ["general", "--out", str(out), "--general-dir",
+                                                       str(out / distill.STAGE_DIRS["general"]), *self.common,
+                                                       *v.loss_flags]))
             minutes += _step_minutes(out / distill.STAGE_DIRS["general"])
         elif v.general in ("shared", "own"):
             general = str(self.shared_general())
@@ -243,7 +246,8 @@ def main(argv=None) -> int:
                              "(each runs its own general stage; the paper's ablation) or task only (they "
                              "share the full recipe's general student)")
     args, passthrough = parser.parse_known_args(argv)
-    for flag in ("--out", "--task", "--resume", "--general-student", "--finetuned-teacher", "--augment-cache"):
+    for flag in ("--out", "--task", "--resume", "--general-student", "--general-dir", "--finetuned-teacher",
+                 "--augment-cache"):
         if flag in passthrough:
             raise SystemExit(f"{flag} is set by the tool for each stage; leave it out")
     names = list(BY_NAME) if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]

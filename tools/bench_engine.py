@@ -15,6 +15,7 @@ import numpy as np
 from minitinybert.config import BertConfig, preset
 from minitinybert.model import Bert
 from minitinybert.parallel import DataParallel
+from minitinybert.process import tune_process
 from minitinybert.tokenizer import Batch
 from minitinybert.training import StepResult
 
@@ -85,6 +86,7 @@ def bench_model(name, cfg, B, T, repeats, peak):
 
 
 def main(argv=None):
+    tune_process()                         # first: before any Numba kernel starts OpenMP
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)

@@ -37,6 +37,7 @@ from minitinybert.distill import LossWeights, finetune_step, intermediate_step, 
 from minitinybert.model import Bert
 from minitinybert.optim import AdamW, clip_grad_norm, decay_mask
 from minitinybert.parallel import DataParallel
+from minitinybert.process import tune_process
 from minitinybert.teacher import resolve_teacher
 from minitinybert.weights import load_model
 
@@ -247,6 +248,7 @@ def memory_child(side, B, T, steps=3):
 
 
 def main(argv=None):
+    tune_process()                         # first: before any Numba kernel starts OpenMP
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--batch", type=int, default=32)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -50,10 +51,18 @@ def fingerprint(out: Path) -> list[str]:
     for path in sorted(out.rglob("*")):
         if path.suffix in (".safetensors", ".json") and path.name not in ("summary.json",):
             if path.name == "trainer_state.json":   # holds wall-clock times: compare its numbers only
-                import json
                 state = json.loads(path.read_text())
                 state = {k: v for k, v in state.items() if "time" not in k and "second" not in k}
                 digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+            elif path.name.startswith("teacher-logits-"):   # safetensors orders a metadata dict its own way
+                from safetensors import safe_open
+                with safe_open(str(path), framework="np") as f:
+                    content = json.dumps(f.metadata(), sort_keys=True).encode() + f.get_tensor("logits").tobytes()
+                digest = hashlib.sha256(content).hexdigest()
+            elif path.name in ("general.json", "general-student.json"):   # records: without their paths
+                record = {k: v for k, v in json.loads(path.read_text()).items()
+                          if k not in ("teacher_dir", "corpus_dir", "student", "path")}
+                digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
             else:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
             lines.append(f"{digest[:16]}  {path.relative_to(out)}")
@@ -75,7 +84,7 @@ def main_(argv=None) -> int:
                            "--general-seq-len", "16", "--augment-limit", "16", "--n-aug", "2", "--save-every", "3",
                            "--eval-every", "4", "--teacher-steps", "8", "--general-steps", "8",
                            "--intermediate-steps", "8", "--prediction-steps", "8", "--workers", workers,
-                           "--seed", "3"])
+                           "--seed", "3", "--general-dir", str(out / "general")])   # not shared between runs
             if rc != 0:
                 print(f"pipeline failed with status {rc}", file=sys.stderr)
                 return rc

@@ -1,0 +1,93 @@
+"""The fine-tuned teacher's logits for every training example, computed once for prediction-layer
+distillation and cached on disk.
+
+The teacher is frozen and runs without dropout, so its logits for a given (augmented) example never
+change: one pass over the training set, in batches sorted by length (almost no padding), replaces
+a teacher forward pass in every step of the stage. The cache file carries, in its name and in its
+header, a key of everything the logits depend on: the teacher's weights and configuration, the
+vocabulary, max_length and every text. A changed teacher or data file makes another key, so a
+stale cache is never read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .batches import predict_logits
+from .tasks import Examples
+from .tokenizer import Tokenizer
+from .tokens import TokenTable
+from .weights import write_safetensors_atomic
+
+CACHE_FORMAT = "minitinybert-teacher-logits"
+CACHE_VERSION = 1
+
+
+def logits_key(teacher, tokenizer: Tokenizer, examples: Examples, max_length: int) -> str:
+    """sha256 of what the teacher's logits on `examples` depend on."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, "config": teacher.config.to_dict(),
+                         "vocab": tokenizer.fingerprint(), "max_length": int(max_length),
+                         "examples": len(examples), "pairs": examples.pairs is not None},
+                        sort_keys=True).encode())
+    h.update(np.ascontiguousarray(teacher.params.data).view(np.uint8).reshape(-1))
+    for field in [examples.texts] + ([examples.pairs] if examples.pairs is not None else []):
+        for text in field:
+            h.update(text.encode("utf-8"))
+            h.update(b"\0")    # separator: ["ab", "c"] and ["a", "bc"] differ
+    return h.hexdigest()
+
+
+def cache_path(cache_dir: str | Path, examples: Examples, key: str) -> Path:
+    task = re.sub(r"[^A-Za-z0-9_.-]", "_", examples.task.name)
+    return Path(cache_dir) / f"teacher-logits-{task}-{key[:24]}.safetensors"
+
+
+def _read(path: Path, key: str, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """(the cached logits, ""), or (None, why) when the file is not the one asked for."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            logits = f.get_tensor("logits")
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        return None, f"unreadable ({e})"
+    if meta.get("cache_format") != CACHE_FORMAT or meta.get("key") != key:
+        return None, "its key differs from its name's"
+    if logits.shape != shape or logits.dtype != np.float32 or not np.all(np.isfinite(logits)):
+        return None, f"it holds {logits.dtype} {logits.shape}, expected float32 {shape}"
+    return logits, ""
+
+
+def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length: int,
+                   cache_dir: str | Path | None = None, batch_size: int = 64, log=print,
+                   tokens: TokenTable | None = None) -> np.ndarray:
+    """(N, num_labels) float32: the teacher's eval-mode logits for every example, in order; read
+    from `cache_dir` when computed before with the same teacher and data, else computed and stored.
+    `tokens`: the examples' token ids, when the caller has them (tokens.py)."""
+    shape = (len(examples), teacher.config.num_labels)
+    path = key = None
+    if cache_dir is not None:
+        key = logits_key(teacher, tokenizer, examples, max_length)
+        path = cache_path(cache_dir, examples, key)
+        if path.exists():
+            logits, why = _read(path, key, shape)
+            if logits is not None:
+                log(f"[prediction] teacher logits of {len(examples)} examples read from {path}")
+                return logits
+            log(f"[prediction] ignoring the teacher-logits cache {path}: {why}; computing it again")
+    log(f"[prediction] teacher logits of {len(examples)} examples: one pass, batches sorted by length")
+    t0 = time.perf_counter()
+    logits = predict_logits(teacher, examples, tokenizer, max_length, batch_size=batch_size, tokens=tokens)
+    log(f"[prediction] teacher logits computed in {time.perf_counter() - t0:.0f} s")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors_atomic({"logits": logits}, path, metadata={
+            "cache_format": CACHE_FORMAT, "version": str(CACHE_VERSION), "key": key,
+            "examples": str(len(examples))})
+    return logits
