@@ -3,18 +3,26 @@
 The procedure of the official TinyBERT/data_augmentation.py: each text is split into words by BERT's
 basic tokenizer; every word that is purely alphabetic and not a stop word gets K=15 candidates;
 each of N_a augmented copies replaces each such word, with probability p_t=0.4, by one of its
-candidates drawn uniformly. Candidates come from
+candidates drawn uniformly; copies identical to the original or to an earlier copy are dropped.
+Pair tasks augment both texts, each in its own copies (the other text as it was).
+
+Candidates, for single- and multi-piece words alike, come from one of
 
 - `MlmCandidates`: the teacher's masked-language-model predictions for single-piece words (the
   word masked in a copy of the sentence, fed together with the unmasked sentence as segment B, as
-  the official code does), many masked copies per forward pass;
-- `EmbeddingCandidates`: nearest neighbours by cosine similarity in the teacher's input word
-  embeddings, among whole-word vocabulary entries. The official code uses GloVe for multi-piece
-  words; a checkpoint without an MLM head (the default teacher) has neither, so this is the
-  stand-in, and words that are not one vocabulary entry keep themselves.
+  the official code does), many masked copies per forward pass; multi-piece words get their
+  nearest whole words (`WordVectors`), where the official code takes GloVe neighbours;
+- `ContextCandidates`, for a teacher without an MLM head (the default all-MiniLM-L6-v2 has none,
+  and its hidden state at a [MASK] predicts nothing: the nearest words to it are "bert", "sphinx",
+  ... whatever the context): the word's meaning in its sentence, the mean of the teacher's
+  last-layer states over its pieces, against every vocabulary word encoded alone the same way
+  (`WordVectors`); one forward pass per text, not one per word;
+- `EmbeddingCandidates`: nearest neighbours in the teacher's input word embeddings (a multi-piece
+  word: the mean of its pieces' embeddings), blind to the sentence. Kept as the baseline that
+  tools/augment_quality.py measures the others against.
 
-As in the official code, pair tasks augment the first text only (`augment_pair=True` adds copies
-with the second text augmented instead); augmented texts are the words joined by spaces.
+Replacements are whole vocabulary words of two letters or more, not stop words (GloVe's role in the
+official code: the words a replacement may be).
 """
 from __future__ import annotations
 
@@ -50,7 +58,7 @@ STOP_WORDS = frozenset([
 _ALPHA = re.compile(r"[A-Za-z]+")
 _SPECIAL = re.compile(r"^\[[^\]]*\]$")
 CACHE_FORMAT = "minitinybert-augment"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class AugmentError(ValueError):
@@ -64,6 +72,121 @@ def is_augmentable(word: str) -> bool:
 
 def _sha256_array(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).view(np.uint8).reshape(-1)).hexdigest()
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _check_vocab(model, tokenizer: Tokenizer) -> None:
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise AugmentError(f"the model's vocabulary has {model.config.vocab_size} tokens, the tokenizer's "
+                           f"{tokenizer.vocab_size}: they do not belong together")
+
+
+def replacement_words(tokenizer: Tokenizer) -> list[str]:
+    """What a word may be replaced by: the alphabetic vocabulary entries of two letters or more that
+    are not stop words (only content words are replaced, and by content words): no "##"
+    continuations, [special] tokens, digits, punctuation or lone letters."""
+    return [t for t in tokenizer.id_to_token if len(t) > 1 and is_augmentable(t)]
+
+
+class WordPool:
+    """Words with a unit vector each; the K nearest to any query vector by cosine similarity."""
+
+    def __init__(self, words: list[str], vectors: np.ndarray, lowercase: bool, block: int = 256):
+        if len(words) != len(vectors):
+            raise AugmentError(f"{len(words)} words but {len(vectors)} vectors")
+        self.words = list(words)
+        self.unit = _unit_rows(np.asarray(vectors, dtype=np.float32))
+        self.lowercase = lowercase
+        self.block = int(block)
+        self._column = {w: c for c, w in enumerate(self.words)}
+
+    def nearest(self, queries: np.ndarray, k: int, originals: list[str]) -> list[list[str]]:
+        """For each query vector (n, C) its K nearest pool words, best first, never the query's own
+        word (`originals`); title case kept, as the official code does for GloVe neighbours. A pool
+        of K words or fewer (a toy vocabulary) gives all but the word itself."""
+        if len(self.words) < 2:
+            raise AugmentError(f"the vocabulary has {len(self.words)} replacement words: nothing to replace with")
+        k = min(k, len(self.words) - 1)
+        out = []
+        for start in range(0, len(queries), self.block):
+            chunk = originals[start:start + self.block]
+            sims = _unit_rows(np.asarray(queries[start:start + self.block], dtype=np.float32)) @ self.unit.T
+            for row, word in enumerate(chunk):       # a word is not its own candidate
+                col = self._column.get(word.lower() if self.lowercase else word)
+                if col is not None:
+                    sims[row, col] = -np.inf
+            top = np.argpartition(-sims, k, axis=1)[:, :k]
+            for row, word in enumerate(chunk):
+                best = top[row][np.argsort(-sims[row, top[row]], kind="stable")]
+                found = [self.words[c] for c in best]
+                out.append([w.title() for w in found] if word.istitle() else found)
+        return out
+
+
+def forward_in_batches(model, rows: list[tuple[list[int], list[int]]], pad_id: int, max_rows: int = 256,
+                       score_budget: int = 1 << 19):
+    """Yields (row indices, BertOutput) for (ids, type ids) rows, run in batches of similar length.
+    Sorted by length, so padding is short; rows * T * T bounds the attention scores' memory."""
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r][0]))
+    start = 0
+    while start < len(order):
+        count = 1
+        # grow the batch while its longest row (sorted: the last) keeps it within budget
+        while (start + count < len(order) and count < max_rows
+               and (count + 1) * len(rows[order[start + count]][0]) ** 2 <= score_budget):
+            count += 1
+        chunk = order[start:start + count]
+        width = len(rows[chunk[-1]][0])
+        ids = np.full((len(chunk), width), pad_id, dtype=np.int32)
+        types = np.zeros_like(ids)
+        mask = np.zeros_like(ids)
+        for r, index in enumerate(chunk):
+            row_ids, row_types = rows[index]
+            ids[r, :len(row_ids)] = row_ids
+            types[r, :len(row_types)] = row_types
+            mask[r, :len(row_ids)] = 1
+        yield chunk, model.forward(ids, types, mask)
+        start += count
+
+
+class WordVectors:
+    """A whole-word embedding from the teacher, for words of any number of pieces: the word alone,
+    "[CLS] pieces [SEP]", through the teacher, its pieces' last-layer states averaged.
+
+    GloVe's stand-in: no file to fetch, and it lives in the same space as `ContextCandidates`'
+    in-context vectors. For all-MiniLM-L6-v2, a sentence-embedding model, it is close to the
+    model's own embedding of the one-word sentence. The mean of a word's input piece embeddings is
+    the cheaper alternative; it lands multi-piece words next to their pieces ("unwatchable" by
+    "watch"), and tools/augment_quality.py measures the two."""
+
+    def __init__(self, model, tokenizer: Tokenizer):
+        _check_vocab(model, tokenizer)
+        self.model, self.tokenizer = model, tokenizer
+        self.max_len = int(model.config.max_position_embeddings)
+        self._pool: WordPool | None = None
+
+    def encode(self, words: list[str]) -> np.ndarray:
+        """(n, C) vectors of the words, each encoded alone."""
+        tok = self.tokenizer
+        pieces = [tok.token_ids(w)[:self.max_len - 2] or [tok.unk_id] for w in words]
+        rows = [([tok.cls_id] + p + [tok.sep_id], [0] * (len(p) + 2)) for p in pieces]
+        out = np.zeros((len(words), self.model.config.hidden_size), dtype=np.float32)
+        for chunk, result in forward_in_batches(self.model, rows, tok.pad_id):
+            last = result.hidden_states[-1]
+            for r, index in enumerate(chunk):
+                out[index] = last[r, 1:1 + len(pieces[index])].mean(axis=0)
+        return out
+
+    @property
+    def pool(self) -> WordPool:
+        """Every replacement word with its vector (computed once: the vocabulary's ~22k whole words)."""
+        if self._pool is None:
+            words = replacement_words(self.tokenizer)
+            self._pool = WordPool(words, self.encode(words), self.tokenizer.lowercase)
+        return self._pool
 
 
 class CandidateGenerator:
@@ -94,57 +217,36 @@ class CandidateGenerator:
 
 
 class EmbeddingCandidates(CandidateGenerator):
-    """Nearest whole-word neighbours in the teacher's input word-embedding matrix (cosine similarity)."""
+    """Nearest replacement words in the teacher's input word-embedding matrix (cosine similarity); a
+    word of several pieces is the mean of its pieces' embeddings. Blind to the sentence."""
     kind = "embedding"
 
-    def __init__(self, model, tokenizer: Tokenizer, k: int = 15, block: int = 256):
+    def __init__(self, model, tokenizer: Tokenizer, k: int = 15):
         super().__init__(tokenizer, k)
-        embeddings = np.asarray(model.params["embeddings.word_embeddings.weight"], dtype=np.float32)
-        if embeddings.shape[0] != tokenizer.vocab_size:
-            raise AugmentError(f"the model's word embeddings have {embeddings.shape[0]} rows, the tokenizer's "
-                               f"vocabulary has {tokenizer.vocab_size} tokens: they do not belong together")
-        self._embeddings = embeddings
-        # Whole words only: no "##" continuations, no [special] tokens, no digits or punctuation.
-        self._candidate_ids = np.array([i for i, t in enumerate(tokenizer.id_to_token) if _ALPHA.fullmatch(t)],
-                                       dtype=np.int64)
-        if len(self._candidate_ids) <= self.k:
-            raise AugmentError(f"the vocabulary has only {len(self._candidate_ids)} whole-word entries, "
-                               f"fewer than k+1={self.k + 1}")
-        unit = embeddings[self._candidate_ids]
-        self._unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-        self._column = {int(token_id): col for col, token_id in enumerate(self._candidate_ids)}
-        self.block = int(block)
+        _check_vocab(model, tokenizer)
+        self._embeddings = np.asarray(model.params["embeddings.word_embeddings.weight"], dtype=np.float32)
+        words = replacement_words(tokenizer)
+        self._pool = WordPool(words, self._embeddings[[tokenizer.vocab[w] for w in words]], tokenizer.lowercase)
         self._memo: dict[str, list[str]] = {}
 
     def _weights_digest(self) -> str:
         return _sha256_array(self._embeddings)
 
     def neighbours(self, words: list[str]) -> dict[str, list[str]]:
-        """The K nearest whole words of each word (memoised); [word] for words outside the vocabulary."""
-        vocab = self.tokenizer.vocab
-        todo = []
+        """The K nearest replacement words of each word (memoised); [word] for a word with an unknown piece."""
+        todo, queries = [], []
         for word in dict.fromkeys(words):
             if word in self._memo:
                 continue
-            if word not in vocab:
+            ids = self.tokenizer.token_ids(word)
+            if not ids or self.tokenizer.unk_id in ids:
                 self._memo[word] = [word]
-            else:
-                todo.append(word)
-        for start in range(0, len(todo), self.block):
-            chunk = todo[start:start + self.block]
-            ids = np.array([vocab[w] for w in chunk])
-            query = self._embeddings[ids]
-            query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-            sims = query @ self._unit.T                              # (n, candidates): one matmul per block
-            for row, token_id in enumerate(ids):
-                col = self._column.get(int(token_id))
-                if col is not None:
-                    sims[row, col] = -np.inf                         # a word is not its own candidate
-            top = np.argpartition(-sims, self.k, axis=1)[:, :self.k]
-            for row, word in enumerate(chunk):
-                best = top[row][np.argsort(-sims[row, top[row]], kind="stable")]
-                found = [self.tokenizer.id_to_token[int(self._candidate_ids[c])] for c in best]
-                self._memo[word] = [w.title() for w in found] if word.istitle() else found
+                continue
+            todo.append(word)
+            queries.append(self._embeddings[ids].mean(axis=0))
+        if todo:
+            for word, found in zip(todo, self._pool.nearest(np.stack(queries), self.k, todo)):
+                self._memo[word] = found
         return {w: self._memo[w] for w in words}
 
     def candidates(self, sentences, positions):
@@ -153,8 +255,66 @@ class EmbeddingCandidates(CandidateGenerator):
         return [[table[sentences[s][j]] for j in positions[s]] for s in range(len(sentences))]
 
 
+def _pieces_and_spans(tokenizer: Tokenizer, words: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """A sentence's piece ids and each word's [start, end) among them."""
+    pieces = tokenizer.word_pieces(words)
+    flat = [tokenizer.vocab.get(p, tokenizer.unk_id) for w in pieces for p in w]
+    ends = np.cumsum([len(w) for w in pieces]).tolist()
+    return flat, list(zip([0] + ends[:-1], ends))
+
+
+class ContextCandidates(CandidateGenerator):
+    """The nearest replacement words to a word's meaning in its sentence: the mean of the teacher's
+    last-layer states over the word's pieces in "[CLS] sentence [SEP]", against every replacement
+    word's `WordVectors` vector. One forward pass per sentence serves all its words."""
+    kind = "context"
+
+    def __init__(self, model, tokenizer: Tokenizer, k: int = 15):
+        super().__init__(tokenizer, k)
+        _check_vocab(model, tokenizer)
+        self.model = model
+        self.vectors = WordVectors(model, tokenizer)
+        self.max_len = int(model.config.max_position_embeddings)
+
+    def _weights_digest(self) -> str:
+        return _sha256_array(self.model.params.data)
+
+    def in_context(self, sentences, positions) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """((sentence, slot) of each word that fits the model's length, (n, C) its in-context vector)."""
+        tok = self.tokenizer
+        rows, spans = [], []
+        for s, words in enumerate(sentences):
+            flat, word_spans = _pieces_and_spans(tok, words)
+            flat = flat[:self.max_len - 2]
+            rows.append(([tok.cls_id] + flat + [tok.sep_id], [0] * (len(flat) + 2)))
+            spans.append(word_spans)
+        where, vectors = [], []
+        todo = [s for s in range(len(sentences)) if positions[s]]
+        for chunk, out in forward_in_batches(self.model, [rows[s] for s in todo], tok.pad_id):
+            last = out.hidden_states[-1]
+            for r, index in enumerate(chunk):
+                s = todo[index]
+                kept = len(rows[s][0]) - 2
+                for slot, j in enumerate(positions[s]):
+                    start, end = spans[s][j]
+                    if end <= kept:                                   # cut off by truncation: keeps itself
+                        where.append((s, slot))
+                        vectors.append(last[r, 1 + start:1 + end].mean(axis=0))
+        width = self.model.config.hidden_size
+        return where, (np.stack(vectors) if vectors else np.zeros((0, width), np.float32))
+
+    def candidates(self, sentences, positions):
+        results = [[[sentences[s][j]] for j in positions[s]] for s in range(len(sentences))]
+        where, vectors = self.in_context(sentences, positions)
+        originals = [sentences[s][positions[s][slot]] for s, slot in where]
+        for (s, slot), found in zip(where, self.vectors.pool.nearest(vectors, self.k, originals)):
+            results[s][slot] = found
+        return results
+
+
 class MlmCandidates(CandidateGenerator):
-    """The teacher's top-K masked-language-model predictions for each single-piece word.
+    """The teacher's top-K masked-language-model predictions for each single-piece word; a
+    multi-piece word's K nearest whole words by `WordVectors` (the official code: GloVe).
 
     Every (sentence, word) becomes one row "[CLS] sentence-with-[MASK] [SEP] sentence [SEP]"; rows are
     sorted by length and run through the model many at a time."""
@@ -165,16 +325,14 @@ class MlmCandidates(CandidateGenerator):
         super().__init__(tokenizer, k)
         if not getattr(model.config, "mlm_head", False):
             raise AugmentError("MlmCandidates needs a teacher with a masked-language-model head "
-                               "(cls.predictions.*); use EmbeddingCandidates for this checkpoint")
-        if model.config.vocab_size != tokenizer.vocab_size:
-            raise AugmentError(f"the model's vocabulary has {model.config.vocab_size} tokens, the tokenizer's "
-                               f"{tokenizer.vocab_size}: they do not belong together")
+                               "(cls.predictions.*); use ContextCandidates for this checkpoint")
+        _check_vocab(model, tokenizer)
         if self.k > model.config.vocab_size:
             raise AugmentError(f"k={self.k} exceeds the vocabulary size {model.config.vocab_size}")
         self.model = model
+        self.vectors = WordVectors(model, tokenizer)
         self.max_len = int(model.config.max_position_embeddings)
         self.max_rows = int(max_rows)
-        # rows * T * T bounds the memory the attention scores of one forward pass take
         self.score_budget = int(score_budget)
         # Predictions that can stand for a word: no "##" continuations (as the official filter) and
         # no [special] tokens.
@@ -187,51 +345,40 @@ class MlmCandidates(CandidateGenerator):
     def candidates(self, sentences, positions):
         tok = self.tokenizer
         results = [[[sentences[s][j]] for j in positions[s]] for s in range(len(sentences))]
-        rows = []   # (sentence, slot in positions, ids, type ids, mask index)
+        rows, where, multi = [], [], []   # MLM rows and their (sentence, slot); multi-piece (sentence, slot)
         for s, words in enumerate(sentences):
             if not positions[s]:
                 continue
-            pieces = tok.word_pieces(words)
-            flat = [tok.vocab.get(p, tok.unk_id) for w in pieces for p in w]
-            first_piece = np.cumsum([0] + [len(w) for w in pieces])
+            flat, spans = _pieces_and_spans(tok, words)
             for slot, j in enumerate(positions[s]):
-                if len(pieces[j]) != 1:
-                    continue                                          # multi-piece words keep themselves
-                mask_index = 1 + int(first_piece[j])
+                start, end = spans[j]
+                if end - start != 1:
+                    multi.append((s, slot))
+                    continue
+                mask_index = 1 + start
                 if mask_index >= self.max_len:
                     continue                                          # cut off by truncation
                 masked = list(flat)
-                masked[mask_index - 1] = tok.mask_id
+                masked[start] = tok.mask_id
                 ids = [tok.cls_id] + masked + [tok.sep_id] + flat + [tok.sep_id]
                 types = [0] * (len(flat) + 2) + [1] * (len(flat) + 1)
-                rows.append((s, slot, ids[:self.max_len], types[:self.max_len], mask_index))
-        rows.sort(key=lambda r: len(r[2]))
-        start = 0
-        while start < len(rows):
-            count = 1
-            # grow the batch while the longest row (sorted: the last) keeps it within budget
-            while (start + count < len(rows) and count < self.max_rows
-                   and (count + 1) * len(rows[start + count][2]) ** 2 <= self.score_budget):
-                count += 1
-            chunk = rows[start:start + count]
-            width = len(chunk[-1][2])
-            ids = np.full((len(chunk), width), tok.pad_id, dtype=np.int32)
-            types = np.zeros_like(ids)
-            mask = np.zeros_like(ids)
-            for r, (_, _, row_ids, row_types, _) in enumerate(chunk):
-                ids[r, :len(row_ids)] = row_ids
-                types[r, :len(row_types)] = row_types
-                mask[r, :len(row_ids)] = 1
-            out = self.model.forward(ids, types, mask)
-            hidden = out.hidden_states[-1][np.arange(len(chunk)), [c[4] for c in chunk]]   # (n, C)
+                rows.append((ids[:self.max_len], types[:self.max_len]))
+                where.append((s, slot, mask_index))
+        for chunk, out in forward_in_batches(self.model, rows, tok.pad_id, self.max_rows, self.score_budget):
+            hidden = out.hidden_states[-1][np.arange(len(chunk)), [where[i][2] for i in chunk]]   # (n, C)
             logits = self.model.mlm_logits(hidden)
             top = np.argpartition(-logits, self.k - 1, axis=1)[:, :self.k]
-            for r, (s, slot, _, _, _) in enumerate(chunk):
+            for r, index in enumerate(chunk):
+                s, slot, _ = where[index]
                 best = top[r][np.argsort(-logits[r, top[r]], kind="stable")]
                 words = [tok.id_to_token[int(t)] for t in best if self._usable[t]]
                 if words:
                     results[s][slot] = words
-            start += count
+        if multi:
+            originals = [sentences[s][positions[s][slot]] for s, slot in multi]
+            found = self.vectors.pool.nearest(self.vectors.encode(originals), self.k, originals)
+            for (s, slot), words in zip(multi, found):
+                results[s][slot] = words
         return results
 
 
@@ -255,7 +402,7 @@ def _copies(words: list[str], positions: list[int], candidates: list[list[str]],
 
 
 def augment_texts(texts: list[str], candidates: CandidateGenerator, n_aug: int, p: float, seed: int,
-                  stream: int = 0, chunk_size: int = 256, progress_bar=None) -> list[list[str]]:
+                  stream: int = 0, chunk_size: int = 1024, progress_bar=None) -> list[list[str]]:
     """n_aug augmented versions of each text. Randomness is drawn per text from (seed, index, stream),
     so the result does not depend on chunk_size."""
     tok = candidates.tokenizer
@@ -341,18 +488,23 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def augment_examples(examples: Examples, candidates: CandidateGenerator, n_aug: int = 20, p: float = 0.4,
                      seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True,
-                     augment_pair: bool = False, dedupe: bool = False, chunk_size: int = 256) -> Examples:
-    """The original examples followed by n_aug augmented copies of each (labels copied).
+                     augment_pair: bool | None = None, dedupe: bool = True, chunk_size: int = 1024) -> Examples:
+    """The original examples followed by the augmented copies of each (labels copied).
 
-    Copies of example i come in one block, in order. `augment_pair` also makes n_aug copies with
-    the second text augmented (first text unchanged). `dedupe` drops copies identical to the
-    original or to an earlier copy, as the official script does (then there are at most n_aug).
-    With `cache_dir` the generated texts are stored as JSONL under a key of everything that
-    determines them; a later call with the same key reads the file and never runs the model."""
+    Copies of example i come in one block, in order: those of its first text, then (pair tasks)
+    those of its second text, the other text as it was. `augment_pair` (default: whenever the task
+    has second texts) augments the second texts too, as the official script does; False augments
+    the first only. `dedupe` drops copies identical to the original or to an earlier copy, as the
+    official script does, so a text without a replaceable word adds nothing; there are then at most
+    n_aug copies per text. With `cache_dir` the generated texts are stored as JSONL under a key of
+    everything that determines them; a later call with the same key reads the file and never runs
+    the model."""
     if n_aug < 0:
         raise AugmentError(f"n_aug must be >= 0, got {n_aug}")
     if not 0.0 <= p <= 1.0:
         raise AugmentError(f"p must lie in [0, 1], got {p}")
+    if augment_pair is None:
+        augment_pair = examples.pairs is not None
     if augment_pair and examples.pairs is None:
         raise AugmentError(f"augment_pair=True but task {examples.task.name} has no second text")
     fields = ["text"] + (["pair"] if augment_pair else [])
@@ -382,10 +534,12 @@ def augment_examples(examples: Examples, candidates: CandidateGenerator, n_aug: 
     texts = list(examples.texts)
     pairs = None if examples.pairs is None else list(examples.pairs)
     source = []
+    words_of = candidates.tokenizer.pre_tokenize
     for i in range(n):
         for name in fields:
             original = examples.texts[i] if name == "text" else examples.pairs[i]
-            seen = {original}
+            # copies are words joined by spaces: an unchanged copy is the original in that form
+            seen = {original, " ".join(words_of(original))}
             for copy in generated[name][i]:
                 if dedupe and copy in seen:
                     continue
@@ -400,4 +554,59 @@ def augment_examples(examples: Examples, candidates: CandidateGenerator, n_aug: 
                     pairs.append(copy)
     labels = np.concatenate([examples.labels, examples.labels[np.array(source, dtype=np.int64)]])
     return Examples(texts, pairs, labels.astype(examples.labels.dtype, copy=False), examples.task,
-                    source=f"{examples.source} + {n_aug} augmented copies ({candidates.kind})")
+                    source=f"{examples.source} + {len(source)} augmented copies ({candidates.kind}, up to {n_aug} "
+                           f"per text)")
+
+
+# --- command line: augment a task's training set ahead of distillation -----------------------------
+
+def main(argv=None) -> int:
+    """python -m minitinybert.augment --task sst2 [--n-aug 4] ...: fills the cache that `distill task`
+    reads (same --out, --n-aug, --augment-p, --seed, --candidates), and says what it cost."""
+    import argparse
+    import sys
+    import time
+
+    from .datafiles import load_split
+    from .tasks import get_task
+    from .teacher import TeacherError, resolve_teacher
+    from .weights import WeightsError, load_model
+
+    parser = argparse.ArgumentParser(prog="python -m minitinybert.augment", description=main.__doc__)
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--data", default=None, help="data directory (default: $MINITINYBERT_DATA)")
+    parser.add_argument("--teacher", default=None, help="the pre-trained teacher (default all-MiniLM-L6-v2)")
+    parser.add_argument("--out", default=None, help="run directory whose augment-cache/ to fill (default runs/<task>)")
+    parser.add_argument("--augment-cache", default=None, help="the cache directory itself (default <out>/augment-cache)")
+    parser.add_argument("--n-aug", type=int, default=4)
+    parser.add_argument("--augment-p", type=float, default=0.4)
+    parser.add_argument("--augment-limit", type=int, default=None, help="the first N training examples (default all)")
+    parser.add_argument("--candidates", choices=("auto", "mlm", "context", "embedding"), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        task = get_task(args.task)
+        teacher_dir = resolve_teacher(args.teacher)
+        model, tokenizer = load_model(teacher_dir), Tokenizer.from_dir(teacher_dir)
+        train = load_split(task, "train", args.data, limit=args.augment_limit)
+        source = args.candidates if args.candidates != "auto" else ("mlm" if model.config.mlm_head else "context")
+        kind = {"mlm": MlmCandidates, "context": ContextCandidates, "embedding": EmbeddingCandidates}[source]
+        cache = Path(args.augment_cache or Path(args.out or Path("runs") / task.name) / "augment-cache")
+        before = set(cache.glob("*.jsonl"))
+        t0 = time.perf_counter()
+        out = augment_examples(train, kind(model, tokenizer), n_aug=args.n_aug, p=args.augment_p, seed=args.seed,
+                               cache_dir=cache)
+        seconds = time.perf_counter() - t0
+    except (AugmentError, TeacherError, WeightsError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    written = set(cache.glob("*.jsonl")) - before
+    how = f"in {seconds / 60:.1f} min" if written else "read from the cache"
+    where = "; ".join(f"cache {f} ({f.stat().st_size / 1e6:.1f} MB)" for f in written)
+    print(f"{task.name}: {len(train)} examples -> {len(out)} with {len(out) - len(train)} augmented copies "
+          f"({source} candidates, n_aug {args.n_aug}, duplicates dropped) {how}" + (f"; {where}" if where else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import general, loss_kernels, losses
-from .augment import EmbeddingCandidates, MlmCandidates, augment_examples
+from .augment import ContextCandidates, EmbeddingCandidates, MlmCandidates, augment_examples
 from .batches import DEFAULT_WINDOW, TaskBatches, predict_logits
 from .config import BertConfig, ConfigError, preset
 from .corpus import CorpusBatcher
@@ -141,15 +141,27 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
 
 
 def prediction_step(student: Bert, batch, labels, t_logits, rng, w: LossWeights,
-                    temperature: float = 1.0, grads=None, share: float = 1.0) -> StepResult:
-    """Soft cross-entropy to the teacher's logits `t_logits` (B, K) (MSE to its output for
-    regression), plus an optional share of the gold-label loss. The teacher's logits come from
-    one pass over the training set before the stage (logits_cache.py): it is frozen."""
+                    temperature: float = 1.0, grads=None, share: float = 1.0,
+                    regression_target: str = "teacher") -> StepResult:
+    """Soft cross-entropy to the teacher's logits `t_logits` (B, K) (regression: MSE to the teacher's
+    output, or with regression_target="gold" to the gold score, as the official code), plus an
+    optional share of the gold-label loss. The teacher's logits come from one pass over the training
+    set before the stage (logits_cache.py): it is frozen. They may be None when unused (w.prediction
+    0, or a gold regression target)."""
+    regression = student.config.num_labels == 1
+    if regression_target not in ("teacher", "gold"):
+        raise ValueError(f"regression_target must be 'teacher' or 'gold', got {regression_target!r}")
     s_out = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng,
                             keep_cache=True)
-    regression = student.config.num_labels == 1
-    if regression:
-        loss, cache = losses.mse_forward(s_out.logits, t_logits)
+    if w.prediction == 0 or (regression and regression_target == "gold"):
+        t_logits = None                                   # the teacher's output is not used
+    if w.prediction == 0:
+        loss, dlogits = 0.0, np.zeros_like(s_out.logits)
+    elif regression:
+        if t_logits is None:
+            loss, cache = losses.regression_mse_forward(s_out.logits, labels)
+        else:
+            loss, cache = losses.mse_forward(s_out.logits, t_logits)
         dlogits = losses.mse_backward(cache, w.prediction * share)
     else:
         loss, cache = losses.soft_cross_entropy_forward(s_out.logits, t_logits, temperature)
@@ -163,6 +175,12 @@ def prediction_step(student: Bert, batch, labels, t_logits, rng, w: LossWeights,
         total += w.hard * hard
     student.backward(s_out, dlogits=dlogits, grads=grads)
     return StepResult({"loss": total, **terms}, len(labels), int(batch.attention_mask.sum()), batch.input_ids.size)
+
+
+def _needs_teacher_logits(args, w: LossWeights, task) -> bool:
+    """Whether the prediction stage uses the teacher's logits (not for --w-prediction 0, nor for a
+    regression task with --regression-target gold): if not, the teacher's pass is skipped."""
+    return bool(w.prediction) and not (_labels_of(task) == 1 and args.regression_target == "gold")
 
 
 def _supervised_loss(logits, labels, weight=1.0):
@@ -328,9 +346,12 @@ def general_plan(args, log=print) -> GeneralPlan:
     return GeneralPlan(teacher_dir, tokenizer, config, mapping, recipe, general.fingerprint(recipe), directory)
 
 
-def general_student_dir(args, log=print) -> Path:
+def general_student_dir(args, log=print) -> Path | None:
     """The general student the task stage starts from: --general-student (a checkpoint, or a general
-    run directory holding final/), else the one general_plan finds for these settings."""
+    run directory holding final/), else the one general_plan finds for these settings; None for
+    --general-student scratch (a student from BERT's init)."""
+    if _scratch(args):
+        return None
     if args.general_student:
         path = general.checkpoint_of(args.general_student)
         if not path.exists():
@@ -349,7 +370,8 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     training set, (2) prediction-layer distillation to the fine-tuned teacher's logits; the best
     checkpoint by dev metric."""
     task, teacher_dir, tokenizer, load_examples = _common_setup(args, log)
-    general_ckpt = general_ckpt or general_student_dir(args, log)
+    if general_ckpt is None:
+        general_ckpt = general_student_dir(args, log)          # None: --general-student scratch
     teacher, student = _task_teacher_and_student(args, task, general_ckpt, teacher_dir, log)
     w = _weights(args)
     _check_pair(teacher, student, w)
@@ -362,27 +384,37 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     # the augmented set's token ids, and the set itself as a dataset, in one Arrow file both stages read
     tokens = _tokens(args, train_set, tokenizer, max_length, log)
 
-    get_world().root_call(_write_general_source, args, general_ckpt)
-    state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
-                                     window=args.length_window, tokens=tokens),
-                         lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w, **k),
-                         vocab_from=teacher_dir, log=log)
-    if not state.done:
-        return None
+    if general_ckpt is not None and not args.skip_intermediate:   # recorded in the intermediate stage's directory
+        get_world().root_call(_write_general_source, args, general_ckpt)
+    if args.skip_intermediate:
+        log("[task] --skip-intermediate: prediction-layer distillation starts from the general student")
+    else:
+        state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
+                             TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
+                                         window=args.length_window, tokens=tokens),
+                             lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w,
+                                                                       **k),
+                             vocab_from=teacher_dir, log=log)
+        if not state.done:
+            return None
 
-    with get_world().root_first():      # rank 0 computes and caches them; the others read the cache
-        logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log,
-                                tokens=tokens)
+    if _needs_teacher_logits(args, w, task):
+        with get_world().root_first():      # rank 0 computes and caches them; the others read the cache
+            logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log,
+                                    tokens=tokens)
+    else:                                   # the teacher's output is unused: the gold labels stand in
+        logits = np.zeros((len(train_set), _labels_of(task)), np.float32)
     del teacher                                   # the prediction stage runs the student alone
 
-    student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
-    student.config = _with_labels(student.config, task)
+    if not args.skip_intermediate:
+        student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
+        student.config = _with_labels(student.config, task)
     state = _train_stage(args, "prediction", student, args.prediction_steps, args.prediction_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
                                      window=args.length_window, extras=(logits,), tokens=tokens),
                          lambda batch, rng, **k: prediction_step(student, batch[0], batch[1], batch[2], rng, w,
-                                                                 args.temperature, **k),
+                                                                 args.temperature,
+                                                                 regression_target=args.regression_target, **k),
                          evaluate=_evaluator(args, student, dev, tokenizer, max_length, log),
                          vocab_from=teacher_dir, log=log)
     if not state.done:
@@ -434,7 +466,9 @@ def run_all(args, log=print) -> dict | None:
     `all --resume` picks it up where it stopped, reusing the stages already complete. The general
     stage is skipped for --general-student, and reuses a general student of the same recipe."""
     general_ckpt = None
-    if args.general_student:                      # checked before the teacher's long stage
+    if _scratch(args):
+        log("[general] --general-student scratch: no general distillation, the student starts from BERT's init")
+    elif args.general_student:                      # checked before the teacher's long stage
         general_ckpt = general_student_dir(args, log)
         record = get_world().root_call(general.read_record, general_ckpt)
         log(f"[general] using the general student {general_ckpt}" + (f": {general.describe(record)}" if record else ""))
@@ -442,10 +476,17 @@ def run_all(args, log=print) -> dict | None:
         _corpus_dir(args)           # a missing corpus stops the run now, not after the teacher's stage
     if run_finetune_teacher(args, log) is None:
         return _paused(log)
-    general_ckpt = general_ckpt or run_general(args, log)
-    if general_ckpt is None or run_task(args, log, general_ckpt) is None:
+    if not _scratch(args):
+        general_ckpt = general_ckpt or run_general(args, log)
+        if general_ckpt is None:
+            return _paused(log)
+    if run_task(args, log, general_ckpt) is None:
         return _paused(log)
     return summarize(args, log) if get_world().is_root else None
+
+
+def _scratch(args) -> bool:
+    return args.general_student == "scratch"
 
 
 def _paused(log) -> None:
@@ -645,6 +686,16 @@ def student_config(args, teacher_config: BertConfig) -> BertConfig:
                         fit_shared=args.shared_projection, do_lower_case=teacher_config.do_lower_case)
 
 
+def new_student(args, teacher_config: BertConfig, log=print, num_labels: int = 0) -> Bert:
+    """A student from scratch (BERT's seeded init, --general-student scratch), with TinyBERT's
+    projections to the teacher's width."""
+    config = student_config(args, teacher_config).replace(num_labels=num_labels)
+    student = Bert(config, seed=args.seed)
+    log(f"student {args.student} from scratch: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{student.num_parameters / 1e6:.1f}M parameters (with projections)")
+    return student
+
+
 def _corpus_dir(args) -> Path:
     if not (args.corpus or args.data or os.environ.get(DATA_ENV)):
         raise ValueError(f"the general stage needs a corpus: pass --corpus (a directory, or a .txt, .jsonl or "
@@ -658,10 +709,11 @@ def _corpus_dir(args) -> Path:
 def _task_teacher_and_student(args, task, general_ckpt: Path, teacher_dir: Path, log) -> tuple[Bert, Bert]:
     """The fine-tuned teacher and the general student (its task head added), checked to fit the task."""
     teacher_ckpt = Path(args.finetuned_teacher) if args.finetuned_teacher else _stage_dir(args, "teacher") / "best"
+    scratch = general_ckpt is None
     if not teacher_ckpt.exists():
         raise FileNotFoundError(f"fine-tuned teacher not found at {teacher_ckpt}: run the 'finetune-teacher' "
                                 f"stage first, or pass its path")
-    record = general.read_record(general_ckpt)
+    record = None if scratch else general.read_record(general_ckpt)
     if record is not None and record["recipe"]["teacher"]["weights_sha256"] != sha256_of(checkpoint_file(teacher_dir)):
         log(f"[task] warning: the general student {general_ckpt} was distilled from another teacher than "
             f"{teacher_dir} (this task's teacher before fine-tuning)")
@@ -669,23 +721,32 @@ def _task_teacher_and_student(args, task, general_ckpt: Path, teacher_dir: Path,
     if teacher.config.num_labels != _labels_of(task):
         raise ConfigError(f"the teacher at {teacher_ckpt} has a {teacher.config.num_labels}-output head; task "
                           f"{task.name} needs {_labels_of(task)}: fine-tune the teacher on this task first")
-    student = load_model(general_ckpt, num_labels=_labels_of(task), seed=args.seed, log=log)
+    if scratch:   # no general distillation: BERT's seeded init, with the projections to the teacher
+        student = new_student(args, teacher.config, log, num_labels=_labels_of(task))
+    else:
+        student = load_model(general_ckpt, num_labels=_labels_of(task), seed=args.seed, log=log)
     student.config = _with_labels(student.config, task)
     if not student.config.fit_size:
         raise ConfigError(f"{general_ckpt} has no fit_dense projections: it is not a general-distillation student")
     return teacher, student
 
 
+CANDIDATE_SOURCES = {"mlm": (MlmCandidates, "the teacher's MLM head"),
+                     "context": (ContextCandidates, "whole words nearest the teacher's in-context word states"),
+                     "embedding": (EmbeddingCandidates, "nearest neighbours in the teacher's input embeddings")}
+
+
 def _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log):
-    """The first --augment-limit training examples and --n-aug augmented copies of each (cached)."""
+    """The training examples (the first --augment-limit, if given) and up to --n-aug augmented copies
+    of each text (cached; duplicates dropped; pair tasks: both texts)."""
     train_set = load_examples("train", limit=args.augment_limit)
     if args.n_aug <= 0:
         return train_set
     pretrained = load_model(teacher_dir)
-    kind = MlmCandidates if pretrained.config.mlm_head else EmbeddingCandidates
-    log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: "
-        f"{'teacher MLM head' if kind is MlmCandidates else 'nearest neighbours in the teacher embedding space'})")
-    cache = Path(args.out) / "augment-cache"
+    source = args.candidates if args.candidates != "auto" else ("mlm" if pretrained.config.mlm_head else "context")
+    kind, description = CANDIDATE_SOURCES[source]
+    log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: {description})")
+    cache = Path(args.augment_cache) if args.augment_cache else Path(args.out) / "augment-cache"
     with get_world().root_first():      # rank 0 writes the cache; the others read it (or make their own)
         return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
                                 seed=args.seed, cache_dir=cache, progress=get_world().is_root)
@@ -728,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
     g.add_argument("--general-student", default=None,
                    help="task and all: start from this general student (a checkpoint, or a general run directory "
-                        "holding final/) instead of the one made or found for these settings")
+                        "holding final/) instead of the one made or found for these settings; 'scratch' for "
+                        "none (a student from BERT's init, no general distillation)")
     g.add_argument("--general-dir", default=None,
                    help="general and all: the general run's directory (default <parent of --out>/general/"
                         "<student>-<fingerprint of teacher, student, corpus and settings>, where other tasks find it)")
@@ -793,16 +855,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--w-hard", type=float, default=0.0, help="share of the gold-label loss in prediction "
                                                              "distillation (default 0, as TinyBERT)")
     g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--skip-intermediate", action="store_true",
+                   help="task stage: no intermediate-layer distillation; prediction distillation starts "
+                        "from the general student")
+    g.add_argument("--regression-target", choices=("teacher", "gold"), default="teacher",
+                   help="regression tasks (STS-B), prediction stage: fit the teacher's output or the gold "
+                        "score (the official code) (default teacher)")
     g.add_argument("--mapping", type=_int_list, default=None,
                    help="explicit teacher layers (1-based) for student layers 1..M, e.g. 2,3,5,6 "
                         "(default: uniform)")
     g.add_argument("--shared-projection", action="store_true",
                    help="one fit_dense for all layers, as the official code (default: one per layer)")
     g = common.add_argument_group("augmentation")
-    g.add_argument("--n-aug", type=int, default=4, help="augmented copies per example (paper: 20; 0 = off)")
+    g.add_argument("--n-aug", type=int, default=4, help="augmented copies per text, duplicates dropped (paper: "
+                                                        "20; 0 = off); pair tasks augment both texts")
     g.add_argument("--augment-p", type=float, default=0.4)
-    g.add_argument("--augment-limit", type=int, default=6000,
-                   help="task distillation uses (and augments) the first N training examples")
+    g.add_argument("--augment-limit", type=int, default=None,
+                   help="task distillation uses (and augments) the first N training examples (default: all)")
+    g.add_argument("--candidates", choices=("auto", *CANDIDATE_SOURCES), default="auto",
+                   help="augmentation candidates: mlm (needs the teacher's MLM head), context, embedding; "
+                        "auto: mlm if the teacher has the head, else context")
+    g.add_argument("--augment-cache", default=None,
+                   help="directory of the augmented-text cache (default <out>/augment-cache); runs that "
+                        "share it augment once")
     g = common.add_argument_group("checkpoints")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out exactly")
     g.add_argument("--save-every", type=int, default=100)

@@ -1,11 +1,12 @@
-"""TinyBERT data augmentation: candidates (embedding and batched MLM), replacement rate, copies, cache."""
+"""TinyBERT data augmentation: candidates (embedding, in-context, batched MLM; multi-piece words too),
+replacement rate, duplicates dropped, both texts of a pair, copies, cache."""
 import json
 
 import numpy as np
 import pytest
 
-from minitinybert.augment import (AugmentError, CandidateGenerator, EmbeddingCandidates, MlmCandidates,
-                                  augment_examples, is_augmentable)
+from minitinybert.augment import (AugmentError, CandidateGenerator, ContextCandidates, EmbeddingCandidates,
+                                  MlmCandidates, WordVectors, augment_examples, is_augmentable, replacement_words)
 from minitinybert.config import BertConfig
 from minitinybert.model import Bert
 from minitinybert.tasks import Examples, get_task
@@ -61,9 +62,12 @@ def test_embedding_candidates_are_real_words(teacher, embedding):
     for word in good:
         assert word in tok.vocab and word.isalpha() and word.isascii()
     assert {"great", "excellent", "bad", "better", "nice"} & set(good)
-    again = EmbeddingCandidates(model, tok).neighbours(["good", "tokenization"])
+    again = EmbeddingCandidates(model, tok).neighbours(["good", "tokenization", "Sunshine"])
     assert again["good"] == good                                   # deterministic
-    assert again["tokenization"] == ["tokenization"]               # not one vocabulary entry: itself
+    assert len(tok.word_pieces(["tokenization"])[0]) > 1           # several pieces: still replaced
+    assert len(again["tokenization"]) == 15 and "tokenization" not in again["tokenization"]
+    assert all(w in tok.vocab and is_augmentable(w) for w in again["tokenization"])
+    assert all(w.istitle() for w in again["Sunshine"])             # title case kept, as the official code
     assert embedding.fingerprint() == EmbeddingCandidates(model, tok).fingerprint()
     assert EmbeddingCandidates(model, tok, k=5).fingerprint() != embedding.fingerprint()
 
@@ -78,7 +82,8 @@ def test_replacement_rate_near_p(teacher, embedding):
     words = tok.pre_tokenize(LONG_TEXT)
     eligible = [j for j, w in enumerate(words) if is_augmentable(w)]
     assert len(eligible) > 25
-    out = augment_examples(_examples([LONG_TEXT]), embedding, n_aug=40, p=0.4, seed=3, progress=False)
+    out = augment_examples(_examples([LONG_TEXT]), embedding, n_aug=40, p=0.4, seed=3, progress=False,
+                           dedupe=False)
     changed = np.zeros(len(words))
     for copy in out.texts[1:]:
         new = copy.split(" ")
@@ -91,7 +96,7 @@ def test_replacement_rate_near_p(teacher, embedding):
     assert changed[others].sum() == 0                              # stop words and punctuation stay
     rate = changed[eligible].sum() / (40 * len(eligible))
     assert 0.35 < rate < 0.45, rate
-    none = augment_examples(_examples([LONG_TEXT]), embedding, n_aug=3, p=0.0, progress=False)
+    none = augment_examples(_examples([LONG_TEXT]), embedding, n_aug=3, p=0.0, progress=False, dedupe=False)
     assert none.texts[1:] == [" ".join(words)] * 3
 
 
@@ -100,24 +105,64 @@ def test_copies_count_labels_and_determinism(teacher):
     gen = CountingCandidates(tok)
     ex = Examples(["a fine film", "dull story here", "nothing"], ["p one", "p two", "p three"],
                   np.array([1, 0, 1]), get_task("rte"))
-    out = augment_examples(ex, gen, n_aug=4, seed=1, progress=False)
+    out = augment_examples(ex, gen, n_aug=4, seed=1, progress=False, augment_pair=False, dedupe=False)
     assert len(out) == 3 + 3 * 4
     assert out.texts[:3] == ex.texts and out.pairs[:3] == ex.pairs          # originals first
     assert out.labels.tolist() == [1, 0, 1] + [1] * 4 + [0] * 4 + [1] * 4
     assert out.pairs[3:] == ["p one"] * 4 + ["p two"] * 4 + ["p three"] * 4  # first text only
     assert out.labels.dtype == np.int64 and out.task is ex.task
-    same = augment_examples(ex, gen, n_aug=4, seed=1, progress=False, chunk_size=1)
+    same = augment_examples(ex, gen, n_aug=4, seed=1, progress=False, augment_pair=False, dedupe=False,
+                            chunk_size=1)
     assert same.texts == out.texts                                           # independent of chunking
-    other = augment_examples(ex, gen, n_aug=4, seed=2, progress=False)
+    other = augment_examples(ex, gen, n_aug=4, seed=2, progress=False, augment_pair=False, dedupe=False)
     assert other.texts != out.texts
-    both = augment_examples(ex, gen, n_aug=4, seed=1, progress=False, augment_pair=True)
-    assert len(both) == 3 + 3 * 8
-    assert both.texts[3 + 4:3 + 8] == ["a fine film"] * 4                   # pair copies: text unchanged
-    deduped = augment_examples(ex, gen, n_aug=4, seed=1, progress=False, dedupe=True)
-    assert len(deduped) < len(out)
-    assert "nothing" not in deduped.texts[3:]                               # identical to its original
     stsb = Examples(["a b"], ["c"], np.array([3.5], dtype=np.float32), get_task("stsb"))
-    assert augment_examples(stsb, gen, n_aug=2, progress=False).labels.tolist() == [3.5] * 3
+    assert augment_examples(stsb, gen, n_aug=2, progress=False, augment_pair=False,
+                            dedupe=False).labels.tolist() == [3.5] * 3
+
+
+def test_duplicates_are_dropped(teacher):
+    _, tok = teacher
+    gen = CountingCandidates(tok, k=1)            # one candidate a word: copies often coincide
+    ex = Examples(["It's a fine film.", "it is so", "a quiet drama"], None, np.array([5, 6, 7]), get_task("sst2"))
+    every = augment_examples(ex, gen, n_aug=8, p=0.5, seed=0, progress=False, dedupe=False)
+    kept = augment_examples(ex, gen, n_aug=8, p=0.5, seed=0, progress=False)          # the default
+    assert len(every) == 3 + 3 * 8
+    assert every.texts[3 + 8:3 + 16] == ["it is so"] * 8          # stop words only: 8 copies of itself
+    # "fine" and "film" each change or not: of 2^2 versions, the unchanged one is the original
+    first = list(dict.fromkeys(every.texts[3:3 + 8]))
+    assert "it ' s a fine film ." in first                        # the original, in words joined by spaces
+    expected = [c for c in first if c != "it ' s a fine film ."]
+    third = [c for c in dict.fromkeys(every.texts[3 + 16:]) if c != "a quiet drama"]
+    assert kept.texts == ex.texts + expected + third
+    assert 1 <= len(expected) <= 3 and 1 <= len(third) <= 3
+    assert kept.labels.tolist() == [5, 6, 7] + [5] * len(expected) + [7] * len(third)
+    unchanged = augment_examples(ex, gen, n_aug=8, p=0.0, progress=False)      # every copy is the original
+    assert unchanged.texts == ex.texts and len(unchanged) == 3
+
+
+def test_pair_tasks_augment_both_texts(teacher):
+    _, tok = teacher
+    gen = CountingCandidates(tok)
+    ex = Examples(["a fine film", "dull story here"], ["the first premise", "the second premise"],
+                  np.array([1, 0]), get_task("rte"))
+    out = augment_examples(ex, gen, n_aug=3, p=1.0, seed=1, progress=False, dedupe=False)   # default: both texts
+    assert len(out) == 2 + 2 * 6
+    assert out.texts[:2] == ex.texts and out.pairs[:2] == ex.pairs
+    first_copies = slice(2, 5)
+    assert out.pairs[first_copies] == ["the first premise"] * 3                # first text augmented ...
+    assert all(t != "a fine film" and len(t.split()) == 3 for t in out.texts[first_copies])
+    assert out.texts[5:8] == ["a fine film"] * 3                              # ... then the second
+    assert all(p.startswith("the ") and p != "the first premise" for p in out.pairs[5:8])
+    assert out.texts[8:11] != ["dull story here"] * 3 and out.pairs[8:11] == ["the second premise"] * 3
+    assert out.texts[11:] == ["dull story here"] * 3 and out.pairs[11:] != ["the second premise"] * 3
+    assert out.labels.tolist() == [1, 0] + [1] * 6 + [0] * 6
+    # the second texts' copies differ from the first texts' draws: a stream of their own
+    first_only = augment_examples(ex, gen, n_aug=3, p=1.0, seed=1, progress=False, dedupe=False,
+                                  augment_pair=False)
+    assert len(first_only) == 2 + 2 * 3 and first_only.pairs[2:] == ["the first premise"] * 3 + \
+        ["the second premise"] * 3
+    assert first_only.texts[2:5] == out.texts[2:5]                            # same draws for the first texts
 
 
 def test_cache_is_reused(tmp_path, teacher):
@@ -197,9 +242,10 @@ def test_mlm_candidates_are_batched(tiny):
                                                "unhappy films , slow plot", "good movie")]
     positions = [[j for j, w in enumerate(s) if is_augmentable(w)] for s in sentences]
     n_words = sum(len(p) for p in positions)
+    gen.vectors.pool                                                    # encoded once, before counting
     with ForwardCalls(model) as forward:
         batched = gen.candidates(sentences, positions)
-    calls = forward.calls
+    calls = [c for c in forward.calls if (c[0] == tok.mask_id).any()]   # the MLM rows (not WordVectors')
     assert 1 <= len(calls) < n_words
     single_piece = sum(len(tok.word_pieces([s[j]])[0]) == 1 for s, p in zip(sentences, positions) for j in p)
     assert sum(len(ids) for ids, _, _ in calls) == single_piece         # a row per single-piece word
@@ -222,9 +268,10 @@ def test_mlm_candidates_are_batched(tiny):
             found = batched[s][slot]
             assert found and not any(w.startswith("##") or w.startswith("[") for w in found)
             assert len(found) <= 6
-            if len(tok.word_pieces([words[j]])[0]) > 1:
-                assert found == [words[j]]                                  # multi-piece: keeps itself
-    assert "unhappy" in sentences[2] and "unhappy" not in tok.vocab
+            if len(tok.word_pieces([words[j]])[0]) > 1:                # multi-piece: nearest whole words
+                assert len(found) == 6 and words[j] not in found
+                assert found == gen.vectors.pool.nearest(gen.vectors.encode([words[j]]), 6, [words[j]])[0]
+    assert "films" in sentences[2] and len(tok.word_pieces(["films"])[0]) == 2
 
 
 def test_mlm_augmentation_end_to_end(tiny, tmp_path):
@@ -232,8 +279,65 @@ def test_mlm_augmentation_end_to_end(tiny, tmp_path):
     gen = MlmCandidates(model, tok, k=5)
     ex = _examples(["the big cat sat on the mat", "a sad dog ran fast"])
     with ForwardCalls(model) as forward:
-        out = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False)
+        out = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False, dedupe=False)
     assert len(out) == 2 + 6 and len(forward.calls) >= 1
     with ForwardCalls(model) as forward:
-        again = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False)
+        again = augment_examples(ex, gen, n_aug=3, cache_dir=tmp_path, progress=False, dedupe=False)
     assert again.texts == out.texts and forward.calls == []            # read from the cache: no model run
+
+
+# --- whole-word vectors and in-context candidates on the tiny model ----------------------------------
+
+def test_word_vectors_are_the_word_alone_averaged_over_its_pieces(tiny):
+    model, tok = tiny
+    vectors = WordVectors(model, tok)
+    words = ["cat", "films", "slowly", "green"]
+    got = vectors.encode(words)
+    for word, vector in zip(words, got):
+        ids = [tok.cls_id] + tok.token_ids(word) + [tok.sep_id]
+        states = model.forward(np.array([ids], dtype=np.int32)).hidden_states[-1][0]
+        np.testing.assert_allclose(vector, states[1:-1].mean(axis=0), rtol=1e-5, atol=1e-6)
+    pool = vectors.pool.words
+    assert pool == replacement_words(tok) and "the" not in pool and "##s" not in pool and "un" in pool
+    assert not any(w.startswith("[") for w in pool)
+
+
+def test_context_candidates_follow_the_sentence(tiny):
+    model, tok = tiny
+    gen = ContextCandidates(model, tok, k=5)
+    texts = ["the big cat sat on the mat .", "a sad dog ran fast", "good films , slow plot", "the cat ran",
+             "cats ran slowly on the road"]
+    sentences = [tok.pre_tokenize(t) for t in texts]
+    positions = [[j for j, w in enumerate(s) if is_augmentable(w)] for s in sentences]
+    gen.vectors.pool
+    with ForwardCalls(model) as forward:
+        found = gen.candidates(sentences, positions)
+    assert sum(len(ids) for ids, _, _ in forward.calls) == len(texts)          # one row per sentence
+    assert found == [gen.candidates([s], [p])[0] for s, p in zip(sentences, positions)]   # batching: no change
+    pool = set(gen.vectors.pool.words)
+    for words, pos, per_word in zip(sentences, positions, found):
+        for j, candidates in zip(pos, per_word):
+            assert len(candidates) == 5 and words[j] not in candidates and set(candidates) <= pool
+    # multi-piece words ("films", "cats", "slowly") are replaced too, from their in-context vector
+    where, vectors = gen.in_context(sentences[4:], positions[4:])
+    states = model.forward(np.array([[tok.cls_id] + tok.token_ids(texts[4]) + [tok.sep_id]],
+                                    dtype=np.int32)).hidden_states[-1][0]
+    assert [slot for _, slot in where] == [0, 1, 2, 3] and sentences[4][positions[4][0]] == "cats"
+    np.testing.assert_allclose(vectors[0], states[1:3].mean(axis=0), rtol=1e-5, atol=1e-6)     # cat ##s
+    assert found[4][0] == gen.vectors.pool.nearest(vectors[:1], 5, ["cats"])[0]
+    # the same word in two sentences: its context changes its candidates
+    assert found[0][1] != found[3][0] and sentences[0][2] == sentences[3][1] == "cat"
+
+
+def test_context_augmentation_on_a_pair_task(tiny, tmp_path):
+    model, tok = tiny
+    ex = Examples(["the big cat sat on the mat", "a sad dog"], ["green tree", "slow cars on the road"],
+                  np.array([0, 1]), get_task("rte"))
+    out = augment_examples(ex, ContextCandidates(model, tok, k=4), n_aug=4, p=0.5, cache_dir=tmp_path,
+                           progress=False)
+    copies = list(zip(out.texts[2:], out.pairs[2:]))
+    assert any(t != ex.texts[0] and p == ex.pairs[0] for t, p in copies)       # first texts changed ...
+    assert any(t == ex.texts[0] and p != ex.pairs[0] for t, p in copies)       # ... and second texts
+    assert len(tok.word_pieces(["cars"])[0]) == 2
+    assert any(p.split()[1] != "cars" for _, p in copies if p.endswith("on the road"))   # multi-piece: replaced
+    assert len(copies) == len(set(copies))

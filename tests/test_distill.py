@@ -315,6 +315,82 @@ def test_resume_after_a_hard_kill_logs_each_step_once(world, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_prediction_step_regression_target_and_unused_teacher():
+    """STS-B: MSE to the teacher's (precomputed) output, or with regression_target="gold" to the gold
+    score, which needs no teacher logits at all."""
+    rng = np.random.default_rng(2)
+    teacher = Bert(TEACHER.replace(num_labels=1), dtype=np.float64, seed=1)
+    student = Bert(STUDENT.replace(num_labels=1), dtype=np.float64, seed=2)
+    batch, scores = tiny_batch(rng), np.array([0.5, 4.0])
+    prediction = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits[:, 0]
+    t_logits = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+    fit_teacher = prediction_step(student, batch, scores, t_logits, None, LossWeights())
+    assert fit_teacher.losses["loss_prediction"] == pytest.approx(np.mean((prediction - t_logits[:, 0]) ** 2),
+                                                                  rel=1e-12)
+    fit_gold = prediction_step(student, batch, scores, None, None, LossWeights(), regression_target="gold")
+    assert fit_gold.losses["loss_prediction"] == pytest.approx(np.mean((prediction - scores) ** 2), rel=1e-12)
+    # the teacher's logits, if given, are ignored for a gold target
+    assert prediction_step(student, batch, scores, t_logits, None, LossWeights(),
+                           regression_target="gold").losses["loss"] == pytest.approx(fit_gold.losses["loss"])
+    grad = student.grads.data.copy()
+    f = lambda: prediction_step(student, batch, scores, None, None, LossWeights(),   # noqa: E731
+                                regression_target="gold").losses["loss"]
+    d = rng.standard_normal(grad.shape)
+    assert_grad_close(grad @ d, numeric_directional(f, student.params.data, d), rtol=1e-5, atol=1e-8,
+                      what="prediction objective, gold regression target")
+    with pytest.raises(ValueError, match="regression_target"):
+        prediction_step(student, batch, scores, t_logits, None, LossWeights(), regression_target="labels")
+
+
+def test_labels_only_prediction_step_needs_no_teacher_logits():
+    rng = np.random.default_rng(4)
+    student = Bert(STUDENT.replace(num_labels=2), seed=2)
+    result = prediction_step(student, tiny_batch(rng), np.array([0, 1]), None, None,
+                             LossWeights(prediction=0.0, hard=1.0))
+    assert result.losses["loss_prediction"] == 0 and result.losses["loss_hard"] > 0
+    assert result.losses["loss"] == result.losses["loss_hard"]
+
+
+def test_task_stage_skips_the_teacher_logits_when_unused(world, tmp_path, monkeypatch):
+    """--w-prediction 0 (labels only): the stage does not run the teacher over the training set."""
+    import minitinybert.distill as distill
+
+    def no_logits(*a, **k):
+        raise AssertionError("teacher logits computed although unused")
+    monkeypatch.setattr(distill, "teacher_logits", no_logits)
+    args = cli(world, tmp_path / "o", "--finetuned-teacher", str(world / "teacher-sst2"), "--general-student",
+               "scratch", "--skip-intermediate", "--prediction-steps", "1", "--w-prediction", "0", "--w-hard", "1")
+    assert main(["task", *args]) == 0
+
+
+def test_task_stage_from_scratch_without_intermediate(world, tmp_path):
+    out = tmp_path / "o"
+    args = cli(world, out, "--finetuned-teacher", str(world / "teacher-sst2"), "--general-student", "scratch",
+               "--skip-intermediate", "--prediction-steps", "2")
+    assert main(["task", *args]) == 0
+    assert not (out / "task-intermediate").exists() and not (out / "general").exists()
+    assert (out / "task-prediction" / "best" / "model.safetensors").exists()
+    assert main(["task", *cli(world, tmp_path / "p", "--finetuned-teacher", str(world / "teacher-sst2"),
+                             "--general-student", str(tmp_path / "missing"))]) == 2
+
+
+def test_augmentation_ahead_of_the_task_stage_fills_its_cache(world, tmp_path, capsys):
+    from minitinybert.augment import main as augment_main
+    out = tmp_path / "o"
+    ahead = ["--task", "sst2", "--data", str(world / "data"), "--teacher", str(world / "teacher"), "--out", str(out),
+             "--augment-limit", "16", "--n-aug", "2"]
+    assert augment_main(ahead) == 0
+    assert "16 examples ->" in capsys.readouterr().out
+    cached = list((out / "augment-cache").glob("augment-sst2-*.jsonl"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert augment_main(ahead) == 0 and "read from the cache" in capsys.readouterr().out
+    args = cli(world, out, "--finetuned-teacher", str(world / "teacher-sst2"), "--general-student", "scratch",
+               "--skip-intermediate", "--prediction-steps", "1")
+    assert main(["task", *args]) == 0                                  # the same settings: the same cache file
+    assert list((out / "augment-cache").glob("*.jsonl")) == cached and cached[0].stat().st_mtime_ns == stamp
+    assert augment_main([*ahead, "--candidates", "mlm"]) == 2
+    assert "masked-language-model head" in capsys.readouterr().err
 # --- the general student: recorded, found by other runs, extended ---------------------------------------
 
 def test_general_student_is_recorded_reused_and_extended(world, tmp_path, capsys):

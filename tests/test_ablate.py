@@ -1,0 +1,127 @@
+"""tools/ablate.py on a tiny world: every variant in the table, resumable across sittings."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minitinybert.model import Bert
+from minitinybert.weights import save_checkpoint
+from test_distill import SPECIAL, STUDENT, TEACHER, WORDS, sentences
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import ablate  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_loss_plots(monkeypatch):
+    """Each stage's loss.png takes matplotlib seconds; these tests look at tables and checkpoints."""
+    monkeypatch.setattr("minitinybert.training.plot_log", lambda *args, **kwargs: None)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate-world")
+    rng = np.random.default_rng(0)
+    (root / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n")
+    data = root / "data"
+    (data / "glue" / "SST-2").mkdir(parents=True)
+    for split, n in (("train", 32), ("dev", 16)):
+        lines = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in sentences(rng, n)]
+        (data / "glue" / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    (data / "corpus").mkdir()
+    docs = ["\n".join(t for t, _ in sentences(rng, 6)) for _ in range(6)]
+    (data / "corpus" / "tiny.txt").write_text("\n\n".join(docs) + "\n")
+    save_checkpoint(Bert(TEACHER, seed=1), root / "teacher", vocab_from=root / "vocab.txt")
+    STUDENT.save(root / "student.json")
+    return root
+
+
+def flags(world, steps=2):
+    return ["--data", str(world / "data"), "--teacher", str(world / "teacher"), "--student",
+            str(world / "student.json"), "--batch-size", "8", "--general-seq-len", "16", "--n-aug", "2",
+            "--workers", "1", "--eval-every", "0", "--save-every", "1", "--teacher-steps", str(steps),
+            "--general-steps", str(steps), "--intermediate-steps", str(steps), "--prediction-steps", str(steps)]
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    out = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ablate.BY_NAME:
+            out[cells[0]] = cells
+    return out
+
+
+def test_every_variant_in_the_table_and_a_second_run_reuses_them(world, tmp_path, capsys):
+    out = tmp_path / "ablate"
+    assert ablate.main(["--task", "sst2", "--out", str(out), *flags(world)]) == 0
+    table = (out / "ablation-sst2.md").read_text()
+    found = rows(table)
+    assert list(found) == list(ablate.BY_NAME)                       # every variant, in order
+    teacher = json.loads((out / "shared" / "teacher" / "best" / "metrics.json").read_text())["main"]
+    assert f"{teacher:.4f}" in table
+    for name, (_, what, dev, ratio, minutes) in found.items():
+        result = json.loads((out / name / "result.json").read_text())
+        best = json.loads((out / name / "task-prediction" / "best" / "metrics.json").read_text())["main"]
+        assert dev == f"{best:.4f}" == f"{result['dev']:.4f}", name
+        assert ratio == f"{best / teacher:.1%}" and float(minutes) >= 0 and what
+    # what each variant ran: the stages it has, and the general student it started from
+    assert not (out / "no-intermediate" / "task-intermediate").exists()
+    assert (out / "full" / "task-intermediate" / "final").exists()
+    for name in ("no-embedding-loss", "no-attention-loss", "no-hidden-loss"):
+        assert (out / name / "general" / "final").exists()           # its own general stage, loss off
+        log = [json.loads(line) for line in (out / name / "general" / "log.jsonl").read_text().splitlines()]
+        term = {"no-embedding-loss": "loss_embedding", "no-attention-loss": "loss_attention",
+                "no-hidden-loss": "loss_hidden"}[name]
+        assert term not in log[0] and "loss" in log[0]
+    assert not (out / "full" / "general").exists() and (out / "shared" / "general" / "final").exists()
+    no_distillation = json.loads((out / "no-distillation" / "task-prediction" / "log.jsonl").read_text()
+                                 .splitlines()[0])
+    assert no_distillation["loss_prediction"] == 0 and no_distillation["loss_hard"] > 0
+    # a second run trains nothing: every result is kept
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    capsys.readouterr()
+    assert ablate.main(["--task", "sst2", "--out", str(out), *flags(world)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == stamps
+    assert rows((out / "ablation-sst2.md").read_text()) == found
+    # other settings in the same directory are refused
+    with pytest.raises(SystemExit, match="other settings"):
+        ablate.main(["--task", "sst2", "--out", str(out), *flags(world, steps=3)])
+
+
+def test_a_table_spans_sittings(world, tmp_path):
+    """--stop-after splits every stage; each run continues where the last stopped, and the result is
+    the uninterrupted run's."""
+    straight, paused = tmp_path / "straight", tmp_path / "paused"
+    chosen = ["--variants", "no-general,no-intermediate"]
+    assert ablate.main(["--task", "sst2", "--out", str(straight), *chosen, *flags(world, steps=3)]) == 0
+    sittings = 0
+    while not (paused / "no-intermediate" / "result.json").exists():
+        assert ablate.main(["--task", "sst2", "--out", str(paused), *chosen, *flags(world, steps=3),
+                            "--stop-after", "2"]) == 0
+        sittings += 1
+        assert sittings < 12
+        if sittings == 1:
+            assert "(not run yet)" in (paused / "ablation-sst2.md").read_text()
+    assert sittings >= 3
+    for name in ("no-general", "no-intermediate"):
+        a = json.loads((straight / name / "result.json").read_text())
+        b = json.loads((paused / name / "result.json").read_text())
+        assert a["dev"] == b["dev"], name
+        np.testing.assert_array_equal(
+            _params(straight / name), _params(paused / name), err_msg=name)
+
+
+def _params(run: Path) -> np.ndarray:
+    from minitinybert.weights import load_model
+    return load_model(run / "task-prediction" / "last").params.data
+
+
+def test_unknown_variant_and_flags_owned_by_the_tool(tmp_path):
+    with pytest.raises(SystemExit, match="unknown variant"):
+        ablate.main(["--task", "sst2", "--out", str(tmp_path), "--variants", "full,nonsense"])
+    with pytest.raises(SystemExit, match="set by the tool"):
+        ablate.main(["--task", "sst2", "--out", str(tmp_path), "--general-student", "x"])

@@ -1,0 +1,264 @@
+"""TinyBERT's ablations on one task: every variant of the pipeline, one Markdown table.
+
+    python tools/ablate.py --task sst2 [--out runs/ablate-sst2] [--variants full,no-general,...]
+                           [--loss-ablations-in both|task] [distill flags ...]
+
+Any flag this tool does not know goes to every `python -m minitinybert.distill` stage it runs
+(--teacher-steps, --general-steps, --intermediate-steps, --prediction-steps, --data, --workers, ...).
+The fine-tuned teacher and the general student are trained once, in <out>/shared, and shared by the
+variants that use them; augmentation is cached once, in <out>/shared/augment-cache.
+
+Variants (what each changes against the full recipe):
+  full                general distillation, then task distillation: intermediate layers, then
+                      prediction layer, on the augmented training set
+  no-general          no general distillation: task distillation starts from BERT's random init
+  no-intermediate     no task-specific intermediate-layer distillation: prediction-layer
+                      distillation starts from the general student
+  no-augmentation     task distillation on the training set as it is
+  prediction-only     standard knowledge distillation: the student from random init learns the
+                      teacher's logits on the training set as it is; no other loss, no augmentation
+  no-distillation     the student from random init fine-tuned on the gold labels (no teacher at all)
+  no-embedding-loss   the embedding-layer loss off (weight 0)        } in general and task distillation
+  no-attention-loss   the attention-score loss off                    } (the paper's ablation), or in task
+  no-hidden-loss      the hidden-state loss off                       } distillation only with
+                                                                      } --loss-ablations-in task
+Resumable: each stage checkpoints as distill does, and a variant's result is kept once done; run
+the same command again (after Ctrl-C, --stop-after, or a crash) to continue where it stopped.
+The table (<out>/ablation-<task>.md) is rewritten after each variant: dev metric of the best
+checkpoint, its ratio to the fine-tuned teacher's, and minutes of training (the sum of the
+stages' step times from their logs, the shared general stage counted in every variant that starts
+from it; evaluation and augmentation not included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from minitinybert import distill  # noqa: E402
+from minitinybert.tasks import get_task  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    what: str
+    general: str                            # "shared", "scratch", or "own" (its own general stage)
+    flags: tuple[str, ...] = ()             # task distillation flags
+    loss_flags: tuple[str, ...] = ()        # loss weights: task distillation's, and its own general stage's
+
+
+VARIANTS = (
+    Variant("full", "TinyBERT: general, then task distillation (intermediate, prediction), augmented data",
+            "shared"),
+    Variant("no-general", "no general distillation (task distillation from random init)", "scratch"),
+    Variant("no-intermediate", "no task-specific intermediate-layer distillation", "shared",
+            ("--skip-intermediate",)),
+    Variant("no-augmentation", "no data augmentation", "shared", ("--n-aug", "0")),
+    Variant("prediction-only", "prediction-layer distillation only, from random init, no augmentation "
+            "(standard KD)", "scratch", ("--skip-intermediate", "--n-aug", "0")),
+    Variant("no-distillation", "no distillation: the student from random init fine-tuned on the labels",
+            "scratch", ("--skip-intermediate", "--n-aug", "0", "--w-prediction", "0", "--w-hard", "1")),
+    Variant("no-embedding-loss", "without the embedding-layer loss", "own", loss_flags=("--w-embedding", "0")),
+    Variant("no-attention-loss", "without the attention loss", "own", loss_flags=("--w-attention", "0")),
+    Variant("no-hidden-loss", "without the hidden-state loss", "own", loss_flags=("--w-hidden", "0")),
+)
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+class Paused(Exception):
+    """A stage stopped before its end (Ctrl-C or --stop-after): the next run continues it."""
+
+
+def _stage(runner, argv: list[str]):
+    args = distill.build_parser().parse_args(argv)
+    result = runner(args, log=print)
+    if result is None:
+        raise Paused()
+    return result
+
+
+def _step_minutes(stage_dir: Path) -> float:
+    """Minutes of training steps in a stage directory's log (resumed runs log each step once)."""
+    log = stage_dir / "log.jsonl"
+    if not log.exists():
+        return 0.0
+    seconds = 0.0
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue                                  # a line cut by a kill; the resumed run rewrites it
+        if "seconds" in record and "eval" not in record:
+            seconds += record["seconds"]
+    return seconds / 60
+
+
+def _complete(stage_dir: Path) -> bool:
+    state = stage_dir / "last" / "trainer_state.json"
+    return state.exists() and bool(json.loads(state.read_text()).get("done"))
+
+
+def _metric(stage_dir: Path) -> float:
+    return float(json.loads((stage_dir / "best" / "metrics.json").read_text())["main"])
+
+
+def _without_stop_after(flags: list[str]) -> list[str]:
+    """The flags that shape the results: --stop-after only splits a run into sittings."""
+    out, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag == "--stop-after":
+            skip = True
+        elif not flag.startswith("--stop-after="):
+            out.append(flag)
+    return out
+
+
+class Ablation:
+    def __init__(self, task: str, out: Path, passthrough: list[str], loss_stages: str):
+        self.task, self.out, self.passthrough, self.loss_stages = task, out, passthrough, loss_stages
+        self.shared = out / "shared"
+        self.common = ["--task", task, *passthrough, "--resume"]
+
+    def _check_settings(self) -> None:
+        """A resumed table must be made with the settings it was started with."""
+        path = self.out / "ablate-settings.json"
+        settings = {"task": self.task, "distill_flags": _without_stop_after(self.passthrough),
+                    "loss_ablations_in": self.loss_stages}
+        if path.exists():
+            before = json.loads(path.read_text())
+            if before != settings:
+                raise SystemExit(f"{self.out} holds an ablation made with other settings:\n  {before}\nnow:\n  "
+                                 f"{settings}\nuse the same flags to resume it, or another --out")
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(settings, indent=1) + "\n")
+
+    def teacher(self) -> Path:
+        stage = self.shared / distill.STAGE_DIRS["teacher"]
+        if _complete(stage):
+            return stage / "best"
+        return _stage(distill.run_finetune_teacher, ["finetune-teacher", "--out", str(self.shared), *self.common])
+
+    def shared_general(self) -> Path:
+        stage = self.shared / distill.STAGE_DIRS["general"]
+        if _complete(stage):
+            return stage / "final"
+        return _stage(distill.run_general, ["general", "--out", str(self.shared), "--general-dir", str(stage),
+                                            *self.common])
+
+    def run_variant(self, v: Variant, teacher: Path) -> dict:
+        out = self.out / v.name
+        done = out / "result.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        general, minutes = "scratch", 0.0
+        own_general = v.general == "own" and self.loss_stages == "both"
+        if own_general:
+            general = str(_stage(distill.run_general, ["general", "--out", str(out), "--general-dir",
+                                                       str(out / distill.STAGE_DIRS["general"]), *self.common,
+                                                       *v.loss_flags]))
+            minutes += _step_minutes(out / distill.STAGE_DIRS["general"])
+        elif v.general in ("shared", "own"):
+            general = str(self.shared_general())
+            minutes += _step_minutes(self.shared / distill.STAGE_DIRS["general"])
+        _stage(distill.run_task, ["task", "--out", str(out), *self.common, "--finetuned-teacher", str(teacher),
+                                  "--general-student", general,
+                                  "--augment-cache", str(self.shared / "augment-cache"), *v.flags, *v.loss_flags])
+        for stage in ("intermediate", "prediction"):
+            minutes += _step_minutes(out / distill.STAGE_DIRS[stage])
+        result = {"variant": v.name, "dev": _metric(out / distill.STAGE_DIRS["prediction"]), "minutes": minutes,
+                  "general": "own" if own_general else v.general, "flags": [*v.flags, *v.loss_flags]}
+        done.write_text(json.dumps(result, indent=1) + "\n")
+        return result
+
+    def table(self, variants: list[Variant], results: dict, teacher_metric: float | None) -> str:
+        task = get_task(self.task)
+        lines = [f"## Ablations on {task.display_name or task.name} (dev {task.main_metric})", ""]
+        if teacher_metric is not None:
+            teacher_minutes = _step_minutes(self.shared / distill.STAGE_DIRS["teacher"])
+            lines.append(f"Fine-tuned teacher: dev {task.main_metric} {teacher_metric:.4f} "
+                         f"({teacher_minutes:.1f} min of training, shared by every variant, not counted below).")
+        flags = " ".join(_without_stop_after(self.passthrough)) or "(distill defaults)"
+        lines += [f"Settings: `{flags}`; loss ablations in "
+                  f"{'general and task' if self.loss_stages == 'both' else 'task'} distillation.", "",
+                  f"| variant | what differs | dev {task.main_metric} | ratio to teacher | minutes |",
+                  "|---|---|---|---|---|"]
+        for v in variants:
+            r = results.get(v.name)
+            if r is None:
+                lines.append(f"| {v.name} | {v.what} | (not run yet) | | |")
+                continue
+            ratio = f"{r['dev'] / teacher_metric:.1%}" if teacher_metric else "n/a"
+            lines.append(f"| {v.name} | {v.what} | {r['dev']:.4f} | {ratio} | {r['minutes']:.1f} |")
+        lines += ["", "Minutes: training steps only (sum of the stages' step times), the shared general "
+                  "stage counted in each variant that starts from it."]
+        return "\n".join(lines) + "\n"
+
+    def run(self, variants: list[Variant]) -> int:
+        self._check_settings()
+        results, teacher_metric = {}, None
+        table_path = self.out / f"ablation-{self.task}.md"
+        try:
+            teacher = self.teacher()
+            teacher_metric = _metric(self.shared / distill.STAGE_DIRS["teacher"])
+            for v in variants:
+                t0 = time.perf_counter()
+                results[v.name] = self.run_variant(v, teacher)
+                print(f"[ablate] {v.name}: dev {results[v.name]['dev']:.4f} ({time.perf_counter() - t0:.0f} s "
+                      f"this sitting)")
+                table_path.write_text(self.table(variants, results, teacher_metric))
+        except (distill.TrainingError, distill.WeightsError, distill.ConfigError, distill.TeacherError,
+                FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except Paused:
+            for v in variants:                                # what is already done still shows
+                done = self.out / v.name / "result.json"
+                if v.name not in results and done.exists():
+                    results[v.name] = json.loads(done.read_text())
+            table_path.write_text(self.table(variants, results, teacher_metric))
+            print(f"[ablate] paused; run the same command again to continue. Table so far: {table_path}")
+            return 0
+        text = self.table(variants, results, teacher_metric)
+        table_path.write_text(text)
+        print(text)
+        print(f"[ablate] written: {table_path}")
+        return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, help="sst2, cola, rte or stsb")
+    parser.add_argument("--out", default=None, help="output directory (default runs/ablate-<task>)")
+    parser.add_argument("--variants", default="all",
+                        help=f"comma-separated subset of: {', '.join(BY_NAME)} (default all)")
+    parser.add_argument("--loss-ablations-in", choices=("both", "task"), default="both",
+                        help="where the loss ablations switch their loss off: general and task distillation "
+                             "(each runs its own general stage; the paper's ablation) or task only (they "
+                             "share the full recipe's general student)")
+    args, passthrough = parser.parse_known_args(argv)
+    for flag in ("--out", "--task", "--resume", "--general-student", "--general-dir", "--finetuned-teacher",
+                 "--augment-cache"):
+        if flag in passthrough:
+            raise SystemExit(f"{flag} is set by the tool for each stage; leave it out")
+    names = list(BY_NAME) if args.variants == "all" else [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    distill.build_parser().parse_args(["task", *passthrough])   # bad distill flags fail here, before any work
+    out = Path(args.out or f"runs/ablate-{get_task(args.task).name}")
+    return Ablation(get_task(args.task).name, out, passthrough, args.loss_ablations_in).run(
+        [BY_NAME[n] for n in names])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
