@@ -9,9 +9,9 @@ SST-2 default. The peers, measured in the same run: the tokenizer over all sente
 (what a stage pays at its start without the cache: the length pass that length-grouped batching
 needs), and over one epoch in batches of 32 (what TaskBatches paid before the cache, every epoch
 of every stage, on top of that pass). The task
-stage's start-up uses the pipeline's defaults (--augment-limit 6000, --n-aug 4: 30,000 examples;
-the augmentation itself cached beforehand, not measured) with stand-in checkpoints (the weights
-do not change the start-up). Each figure is the median of --repeat runs, in wall-clock seconds and
+stage's start-up: the first 6,000 training examples and --n-aug 4 copies of each (duplicates
+dropped; embedding candidates, the augmentation made once beforehand and read from its cache, not
+measured), stand-in checkpoints (the weights do not change the start-up). Each figure is the median of --repeat runs, in wall-clock seconds and
 in CPU seconds of the process (all its threads): on a shared machine the second says what the work
 costs, the first what one waited.
 """
@@ -52,8 +52,9 @@ class Clock:
         self.seconds = (time.perf_counter() - self.wall, time.process_time() - self.cpu)
 
 
-def stage_startup(argv: list[str]) -> tuple[float, float]:
-    """(wall, CPU) seconds from the stage's call to its first `_train_stage` (the loop's first step)."""
+def stage_startup(argv: list[str], said: list | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds from the stage's call to its first `_train_stage` (the loop's first step);
+    the stage's log lines go to `said`."""
     real = distill._train_stage
 
     def stop(*args, **kwargs):
@@ -64,7 +65,7 @@ def stage_startup(argv: list[str]) -> tuple[float, float]:
     try:
         with Clock() as clock:
             try:
-                run(args, log=lambda *a: None)
+                run(args, log=(said.append if said is not None else lambda *a: None))
             except StartedTraining:
                 pass
             else:
@@ -104,12 +105,15 @@ def main(argv=None) -> int:
         save_checkpoint(load_model(teacher_dir, num_labels=2), ckpt / "teacher", vocab_from=teacher_dir)
         probe = distill.build_parser().parse_args(["task", *base, "--out", str(work / "x")])
         teacher = load_model(teacher_dir)
-        save_checkpoint(distill.new_student(probe, teacher, log=lambda *a: None), ckpt / "general",
+        save_checkpoint(distill.new_student(probe, teacher.config, log=lambda *a: None), ckpt / "general",
                         vocab_from=teacher_dir)
     task_args = ["task", *base, "--out", str(work / "run"), "--finetuned-teacher", str(ckpt / "teacher"),
-                 "--general-student", str(ckpt / "general")]
+                 "--general-student", str(ckpt / "general"), "--augment-limit", "6000", "--n-aug", "4",
+                 "--candidates", "embedding"]
     print("augmenting 6000 examples x 4 once (cached, not measured) ...", flush=True)
-    stage_startup([*task_args, "--token-cache", "off"])
+    said = []
+    stage_startup([*task_args, "--token-cache", "off"], said)
+    print(next(line for line in said if "training examples" in line), flush=True)
 
     for round_ in range(args.repeat):
         cache = work / f"tokens-{round_}"
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
             ("peer: the tokenizer over all of them in memory", "memory"),
             ("peer: one epoch in batches of 32 (TaskBatches per epoch before the cache)", "epoch")]
     for label, key in rows:
-        print(f"  {label:<66} {m[key][0]:6.2f} / {m[key][1]:6.2f}")
+        print(f"  {label:<74} {m[key][0]:6.2f} / {m[key][1]:6.2f}")
     print(f"  cache read against Dataset.map: {m['map'][0] / m['read'][0]:.0f}x less wall, "
           f"{m['map'][1] / m['read'][1]:.0f}x less CPU")
     for stage in ("teacher", "task"):
