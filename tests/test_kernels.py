@@ -1,4 +1,6 @@
 """Each Numba kernel against its plain-NumPy twin, in float32 at the shapes training uses."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -150,14 +152,19 @@ def test_masked_softmax_dropout_twins(rng, p):
         close(kernels.softmax_dropout_backward(g.copy(), out1[1], out1[2], 0.125, e, out=g.copy()), want)
 
 
+FUSED = SimpleNamespace(attention_forward=kernels.fused_attention_forward,
+                        attention_backward=kernels.fused_attention_backward)
+
+
+@pytest.mark.parametrize("impl", [kernels, FUSED], ids=["batched-blas", "fused"])
 @pytest.mark.parametrize("p", [0.0, 0.1])
-def test_attention_twins(rng, p):
+def test_attention_twins(rng, p, impl):
     """The attention core as the model calls it: q, k, v strided views of the fused QKV product,
     the context written into the merged-heads layout, the gradients into the fused QKV gradient."""
     q, k, v = fused_qkv_views(rng)
     bias = ops.key_mask_bias(padded_mask(), np.float32)
     merged, context_view = merged_heads()
-    ctx1, s1, cache1 = kernels.attention_forward(q, k, v, bias, p, np.random.default_rng(8), out=context_view)
+    ctx1, s1, cache1 = impl.attention_forward(q, k, v, bias, p, np.random.default_rng(8), out=context_view)
     ctx0, s0, cache0 = ops.attention_forward(q, k, v, bias, p, np.random.default_rng(8))
     assert np.shares_memory(ctx1, merged)
     close(merged, ctx0.transpose(0, 2, 1, 3).reshape(B, T, C))
@@ -167,7 +174,7 @@ def test_attention_twins(rng, p):
     extra = rng.normal(size=s0.shape).astype(np.float32) * padded_mask()[:, None, None, :]
     dqkv = np.full((B, T, 3, H, C // H), np.nan, np.float32)
     views = tuple(dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-    got = kernels.attention_backward(dctx, cache1, extra, out=views)
+    got = impl.attention_backward(dctx, cache1, extra, out=views)
     want = ops.attention_backward(dctx, cache0, extra)
     for g, view, w in zip(got, views, want):
         assert np.shares_memory(g, dqkv)
@@ -199,6 +206,8 @@ def test_twins_share_cache_layouts(rng):
         "dropout": lambda impl: impl.dropout_forward(x, 0.1, np.random.default_rng(1)),
         "attention": lambda impl: impl.attention_forward(q, k, v, bias, 0.1, np.random.default_rng(1)),
     }
+    calls["fused attention"] = lambda impl: (FUSED if impl is kernels else impl).attention_forward(
+        q, k, v, bias, 0.1, np.random.default_rng(1))
     for name, call in calls.items():
         fast, ref = _layout(call(kernels)[-1]), _layout(call(ops)[-1])
         assert fast == ref, f"{name}: kernel cache {fast} != NumPy cache {ref}"

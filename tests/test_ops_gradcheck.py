@@ -1,5 +1,7 @@
 """Each op's hand-written backward against central finite differences in float64,
 for both implementations (the NumPy reference and the Numba kernel) where there are two."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -71,8 +73,12 @@ def test_bias_gelu(impl, B, T, F, seed):
     assert_grad_close(db, numeric_grad(f, b), what="gelu dbias")
 
 
-@IMPLS
-@given(st.data(), batch, st.integers(1, 3), tokens, st.integers(1, 4), seeds, st.booleans())
+FUSED = SimpleNamespace(attention_forward=kernels.fused_attention_forward,
+                        attention_backward=kernels.fused_attention_backward)
+
+
+@pytest.mark.parametrize("impl", [ops, kernels, FUSED], ids=["numpy", "numba", "fused"])
+@given(st.data(), batch, st.integers(1, 3), tokens, st.integers(1, 6), seeds, st.booleans())
 def test_attention_core(impl, data, B, H, T, D, seed, with_dropout):
     rng = np.random.default_rng(seed)
     mask = data.draw(attention_mask_strategy(B, T))

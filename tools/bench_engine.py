@@ -3,20 +3,29 @@
 Prints sequences per second and achieved GFLOP/s beside this machine's own float32 matmul rate,
 measured in the same run. Random weights: speed does not depend on their values.
 
-    OMP_NUM_THREADS=2 python tools/bench_engine.py [--repeats 5]
+Then the attention core's two implementations, A B A B in the same run (medians): the default
+(per-head products by BLAS, split over threads, around the fused softmax kernel) against the
+Numba kernel fused per (batch, head) block (kernels.fused_attention_*), alone and inside the
+whole model's training step, at 32 x 128 with 2 shards as distill runs it.
+
+    OMP_NUM_THREADS=2 python tools/bench_engine.py [--repeats 5] [--skip-models] [--skip-attention]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # this checkout's package, not an installed one
 
+from minitinybert import kernels, ops  # noqa: E402
 from minitinybert.config import BertConfig, preset  # noqa: E402
 from minitinybert.model import Bert  # noqa: E402
 from minitinybert.parallel import DataParallel  # noqa: E402
@@ -90,24 +99,135 @@ def bench_model(name, cfg, B, T, repeats, peak):
     return rows
 
 
+ATTENTION = {"batched BLAS": (kernels.attention_forward, kernels.attention_backward),
+             "fused Numba": (kernels.fused_attention_forward, kernels.fused_attention_backward)}
+
+
+@contextlib.contextmanager
+def attention_implementation(name):
+    """The model calls kernels.attention_forward/backward: swap in one implementation for the duration."""
+    saved = kernels.attention_forward, kernels.attention_backward
+    kernels.attention_forward, kernels.attention_backward = ATTENTION[name]
+    try:
+        yield
+    finally:
+        kernels.attention_forward, kernels.attention_backward = saved
+
+
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, run A B A B ... (B A B A every other round) after a warm-up:
+    the machine is shared, and interleaving exposes both to the same load."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def bench_attention(name, cfg, B, T, repeats):
+    """The attention core alone, as the model calls it (strided q, k, v of a fused QKV product,
+    context and gradients written into the model's layouts), masked padding, dropout on."""
+    H, D = cfg.num_attention_heads, cfg.head_size
+    rng = np.random.default_rng(0)
+
+    def inputs(rows):
+        qkv = rng.standard_normal((rows, T, 3, H, D), dtype=np.float32)
+        mask = np.ones((rows, T), np.int32)
+        mask[::3, T - T // 4:] = 0
+        return [qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3)] + [ops.key_mask_bias(mask, np.float32)]
+
+    def heads(a):  # (rows, T, n * H * D) -> its (rows, H, T, D) views
+        n = a.shape[-1] // (H * D)
+        return [a.reshape(a.shape[0], T, n, H, D)[:, :, i].transpose(0, 2, 1, 3) for i in range(n)]
+
+    def step(impl, q, k, v, bias, backward=True):
+        forward_fn, backward_fn = ATTENTION[impl]
+        context = np.empty((q.shape[0], T, H * D), np.float32)
+        _, scores, cache = forward_fn(q, k, v, bias, cfg.attention_probs_dropout_prob, np.random.default_rng(1),
+                                      out=heads(context)[0])
+        if backward:
+            dqkv = np.empty((q.shape[0], T, 3 * H * D), np.float32)
+            backward_fn(heads(context)[0], cache, scores, out=heads(dqkv))
+
+    whole, halves = inputs(B), [inputs(B // 2), inputs(B - B // 2)]
+    pool = ThreadPoolExecutor(2, initializer=lambda: numba.set_num_threads(1))   # as DataParallel's shards
+
+    def sharded(impl):
+        with kernels.single_threaded_blas():
+            for job in [pool.submit(step, impl, *half) for half in halves]:
+                job.result()
+
+    cases = {"forward (eval)": lambda impl: ATTENTION[impl][0](*whole[:4]),
+             "fwd+bwd": lambda impl: step(impl, *whole),
+             "fwd+bwd, 2 shards": sharded}
+    rows = []
+    for case, run in cases.items():
+        med = interleaved_medians({impl: (lambda impl=impl: run(impl)) for impl in ATTENTION}, repeats)
+        rows.append((name, f"{B}x{T}", f"core, {case}", med))
+    pool.shutdown()
+    return rows
+
+
+def bench_model_attention(name, cfg, B, T, repeats):
+    """The whole training step (2 shards, as distill) with each attention implementation."""
+    model = Bert(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, cfg.vocab_size, size=(B, T)).astype(np.int32)
+    mask = np.ones((B, T), np.int32)
+    runner = DataParallel(model, 2)
+
+    def shard_step(b, rng, grads, share):
+        out = model.forward(b.input_ids, None, b.attention_mask, rng=rng, keep_cache=True)
+        model.backward(out, dhidden={cfg.num_hidden_layers: np.full_like(out.hidden_states[-1], share)},
+                       dscores={i: np.full_like(s, share) for i, s in enumerate(out.attention_scores)}, grads=grads)
+        return StepResult({}, len(b), 0)
+
+    def run(impl):
+        with attention_implementation(impl):
+            runner(shard_step, Batch(ids, np.zeros_like(ids), mask), np.random.default_rng(1))
+
+    med = interleaved_medians({impl: (lambda impl=impl: run(impl)) for impl in ATTENTION}, repeats)
+    runner.close()
+    return [(name, f"{B}x{T}", "model fwd+bwd, 2 shards", med)]
+
+
 def main(argv=None):
     tune_process()                         # first: before any Numba kernel starts OpenMP
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-models", action="store_true", help="only the attention comparison")
+    ap.add_argument("--skip-attention", action="store_true", help="only the models")
     args = ap.parse_args(argv)
-    import numba
     peak = matmul_gflops(args.repeats)
     print(f"numba threads: {numba.get_num_threads()}; float32 matmul (4096x768 @ 768x1536): {peak:.1f} GFLOP/s")
-    rows = []
-    for name, cfg in (("tinybert4", preset("tinybert4")), ("teacher", TEACHER_SHAPE)):
-        for B, T in ((32, 128), (1, 128)):
-            rows += bench_model(name, cfg, B, T, args.repeats, peak)
-    print(f"{'model':<10} {'batch':>7} {'pass':>19} {'ms':>9} {'seq/s':>9} {'GFLOP/s':>8} {'of matmul':>9}")
-    for name, shape, kind, ms, sps, gf, ratio in rows:
-        print(f"{name:<10} {shape:>7} {kind:>19} {ms:9.1f} {sps:9.1f} {gf:8.1f} {ratio:9.0%}")
-    for step in (r for r in rows if r[0] == "tinybert4" and r[1] == "32x128" and r[2].startswith("fwd+bwd")):
-        print(f"tinybert4 training step (32x128, {step[2]}) reaches {step[6]:.0%} of the matmul rate "
-              f"(target: 60%)")
+    models = (("tinybert4", preset("tinybert4")), ("teacher", TEACHER_SHAPE))
+    if not args.skip_models:
+        rows = []
+        for name, cfg in models:
+            for B, T in ((32, 128), (1, 128)):
+                rows += bench_model(name, cfg, B, T, args.repeats, peak)
+        print(f"{'model':<10} {'batch':>7} {'pass':>19} {'ms':>9} {'seq/s':>9} {'GFLOP/s':>8} {'of matmul':>9}")
+        for name, shape, kind, ms, sps, gf, ratio in rows:
+            print(f"{name:<10} {shape:>7} {kind:>19} {ms:9.1f} {sps:9.1f} {gf:8.1f} {ratio:9.0%}")
+        for step in (r for r in rows if r[0] == "tinybert4" and r[1] == "32x128" and r[2].startswith("fwd+bwd")):
+            print(f"tinybert4 training step (32x128, {step[2]}) reaches {step[6]:.0%} of the matmul rate "
+                  f"(target: 60%)")
+    if not args.skip_attention:
+        rows = []
+        for name, cfg in models:
+            rows += bench_attention(name, cfg, 32, 128, 2 * args.repeats + 1)
+            rows += bench_model_attention(name, cfg, 32, 128, 2 * args.repeats + 1)
+        blas, fused = ATTENTION
+        print(f"\nattention, interleaved medians (head size: tinybert4 {models[0][1].head_size}, "
+              f"teacher {models[1][1].head_size})")
+        print(f"{'model':<10} {'batch':>7} {'pass':>26} {blas + ' ms':>16} {fused + ' ms':>16} {'fused / BLAS':>13}")
+        for name, shape, kind, med in rows:
+            print(f"{name:<10} {shape:>7} {kind:>26} {med[blas] * 1e3:16.1f} {med[fused] * 1e3:16.1f} "
+                  f"{med[fused] / med[blas]:13.2f}")
 
 
 if __name__ == "__main__":
