@@ -9,17 +9,20 @@ training texts drawn at random (seeded):
   kept      share of augmented copies (p, n_aug as the pipeline; duplicates dropped) on which the
             judge predicts what it predicts on the original;
   gold      share of copies on which the judge predicts the original's gold label;
+  shift     mean total-variation distance between the judge's class probabilities on a copy and on
+            its original (0: the same belief; a finer measure than a flipped label);
   changed   share of replaceable words a copy changes; copies: copies kept per text;
   one-word  copies with exactly one word replaced (each replaceable word once, by a seeded draw
-            from its K candidates): share that keep the judge's prediction, over single-piece words
-            and over multi-piece words apart;
+            from its K candidates): share that keep the judge's prediction, and mean shift, over
+            single-piece words and over multi-piece words apart;
   seconds   candidate generation for the --texts texts.
 A source that replaced nothing would keep every label: read `kept` next to `changed`.
 
 Sources: embedding-single (input-embedding neighbours, multi-piece words kept as they are: the
 pipeline before this tool), embedding (the same, multi-piece words as the mean of their pieces),
 words (the teacher's vector of each word encoded alone, `WordVectors`: context-blind), context
-(`ContextCandidates`: the word's in-context vector against those), mask (the teacher's last-layer
+(`ContextCandidates`: the word's in-context vector against those), context+words (context for
+single-piece words, words for multi-piece words), mask (the teacher's last-layer
 state at a [MASK] in place of the word, against its input word embeddings, one forward per word).
 """
 from __future__ import annotations
@@ -118,6 +121,27 @@ class MaskStateCandidates(CandidateGenerator):
         return results
 
 
+class ByPieces(CandidateGenerator):
+    """One source's candidates for single-piece words, another's for multi-piece words."""
+
+    def __init__(self, single: CandidateGenerator, multi: CandidateGenerator):
+        super().__init__(single.tokenizer, single.k)
+        self.single, self.multi, self.kind = single, multi, f"{single.kind}+{multi.kind}"
+
+    def _weights_digest(self):
+        return self.single.fingerprint() + self.multi.fingerprint()
+
+    def candidates(self, sentences, positions):
+        found = self.single.candidates(sentences, positions)
+        pieces = [self.tokenizer.word_pieces(words) for words in sentences]
+        multi_positions = [[j for j in p if len(pieces[s][j]) > 1] for s, p in enumerate(positions)]
+        from_multi = self.multi.candidates(sentences, multi_positions)
+        for s, p in enumerate(positions):
+            replacement = dict(zip(multi_positions[s], from_multi[s]))
+            found[s] = [replacement.get(j, c) for j, c in zip(p, found[s])]
+        return found
+
+
 def make_source(name: str, model, tok, vectors: WordVectors, k: int) -> CandidateGenerator:
     if name == "embedding-single":
         return SinglePieceOnly(EmbeddingCandidates(model, tok, k))
@@ -129,6 +153,8 @@ def make_source(name: str, model, tok, vectors: WordVectors, k: int) -> Candidat
         source = ContextCandidates(model, tok, k)
         source.vectors = vectors                      # one pool for every source that needs it
         return source
+    if name == "context+words":
+        return ByPieces(make_source("context", model, tok, vectors, k), IsolatedWordCandidates(vectors, k))
     if name == "mask":
         return MaskStateCandidates(model, tok, k)
     raise SystemExit(f"unknown source {name!r}")
@@ -194,18 +220,20 @@ def main(argv=None) -> int:
     teacher_dir = resolve_teacher(args.teacher, log=lambda *a: None)
     model, tok = load_model(teacher_dir), Tokenizer.from_dir(teacher_dir)
     judge = load_model(args.judge)
-    judge_of = lambda ex: predict_logits(judge, ex, tok, args.max_length).argmax(1)   # noqa: E731
-    original = judge_of(sample)
+    probabilities = lambda ex: _softmax(predict_logits(judge, ex, tok, args.max_length))   # noqa: E731
+    original_p = probabilities(sample)
+    original = original_p.argmax(1)
     print(f"{task.name}: {len(sample)} training texts (seed {args.seed}); judge {args.judge} agrees with gold on "
           f"{np.mean(original == sample.labels):.1%} of them; n_aug {args.n_aug}, p {args.p}, K {args.k}")
 
     vectors = WordVectors(model, tok)
-    if any(s in ("words", "context") for s in args.sources.split(",")):
+    if any(s in ("words", "context", "context+words") for s in args.sources.split(",")):
         t0 = time.perf_counter()
         pool = vectors.pool
         print(f"WordVectors pool: {len(pool.words)} words encoded in {time.perf_counter() - t0:.0f} s")
-    print("| source | kept | gold | changed | copies/text | one-word kept (single / multi-piece) | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| source | kept | gold | shift | changed | copies/text | one-word kept (single / multi-piece) | "
+          "one-word shift (single / multi-piece) | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.sources.split(","):
         source = make_source(name, model, tok, vectors, args.k)
         sentences = [tok.pre_tokenize(t) for t in sample.texts]
@@ -226,18 +254,35 @@ def main(argv=None) -> int:
                     origin.append(i)
         origin = np.array(origin, dtype=np.int64)
         copies = Examples(kept_copies, None, sample.labels[origin], task)
-        verdict = judge_of(copies)
+        copies_p = probabilities(copies)
+        verdict = copies_p.argmax(1)
         changed = np.mean([_changed(sample.texts[i], c, tok) for i, c in zip(origin, copies.texts)])
         single_texts, single_origin, multi = one_word_copies(sample, found, tok, np.random.default_rng(args.seed))
-        single_verdict = judge_of(Examples(single_texts, None, sample.labels[single_origin], task))
-        single_kept = single_verdict == original[single_origin]
+        single_p = probabilities(Examples(single_texts, None, sample.labels[single_origin], task))
+        single_kept = single_p.argmax(1) == original[single_origin]
+        single_shift = _shift(single_p, original_p[single_origin])
         print(f"| {name} | {np.mean(verdict == original[origin]):.1%} | {np.mean(verdict == copies.labels):.1%} | "
-              f"{changed:.1%} | {len(copies) / len(sample):.2f} | {np.mean(single_kept[~multi]):.1%} / "
-              f"{np.mean(single_kept[multi]) if multi.any() else float('nan'):.1%} "
-              f"({(~multi).sum()} / {multi.sum()}) | {seconds:.0f} |", flush=True)
+              f"{_shift(copies_p, original_p[origin]).mean():.3f} | {changed:.1%} | {len(copies) / len(sample):.2f} | "
+              f"{np.mean(single_kept[~multi]):.1%} / {_mean_or_nan(single_kept[multi]):.1%} "
+              f"({(~multi).sum()} / {multi.sum()}) | {single_shift[~multi].mean():.3f} / "
+              f"{_mean_or_nan(single_shift[multi]):.3f} | {seconds:.0f} |", flush=True)
         for i in range(min(args.show, len(copies))):
             print(f"    {sample.texts[origin[i]]!r} -> {copies.texts[i]!r}")
     return 0
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _shift(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Total-variation distance between the judge's class probabilities on a copy and on its original."""
+    return 0.5 * np.abs(p - q).sum(axis=1)
+
+
+def _mean_or_nan(x: np.ndarray) -> float:
+    return float(np.mean(x)) if len(x) else float("nan")
 
 
 def _changed(original: str, copy: str, tok) -> float:
