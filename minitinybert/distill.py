@@ -835,9 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "B the text after A or, half the time, from another document (default); "
                         "1 = [CLS] sentences [SEP], token type 0 only")
     g.add_argument("--teacher-steps", type=int, default=3500)
-    g.add_argument("--general-steps", type=int, default=800)
-    g.add_argument("--intermediate-steps", type=int, default=1000)
-    g.add_argument("--prediction-steps", type=int, default=1000)
+    g.add_argument("--general-steps", type=int, default=1000)
+    g.add_argument("--intermediate-steps", type=int, default=3000)
+    g.add_argument("--prediction-steps", type=int, default=3000)
     g.add_argument("--teacher-lr", type=float, default=1e-4)
     g.add_argument("--general-lr", type=float, default=5e-4)
     g.add_argument("--intermediate-lr", type=float, default=2e-4)
