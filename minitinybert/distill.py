@@ -235,7 +235,7 @@ def run_finetune_teacher(args, log=print) -> Path | None:
     max_length = _max_length(args, task)
     log(f"[teacher] fine-tuning {teacher_dir} on {task.name}: {len(train_set)} examples, max length {max_length}")
     tokens = _tokens(args, train_set, tokenizer, max_length, log)
-    state = _train_stage(args, "teacher", teacher, args.teacher_steps, args.teacher_lr,
+    state = _train_stage(args, "teacher", teacher, _steps(args, task, "teacher"), args.teacher_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
                                      window=args.length_window, tokens=tokens),
                          lambda batch, rng, **k: finetune_step(teacher, batch[0], batch[1], rng, **k),
@@ -389,7 +389,7 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     if args.skip_intermediate:
         log("[task] --skip-intermediate: prediction-layer distillation starts from the general student")
     else:
-        state = _train_stage(args, "intermediate", student, args.intermediate_steps, args.intermediate_lr,
+        state = _train_stage(args, "intermediate", student, _steps(args, task, "intermediate"), args.intermediate_lr,
                              TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
                                          window=args.length_window, tokens=tokens),
                              lambda batch, rng, **k: intermediate_step(teacher, student, batch[0], rng, mapping, w,
@@ -409,7 +409,7 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     if not args.skip_intermediate:
         student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
         student.config = _with_labels(student.config, task)
-    state = _train_stage(args, "prediction", student, args.prediction_steps, args.prediction_lr,
+    state = _train_stage(args, "prediction", student, _steps(args, task, "prediction"), args.prediction_lr,
                          TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
                                      window=args.length_window, extras=(logits,), tokens=tokens),
                          lambda batch, rng, **k: prediction_step(student, batch[0], batch[1], batch[2], rng, w,
@@ -656,6 +656,29 @@ def _with_labels(config: BertConfig, task) -> BertConfig:
     return config.replace(num_labels=_labels_of(task), id2label=labels)
 
 
+# Optimizer steps of batch 32 per task stage (teacher, intermediate, prediction). SST-2's (67k
+# examples) fit the README's hour; the small tasks would repeat their training set for dozens of
+# epochs in as many steps, so theirs are counted in epochs: teacher about 5 epochs (BERT's
+# fine-tuning recipe is 3-4; a 6-layer teacher gains from a few more), intermediate about 10 epochs
+# of the augmented set, prediction about 2. Other tasks and your own data take SST-2's.
+STEP_DEFAULTS = {"sst2": (3500, 3000, 3000), "cola": (1500, 2000, 1500), "stsb": (1000, 1500, 1000),
+                 "mrpc": (600, 1500, 600), "rte": (400, 1000, 500), "wnli": (100, 300, 100)}
+STAGES = ("teacher", "intermediate", "prediction")
+
+
+def _steps(args, task, stage: str) -> int:
+    """--<stage>-steps, else the task's default (STEP_DEFAULTS, else SST-2's)."""
+    given = getattr(args, f"{stage}_steps")
+    if given is not None:
+        return given
+    return STEP_DEFAULTS.get(task.name, STEP_DEFAULTS["sst2"])[STAGES.index(stage)]
+
+
+def _steps_help(stage: str) -> str:
+    by_task = ", ".join(f"{name} {steps[STAGES.index(stage)]}" for name, steps in STEP_DEFAULTS.items())
+    return f"{stage} stage's optimizer steps (default by task: {by_task}; other tasks and own data as sst2)"
+
+
 def _max_length(args, task) -> int:
     return args.max_length or (64 if task.pair_column is None else 128)
 
@@ -834,10 +857,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="general stage: 2 = BERT's sentence pairs, [CLS] A [SEP] B [SEP] with token types 0/1, "
                         "B the text after A or, half the time, from another document (default); "
                         "1 = [CLS] sentences [SEP], token type 0 only")
-    g.add_argument("--teacher-steps", type=int, default=3500)
+    g.add_argument("--teacher-steps", type=int, default=None, help=_steps_help("teacher"))
     g.add_argument("--general-steps", type=int, default=1000)
-    g.add_argument("--intermediate-steps", type=int, default=3000)
-    g.add_argument("--prediction-steps", type=int, default=3000)
+    g.add_argument("--intermediate-steps", type=int, default=None, help=_steps_help("intermediate"))
+    g.add_argument("--prediction-steps", type=int, default=None, help=_steps_help("prediction"))
     g.add_argument("--teacher-lr", type=float, default=1e-4)
     g.add_argument("--general-lr", type=float, default=5e-4)
     g.add_argument("--intermediate-lr", type=float, default=2e-4)

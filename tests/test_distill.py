@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from minitinybert.config import BertConfig
-from minitinybert.distill import LossWeights, intermediate_step, layer_mapping, main, prediction_step
+from minitinybert.distill import (STEP_DEFAULTS, LossWeights, _steps, build_parser, intermediate_step, layer_mapping,
+                                  main, prediction_step)
 from minitinybert.model import Bert
 from minitinybert.optim import AdamW
 from minitinybert.tasks import get_task
@@ -737,3 +738,16 @@ def test_a_shared_general_student_is_made_by_one_run_at_a_time(world, tmp_path, 
         assert f"{tmp_path / 'shared'} is in use by another run" in capsys.readouterr().err
     assert main(["general", *cli(world, tmp_path / "o"), *shared]) == 0
     assert not (tmp_path / "shared" / "run.lock").exists()
+
+
+def test_step_defaults_follow_the_task_and_yield_to_the_command_line():
+    """Small tasks get their own defaults (SST-2's 3,500 teacher steps are 45 epochs of RTE);
+    a given --<stage>-steps always wins, and tasks without an entry take SST-2's."""
+    args = build_parser().parse_args(["all"])
+    for stage, rte_steps, sst2_steps in zip(("teacher", "intermediate", "prediction"), STEP_DEFAULTS["rte"],
+                                            STEP_DEFAULTS["sst2"]):
+        assert _steps(args, get_task("rte"), stage) == rte_steps
+        assert _steps(args, get_task("qnli"), stage) == sst2_steps
+    assert STEP_DEFAULTS["rte"][0] < STEP_DEFAULTS["sst2"][0]
+    args = build_parser().parse_args(["all", "--task", "rte", "--teacher-steps", "7"])
+    assert _steps(args, get_task("rte"), "teacher") == 7
