@@ -661,7 +661,7 @@ def _with_labels(config: BertConfig, task) -> BertConfig:
 # epochs in as many steps, so theirs are counted in epochs: teacher about 5 epochs (BERT's
 # fine-tuning recipe is 3-4; a 6-layer teacher gains from a few more), intermediate about 10 epochs
 # of the augmented set, prediction about 2. Other tasks and your own data take SST-2's.
-STEP_DEFAULTS = {"sst2": (3500, 3000, 3000), "cola": (1500, 2000, 1500), "stsb": (1000, 1500, 1000),
+STEP_DEFAULTS = {"sst2": (2000, 3000, 2000), "cola": (1500, 2000, 1500), "stsb": (1000, 1500, 1000),
                  "mrpc": (600, 1500, 600), "rte": (400, 1000, 500), "wnli": (100, 300, 100)}
 STAGES = ("teacher", "intermediate", "prediction")
 
@@ -858,7 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "B the text after A or, half the time, from another document (default); "
                         "1 = [CLS] sentences [SEP], token type 0 only")
     g.add_argument("--teacher-steps", type=int, default=None, help=_steps_help("teacher"))
-    g.add_argument("--general-steps", type=int, default=1000)
+    g.add_argument("--general-steps", type=int, default=800)
     g.add_argument("--intermediate-steps", type=int, default=None, help=_steps_help("intermediate"))
     g.add_argument("--prediction-steps", type=int, default=None, help=_steps_help("prediction"))
     g.add_argument("--teacher-lr", type=float, default=1e-4)
