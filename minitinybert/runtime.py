@@ -16,15 +16,10 @@ threads=None leaves BLAS's threads as the environment sets them; threads=N runs 
 runtime's own over single-threaded BLAS (OpenBLAS's threads stall when other processes hold the
 cores): they share the sub-batches; a single sub-batch's large products are split by rows.
 
-File format "minitinybert-runtime/1": safetensors, whose "__metadata__" holds format, config (JSON:
-vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings,
-type_vocab_size, layer_norm_eps, hidden_act "gelu" (exact erf), num_labels (0 embedding model, 1 regression,
->= 2 classes), problem_type), labels (JSON list, id order), vocab (WordPiece tokens joined by newlines),
-do_lower_case ("true"/"false"), max_length (default truncation) and dtype (informational). Tensors have
-Hugging Face BERT names without prefix; linear weights are (out, in). F32; F16 (F64, BF16: converted at
-load); I8 for 2-D weights with a F32 "<name>_scale" per row (output channel, or token for embeddings):
-w = q * scale, scale = max|w_row| / 127. Query, key and value weights lying back to back in the file are
-used as one (3C, C) matrix, in place.
+File format "minitinybert-runtime/1" (in full in the README, "Runtime model file"): safetensors with
+Hugging Face BERT tensor names and "__metadata__" format, config (JSON), labels, vocab, do_lower_case,
+max_length, dtype; F32, F16 (F64, BF16 converted at load), or I8 2-D weights with an F32
+"<name>_scale" per row: w = q * scale. Back-to-back query, key, value weights are used as one (3C, C).
 
 Numerics: float32, as the training engine (post-LN, exact erf GELU, -10000 key mask, tanh pooler);
 predict(), logits(), embed(pooling="cls") run the last layer for the [CLS] positions only. float32
@@ -47,8 +42,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["load", "RuntimeModel", "RuntimeModelError", "WordPieceTokenizer", "read_safetensors",
-           "FORMAT", "main"]
+__all__ = ["load", "RuntimeModel", "RuntimeModelError", "WordPieceTokenizer", "read_safetensors", "FORMAT", "main"]
 
 FORMAT = "minitinybert-runtime/1"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -99,9 +93,8 @@ def _no_duplicates(pairs):
 def read_safetensors(path):
     """(metadata, {name: (safetensors dtype, array, file offset)}, mmap) of a safetensors file.
 
-    Arrays are read-only views of a memory map (copied only when misaligned: their offset is then
-    None). Every header field is
-    checked before anything is mapped, so a hostile header can never cause a large allocation."""
+    Arrays are read-only views of a memory map (copied only when misaligned: their offset is then None).
+    Every header field is checked before anything is mapped: a hostile header never allocates much."""
     path = os.fspath(path)
     try:
         f = open(path, "rb")
@@ -135,9 +128,7 @@ def read_safetensors(path):
             raise RuntimeModelError(f"{path}: __metadata__ must map names to strings")
         data_start = 8 + header_len
         data_size = size - data_start
-        entries = []
-        for name, info in header.items():
-            entries.append((name,) + _check_entry(path, name, info, data_size))
+        entries = [(name,) + _check_entry(path, name, info, data_size) for name, info in header.items()]
         # The tensors must tile the data section exactly: sorted, no overlap, no gap.
         position = 0
         for name, dtype, shape, begin, end in sorted(entries, key=lambda e: (e[3], e[4])):

@@ -164,3 +164,9 @@ def test_the_readme_module_table_names_every_module_once():
     assert len(listed) == len(set(listed)), f"listed twice: {sorted({n for n in listed if listed.count(n) > 1})}"
     assert sorted(listed) == files, (f"in the package but not the table: {sorted(set(files) - set(listed))}; "
                                      f"in the table but not the package: {sorted(set(listed) - set(files))}")
+
+
+def test_the_runtime_stays_a_file_to_read():
+    """runtime.py is copied onto boards and read by the people who ship it: at most 1,100 lines."""
+    lines = (PACKAGE / "runtime.py").read_text().count("\n")
+    assert lines <= 1100, f"runtime.py has {lines} lines (limit 1,100)"
