@@ -1,0 +1,72 @@
+"""tools/run_report.py: stage minutes from the files a run leaves, padding and best dev from its logs."""
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import run_report  # noqa: E402
+
+START = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc).timestamp()
+
+
+def write_log(directory: Path, steps: list[tuple[int, int]], evals: list[float], ended_minute: float) -> None:
+    """log.jsonl of (tokens, padded tokens) steps and dev evaluations, last written at START + ended_minute."""
+    directory.mkdir(parents=True, exist_ok=True)
+    records = [{"step": i + 1, "tokens": real, "padded_tokens": padded, "seconds": 0.5 + i}
+               for i, (real, padded) in enumerate(steps)]
+    records += [{"step": 100 * (i + 1), "eval": {"main": value}} for i, value in enumerate(evals)]
+    path = directory / "log.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.utime(path, (START + 60 * ended_minute,) * 2)
+
+
+def touch(path: Path, minute: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    os.utime(path, (START + 60 * minute,) * 2)
+
+
+def make_run(tmp_path: Path, general_minute: float) -> Path:
+    run, general = tmp_path / "runs" / "sst2", tmp_path / "runs" / "general" / "tinybert4-abc"
+    run.mkdir(parents=True)
+    (run / "run.lock").write_text(json.dumps({"started": datetime.fromtimestamp(START, timezone.utc).isoformat()}))
+    write_log(run / "teacher", [(100, 300)] * 10 + [(100, 100)] * 10, [0.8, 0.9], ended_minute=10)
+    write_log(general, [(4096, 4096)] * 3, [], ended_minute=general_minute)
+    (general / "final").mkdir()
+    touch(run / "augment-cache" / "sst2-aug.safetensors", 30)
+    write_log(run / "task-intermediate", [(50, 55)] * 4, [], ended_minute=40)
+    (run / "task-intermediate" / "general-student.json").write_text(json.dumps({"path": str(general / "final")}))
+    touch(run / "augment-cache" / "teacher-logits-abc.safetensors", 43)
+    write_log(run / "task-prediction", [(50, 50)] * 4, [0.81, 0.86, 0.84], ended_minute=50)
+    summary = {"task": "sst2", "metric": "accuracy", "teacher": {"dev": {"main": 0.9}},
+               "student": {"dev": {"main": 0.86}}, "ratio": 0.86 / 0.9}
+    (run / "summary.json").write_text(json.dumps(summary))
+    os.utime(run / "summary.json", (START + 60 * 51,) * 2)
+    return run
+
+
+def test_stage_minutes_padding_and_best_dev(tmp_path):
+    rows, summary = run_report.report(make_run(tmp_path, general_minute=25))
+    by_stage = {r["stage"].split(" ")[0] + ("-logits" if "logits" in r["stage"] else ""): r for r in rows}
+    assert [round(by_stage[s]["minutes"], 3) for s in ("teacher", "general", "augmentation", "intermediate-layer",
+                                                       "teacher-logits", "prediction-layer")] == [10, 15, 5, 10, 3, 7]
+    assert round(by_stage["teacher"]["padding_first10"], 3) == 3.0          # 300 computed for 100 real
+    assert round(by_stage["teacher"]["padding_all"], 3) == 2.0
+    assert by_stage["teacher"]["best_dev"] == 0.9 and by_stage["prediction-layer"]["best_dev"] == 0.86
+    assert by_stage["teacher"]["steps"] == 20 and by_stage["teacher"]["step_seconds"] == 10.0
+    assert round(summary["total_minutes"], 3) == 51
+    table = run_report.markdown(rows, summary)
+    assert "| teacher fine-tuning | 20 | 10.0 |" in table and "95.6% of the teacher" in table
+
+
+def test_a_general_student_made_before_the_run_is_reused_not_timed(tmp_path, capsys):
+    run = make_run(tmp_path, general_minute=-30)
+    rows, _ = run_report.report(run)
+    general = next(r for r in rows if r["stage"].startswith("general"))
+    assert general["reused"] and general["minutes"] is None
+    assert run_report.main([str(run)]) == 0
+    assert "| general distillation | 3 | reused |" in capsys.readouterr().out
+    assert run_report.main([str(tmp_path / "nowhere")]) == 2

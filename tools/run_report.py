@@ -1,0 +1,146 @@
+"""Where a run's time went and what each stage reached: one Markdown table from a run directory.
+
+    python tools/run_report.py runs/sst2 [--general DIR]
+
+For each stage of `distill all` (teacher fine-tuning, general distillation, augmentation, the
+intermediate stage, the teacher-logits pass, the prediction stage): optimizer steps, wall minutes,
+the median seconds of a step, computed / real tokens over the first 10 steps and over all steps
+(padding waste, from log.jsonl's "tokens" and "padded_tokens"), and the best dev metric. Then the
+run's total, from the start recorded in run.lock to summary.json, and the summary's figures.
+
+Wall time comes from the files the stages leave: a stage ends when its last file is written, and
+begins where the one before it ended (the first at the start recorded in run.lock). A run resumed
+across several commands, or whose general student was made by another run, is reported with the
+stages it ran here only: the reused ones show their own steps and "reused" instead of minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from datetime import datetime
+from pathlib import Path
+
+
+def read_log(path: Path) -> tuple[list[dict], list[dict]]:
+    """(step records, evaluation records) of a stage's log.jsonl."""
+    steps, evals = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            (evals if "eval" in record else steps).append(record)
+    return steps, evals
+
+
+def padding(steps: list[dict]) -> float | None:
+    real = sum(r.get("tokens", 0) for r in steps)
+    return sum(r.get("padded_tokens", 0) for r in steps) / real if real else None
+
+
+def stage_row(name: str, directory: Path, start: float | None) -> tuple[dict, float | None]:
+    """A stage's figures, and the time it ended (its log's last write), or None when it is absent."""
+    log = directory / "log.jsonl"
+    if not log.exists():
+        return {"stage": name, "missing": True}, start
+    steps, evals = read_log(log)
+    end = log.stat().st_mtime
+    best = max((e["eval"]["main"] for e in evals), default=None)
+    row = {"stage": name, "steps": steps[-1]["step"] if steps else 0,
+           "minutes": (end - start) / 60 if start is not None else None,
+           "step_seconds": statistics.median(r["seconds"] for r in steps) if steps else None,
+           "padding_first10": padding(steps[:10]), "padding_all": padding(steps), "best_dev": best}
+    return row, end
+
+
+def general_directory(run: Path, given: str | None) -> Path | None:
+    if given:
+        return Path(given)
+    source = run / "task-intermediate" / "general-student.json"
+    if source.exists():
+        checkpoint = Path(json.loads(source.read_text()).get("path", ""))
+        return checkpoint.parent if checkpoint.name == "final" else checkpoint
+    return None
+
+
+def newest(paths) -> float | None:
+    times = [p.stat().st_mtime for p in paths if p.exists()]
+    return max(times) if times else None
+
+
+def report(run: Path, general: str | None = None) -> tuple[list[dict], dict]:
+    lock = run / "run.lock"
+    started = datetime.fromisoformat(json.loads(lock.read_text())["started"]).timestamp() if lock.exists() else None
+    rows, clock = [], started
+    row, clock = stage_row("teacher fine-tuning", run / "teacher", clock)
+    rows.append(row)
+    general_dir = general_directory(run, general)
+    if general_dir is not None:
+        row, end = stage_row("general distillation", general_dir, clock)
+        if end is not None and clock is not None and end < clock:      # made before this run: reused
+            row["minutes"], row["reused"] = None, True
+        else:
+            clock = end
+        rows.append(row)
+    cache = run / "augment-cache"
+    augmented = newest(p for p in cache.glob("*") if "logits" not in p.name) if cache.is_dir() else None
+    if augmented is not None and clock is not None and augmented > clock:
+        rows.append({"stage": "augmentation (and the task stage's start-up)", "minutes": (augmented - clock) / 60})
+        clock = augmented
+    row, clock = stage_row("intermediate-layer distillation", run / "task-intermediate", clock)
+    rows.append(row)
+    logits = newest(cache.glob("*logits*")) if cache.is_dir() else None
+    if logits is not None and clock is not None and logits > clock:
+        rows.append({"stage": "teacher logits, one pass over the augmented set", "minutes": (logits - clock) / 60})
+        clock = logits
+    row, clock = stage_row("prediction-layer distillation", run / "task-prediction", clock)
+    rows.append(row)
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary and started is not None:
+        summary["total_minutes"] = (summary_path.stat().st_mtime - started) / 60
+    return rows, summary
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict], summary: dict) -> str:
+    lines = ["| stage | steps | minutes | s/step (median) | computed / real tokens, first 10 steps | all steps "
+             "| best dev |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("missing"):
+            lines.append(f"| {r['stage']} | not run | | | | | |")
+            continue
+        minutes = "reused" if r.get("reused") else _fmt(r.get("minutes"), ".1f")
+        lines.append(f"| {r['stage']} | {r.get('steps', '')} | {minutes} | {_fmt(r.get('step_seconds'), '.3f')} | "
+                     f"{_fmt(r.get('padding_first10'), '.3f')} | {_fmt(r.get('padding_all'), '.3f')} | "
+                     f"{_fmt(r.get('best_dev'), '.4f')} |")
+    if summary:
+        t, s = summary["teacher"]["dev"]["main"], summary["student"]["dev"]["main"]
+        lines.append("")
+        lines.append(f"{summary['task']} dev {summary['metric']}: teacher {t:.4f}, student {s:.4f} "
+                     f"({summary['ratio']:.1%} of the teacher); {_fmt(summary.get('total_minutes'), '.1f')} "
+                     f"minutes from the run's start to its summary")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="the run directory (--out of distill all), e.g. runs/sst2")
+    parser.add_argument("--general", default=None, help="the general stage's directory (default: the one the task "
+                                                        "stage recorded in task-intermediate/general-student.json)")
+    parser.add_argument("--json", action="store_true", help="the figures as JSON instead of Markdown")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    if not run.is_dir():
+        print(f"error: no run directory {run}", file=sys.stderr)
+        return 2
+    rows, summary = report(run, args.general)
+    print(json.dumps({"stages": rows, "summary": summary}, indent=1) if args.json else markdown(rows, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
