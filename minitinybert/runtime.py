@@ -12,9 +12,10 @@ Optional, same results to float rounding: Numba (GELU, layer norm, softmax and i
 kernels; imported at the first forward pass: ~0.3 s, ~110 MB of LLVM; script mode skips it under
 64 texts); kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off. A forward pass runs on
 sub-batches of ~CHUNK_TOKENS tokens in buffers reused across layers and calls (bounded memory).
-threads=None leaves BLAS's threads as the environment sets them; threads=N runs N threads of the
-runtime's own over single-threaded BLAS (OpenBLAS's threads stall when other processes hold the
-cores): they share the sub-batches; a single sub-batch's large products are split by rows.
+threads=None leaves BLAS's threads as the environment sets them; threads=N gives BLAS N threads for
+a batch of one sub-batch (a sentence: measured faster than splitting its products ourselves), and
+shares the sub-batches of a larger batch among N threads of the runtime's own over single-threaded
+BLAS (OpenBLAS's threads stall when other processes hold the cores).
 
 File format "minitinybert-runtime/1" (in full in the README, "Runtime model file"): safetensors with
 Hugging Face BERT tensor names and "__metadata__" format, config (JSON), labels, vocab, do_lower_case,
@@ -681,7 +682,6 @@ def set_blas_threads(n: int) -> bool:
 INT8_KERNEL_MAX_TOKENS = 32     # int8 products of at most this many tokens run the int8 kernel (measured)
 CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
-PARALLEL_MIN_WORK = 32_000_000  # smaller products (multiply-adds) run on one thread (measured)
 
 
 def _workspace():
@@ -869,32 +869,32 @@ class RuntimeModel:
                "logits": np.empty((B, K), _F32) if K else None}
         ids, types = ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False)
 
-        def run(rows, ws, par):                   # sequences rows[0]:rows[1] into `out`
+        def run(rows, ws):                        # sequences rows[0]:rows[1] into `out`
             r = slice(*rows)
-            x, cls = self._encode(ids[r], types[r], mask[r], ws, par, all_positions=hidden)
+            x, cls = self._encode(ids[r], types[r], mask[r], ws, all_positions=hidden)
             if hidden:
                 out["hidden"][r] = x.T.reshape(-1, T, C)
-            pooled = self._product(self._pooler, cls, ws("pooled", cls.shape), ws, 1)
+            pooled = self._product(self._pooler, cls, ws("pooled", cls.shape), ws)
             pooled += self._pooler.bias[:, None]
             out["pooled"][r] = np.tanh(pooled, out=pooled).T
             if K:
-                logits = self._product(self._classifier, pooled, ws("logits", (K, cls.shape[1])), ws, 1)
+                logits = self._product(self._classifier, pooled, ws("logits", (K, cls.shape[1])), ws)
                 out["logits"][r] = (logits + self._classifier.bias[:, None]).T
 
         with self._lock:
             self.kernels                          # settled at the first forward pass
             threads = self.threads or 1
-            if self.threads:
-                set_blas_threads(1)               # our threads, never OpenBLAS's (they stall under load)
             rows = max(1, CHUNK_TOKENS // T)      # sub-batches: bounded memory
             if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
                 rows = min(rows, -(-B // threads))
             chunks = [(b, min(b + rows, B)) for b in range(0, B, rows)]
-            if threads == 1 or len(chunks) == 1:  # one sub-batch: its products are split over the threads
+            if self.threads:                      # one sub-batch: BLAS's threads split its products (1.2-1.7x
+                set_blas_threads(threads if len(chunks) == 1 else 1)   # ours at batch 1); several: ours share them
+            if threads == 1 or len(chunks) == 1:
                 for chunk in chunks:
-                    run(chunk, self._workspaces[0], threads)
-            else:                                 # several: the threads share them, one at a time each
-                self._share(lambda i, ws: run(chunks[i], ws, 1), len(chunks))
+                    run(chunk, self._workspaces[0])
+            else:                                 # one sub-batch at a time per thread, on single-threaded BLAS
+                self._share(lambda i, ws: run(chunks[i], ws), len(chunks))
         return out
 
     def _share(self, fn, count):
@@ -914,27 +914,17 @@ class RuntimeModel:
         for helper in helpers:
             helper.result()
 
-    def _product(self, dense, x, out, ws, par, rows=None, then=None):
-        """out <- W[r0:r1] @ x, no bias (float32 W, or int8 with row scales); then(rows, ws) on each
-        block of output rows. Blocks go to par threads when the work pays for the hand-off."""
+    def _product(self, dense, x, out, ws, rows=None):
+        """out <- W[r0:r1] @ x, no bias: float32 W by BLAS, or int8 with row scales (a Numba kernel for
+        few tokens, else the weight cast in blocks for BLAS)."""
         r0, r1 = rows or (0, dense.weight.shape[0])
-        parts = 2 * par if par > 1 and (r1 - r0) * x.size >= PARALLEL_MIN_WORK else 1
-        xt = self._kernels.int8_input(x, ws) if dense.scale is not None else None
-
-        def block(i, ws):
-            a, b = (r1 - r0) * i // parts, (r1 - r0) * (i + 1) // parts
-            w = dense.weight[r0 + a:r0 + b]
-            if dense.scale is None:
-                np.matmul(w, x, out=out[a:b])
-            else:
-                self._kernels.int8_matmul(w, dense.scale[r0 + a:r0 + b], x, out[a:b], ws, xt)
-            if then is not None:
-                then(slice(a, b), ws)
-
-        block(0, ws) if parts == 1 else self._share(block, parts)
+        if dense.scale is None:
+            return np.matmul(dense.weight[r0:r1], x, out=out)
+        self._kernels.int8_matmul(dense.weight[r0:r1], dense.scale[r0:r1], x, out, ws,
+                                  self._kernels.int8_input(x, ws))
         return out
 
-    def _encode(self, ids, types, mask, ws, par, all_positions=True):
+    def _encode(self, ids, types, mask, ws, all_positions=True):
         """(last hidden states feature-major (C, B*T), column b*T + t, or None; [CLS] states (C, B)).
         all_positions=False runs the last layer for the [CLS] queries only."""
         (B, T), C = ids.shape, self.config["hidden_size"]
@@ -945,10 +935,10 @@ class RuntimeModel:
         mask_bias = None if np.all(mask != 0) else (mask == 0).astype(_F32) * _F32(MASK_VALUE)
         for i, layer in enumerate(self._layers):
             cls_only = i == len(self._layers) - 1 and not all_positions
-            x = self._layer(layer, x, B, T, mask_bias, ws, par, "cls" if cls_only else f"hidden{(i + 1) % 2}", cls_only)
+            x = self._layer(layer, x, B, T, mask_bias, ws, "cls" if cls_only else f"hidden{(i + 1) % 2}", cls_only)
         return (x, np.ascontiguousarray(x[:, ::T])) if all_positions else (None, x)   # (BLAS: contiguous)
 
-    def _layer(self, layer, x, B, T, mask_bias, ws, par, out_name, cls_only=False):
+    def _layer(self, layer, x, B, T, mask_bias, ws, out_name, cls_only=False):
         """One post-LN encoder layer on feature-major x (C, B*T) -> (C, B*T), or (C, B) for the
         [CLS] positions only (their queries; keys and values of all positions)."""
         cfg, K, product = self.config, self._kernels, self._product
@@ -957,12 +947,12 @@ class RuntimeModel:
         if cls_only:
             x_q = ws("x_cls", (C, B))
             np.copyto(x_q, x[:, ::T])
-            q = product(layer.qkv, x_q, ws("q", (C, B)), ws, par, rows=(0, C))
-            kv = product(layer.qkv, x, ws("kv", (2 * C, N)), ws, par, rows=(C, 3 * C))
+            q = product(layer.qkv, x_q, ws("q", (C, B)), ws, rows=(0, C))
+            kv = product(layer.qkv, x, ws("kv", (2 * C, N)), ws, rows=(C, 3 * C))
             q += layer.qkv.bias[:C, None]
             kv += layer.qkv.bias[C:, None]
         else:
-            x_q, qkv = x, product(layer.qkv, x, ws("qkv", (3 * C, N)), ws, par)     # (3C, N): q, k, v
+            x_q, qkv = x, product(layer.qkv, x, ws("qkv", (3 * C, N)), ws)     # (3C, N): q, k, v
             qkv += layer.qkv.bias[:, None]
             q, kv = qkv[:C], qkv[C:]
         q_heads = q.reshape(H, D, B, Tq).transpose(2, 0, 3, 1)                  # (B, H, Tq, D)
@@ -971,11 +961,12 @@ class RuntimeModel:
         K.softmax(scores, mask_bias, _F32(1.0 / math.sqrt(D)))
         ctx = ws("ctx", (C, B * Tq))                                          # ctx^T = v^T P^T, in place
         np.matmul(v_heads, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B, Tq).transpose(2, 0, 1, 3))
-        a = product(layer.attn_out, ctx, ws("attn", ctx.shape), ws, par)
+        a = product(layer.attn_out, ctx, ws("attn", ctx.shape), ws)
         K.add_layernorm(a, x_q, layer.attn_out.bias, *layer.ln1, eps)
         h = ws("ffn", (F, a.shape[1]))
-        product(layer.inter, a, h, ws, par, then=lambda rows, w: K.bias_gelu(h[rows], layer.inter.bias[rows], w))
-        y = product(layer.out, h, ws(out_name, a.shape), ws, par)
+        product(layer.inter, a, h, ws)
+        K.bias_gelu(h, layer.inter.bias, ws)
+        y = product(layer.out, h, ws(out_name, a.shape), ws)
         K.add_layernorm(y, a, layer.out.bias, *layer.ln2, eps)
         return y
 

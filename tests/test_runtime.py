@@ -349,8 +349,8 @@ def test_export_drops_training_tensors_and_is_readable_by_safetensors(tmp_path):
 THREADS_PROBE = """
 import json, sys, threading
 from minitinybert import runtime
-# every piece of work split, however small: sub-batches of a few tokens, products and attention in blocks
-runtime.PARALLEL_MIN_WORK, runtime.SHARD_MIN_TOKENS, runtime.CHUNK_TOKENS = 0, 0, int(sys.argv[4])
+# every batch of several texts shared, however small (a single text: its products on BLAS's threads)
+runtime.SHARD_MIN_TOKENS, runtime.CHUNK_TOKENS = 0, int(sys.argv[4])
 m = runtime.load(sys.argv[1], threads=int(sys.argv[2]), kernels=sys.argv[3])
 texts = json.loads(sys.argv[5])
 print(json.dumps({"logits": m.logits(texts, batch_size=8).tolist(), "single": m.logits(texts[4:5]).tolist(),
@@ -361,8 +361,8 @@ print(json.dumps({"logits": m.logits(texts, batch_size=8).tolist(), "single": m.
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_threads_give_the_same_results(tmp_path, dtype):
-    """threads=N (sub-batches shared among N threads, products split by rows;
-    BLAS set process-wide, hence subprocesses) gives the single-threaded results."""
+    """threads=N (sub-batches shared among N threads, or one sub-batch on N BLAS threads; BLAS set
+    process-wide, hence subprocesses) gives the single-threaded results."""
     _, ckpt = make_checkpoint(tmp_path, 3, seed=6, max_position_embeddings=64)
     path = export_runtime(ckpt, tmp_path / "m.safetensors", dtype)
     texts = TEXTS * 4
@@ -373,7 +373,7 @@ def test_threads_give_the_same_results(tmp_path, dtype):
                                json.dumps(texts)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         outputs[threads, kernels, chunk] = out = json.loads(proc.stdout)
-        assert out["helpers"] == threads - 1           # the work did go to other threads
+        assert out["helpers"] == threads - 1           # batches of several texts did go to other threads
     reference = outputs[1, "numpy", 4096]
     for key, out in outputs.items():
         for name in ("logits", "single", "embed"):
@@ -391,7 +391,7 @@ import json, sys, threading
 import numpy as np
 from minitinybert import runtime
 texts = json.loads(sys.argv[2])
-runtime.PARALLEL_MIN_WORK, runtime.SHARD_MIN_TOKENS, runtime.CHUNK_TOKENS = 0, 0, 16
+runtime.SHARD_MIN_TOKENS, runtime.CHUNK_TOKENS = 0, 16
 models = [runtime.load(sys.argv[1], threads=2, kernels="numpy") for _ in range(2)]
 expected = models[0].logits(texts)
 results, errors = [], []
