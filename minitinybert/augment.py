@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .batches import progress_bar
 from .tasks import Examples
 from .tokenizer import Tokenizer
 
@@ -402,7 +403,7 @@ def _copies(words: list[str], positions: list[int], candidates: list[list[str]],
 
 
 def augment_texts(texts: list[str], candidates: CandidateGenerator, n_aug: int, p: float, seed: int,
-                  stream: int = 0, chunk_size: int = 1024, progress_bar=None) -> list[list[str]]:
+                  stream: int = 0, chunk_size: int = 1024, bar=None) -> list[list[str]]:
     """n_aug augmented versions of each text. Randomness is drawn per text from (seed, index, stream),
     so the result does not depend on chunk_size."""
     tok = candidates.tokenizer
@@ -418,8 +419,8 @@ def augment_texts(texts: list[str], candidates: CandidateGenerator, n_aug: int, 
                                    f"{start + offset}")
             rng = np.random.default_rng([seed, start + offset, stream])
             out.append(_copies(words, pos, cands, n_aug, p, rng))
-        if progress_bar is not None:
-            progress_bar.update(len(chunk))
+        if bar is not None:
+            bar.update(len(chunk))
     return out
 
 
@@ -476,15 +477,6 @@ def _write_cache(path: Path, key: str, n: int, n_aug: int, generated: dict[str, 
         raise
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:   # an optional dependency: without tqdm, no bar
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="ex")
-
 
 def augment_examples(examples: Examples, candidates: CandidateGenerator, n_aug: int = 20, p: float = 0.4,
                      seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True,
@@ -518,13 +510,13 @@ def augment_examples(examples: Examples, candidates: CandidateGenerator, n_aug: 
         if path.exists():
             generated = _read_cache(path, key, n, n_aug, fields)
     if generated is None:
-        bar = _progress(n * len(fields), f"augment {examples.task.name}", progress)
+        bar = progress_bar(n * len(fields), f"augment {examples.task.name}", progress)
         try:
             generated = {"text": augment_texts(examples.texts, candidates, n_aug, p, seed, stream=0,
-                                               chunk_size=chunk_size, progress_bar=bar)}
+                                               chunk_size=chunk_size, bar=bar)}
             if augment_pair:
                 generated["pair"] = augment_texts(examples.pairs, candidates, n_aug, p, seed, stream=1,
-                                                  chunk_size=chunk_size, progress_bar=bar)
+                                                  chunk_size=chunk_size, bar=bar)
         finally:
             if bar is not None:
                 bar.close()

@@ -150,15 +150,31 @@ class TaskBatches:
 
 
 def predict_logits(model, examples: Examples, tokenizer: Tokenizer, max_length: int,
-                   batch_size: int = 64, tokens: TokenTable | None = None) -> np.ndarray:
+                   batch_size: int = 64, tokens: TokenTable | None = None, progress: str | None = None) -> np.ndarray:
     """Eval-mode logits (N, num_labels) of a `Bert` for every example, in order. Batches of
     examples sorted by token length: almost no padding. `tokens`: the examples' token ids
-    (default: tokenized here)."""
+    (default: tokenized here); `progress`: a progress bar's title (long passes), or None."""
     tokens = token_ids(examples, tokenizer, max_length, tokens)
     order = np.argsort(tokens.lengths, kind="stable")
     out = np.zeros((len(examples), model.config.num_labels), np.float32)
+    bar = progress_bar(len(examples), progress, enabled=progress is not None)
     for lo in range(0, len(order), batch_size):
         index = order[lo:lo + batch_size]
         batch = tokens.batch(index)
         out[index] = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
+        if bar is not None:
+            bar.update(len(index))
+    if bar is not None:
+        bar.close()
     return out
+
+
+def progress_bar(total: int, desc: str | None, enabled: bool = True):
+    """A tqdm bar counting examples, or None (not enabled, or tqdm not installed)."""
+    if not enabled:
+        return None
+    try:   # an optional dependency: without tqdm, no bar
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="ex")

@@ -83,7 +83,8 @@ def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length
             log(f"[prediction] ignoring the teacher-logits cache {path}: {why}; computing it again")
     log(f"[prediction] teacher logits of {len(examples)} examples: one pass, batches sorted by length")
     t0 = time.perf_counter()
-    logits = predict_logits(teacher, examples, tokenizer, max_length, batch_size=batch_size, tokens=tokens)
+    logits = predict_logits(teacher, examples, tokenizer, max_length, batch_size=batch_size, tokens=tokens,
+                            progress="teacher logits" if log is not None else None)
     log(f"[prediction] teacher logits computed in {time.perf_counter() - t0:.0f} s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
