@@ -323,7 +323,8 @@ def _clip_and_step(model, optimizer: AdamW, max_grad_norm: float, lr: float, res
 def _step_record(stage: str, step: int, lr: float, grad_norm: float, result: StepResult, seconds: float) -> dict:
     return {"stage": stage, "step": step, "lr": lr, "grad_norm": grad_norm, **result.losses,
             "tokens": result.tokens, "padded_tokens": result.padded_tokens,
-            "seq_per_s": result.sequences / seconds, "tokens_per_s": result.tokens / seconds, "seconds": seconds}
+            "seq_per_s": result.sequences / seconds, "tokens_per_s": result.tokens / seconds, "seconds": seconds,
+            "time": round(time.time(), 3)}          # wall clock at the step's end: a stage's time from its log alone
 
 
 def _evaluate(stage: str, evaluate: Callable[[], dict], state: LoopState, checkpoints: Checkpoints,

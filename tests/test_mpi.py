@@ -66,7 +66,7 @@ def weights(path: Path) -> bytes:
 
 
 def logged_losses(path: Path) -> list[dict]:
-    timing = ("seconds", "seq_per_s", "tokens_per_s")
+    timing = ("seconds", "seq_per_s", "tokens_per_s", "time")
     return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in path.read_text().splitlines()]
 
 

@@ -70,3 +70,17 @@ def test_a_general_student_made_before_the_run_is_reused_not_timed(tmp_path, cap
     assert run_report.main([str(run)]) == 0
     assert "| general distillation | 3 | reused |" in capsys.readouterr().out
     assert run_report.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_an_ended_run_times_its_first_stage_from_the_logs_clock(tmp_path):
+    """run.lock goes when the run ends: the first stage then starts where its log's first step did."""
+    run = make_run(tmp_path, general_minute=25)
+    (run / "run.lock").unlink()
+    log = run / "teacher" / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records[0]["time"] = START + 60 * 2 + records[0]["seconds"]     # its first step began at minute 2
+    ended = log.stat().st_mtime
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.utime(log, (ended, ended))
+    rows, _ = run_report.report(run)
+    assert round(rows[0]["minutes"], 3) == 8

@@ -9,7 +9,8 @@ the median seconds of a step, computed / real tokens over the first 10 steps and
 run's total, from the start recorded in run.lock to summary.json, and the summary's figures.
 
 Wall time comes from the files the stages leave: a stage ends when its last file is written, and
-begins where the one before it ended (the first at the start recorded in run.lock). A run resumed
+begins where the one before it ended (the first at the start recorded in run.lock while the run
+holds it, else at its first step's start, from the "time" of log.jsonl's records). A run resumed
 across several commands, or whose general student was made by another run, is reported with the
 stages it ran here only: the reused ones show their own steps and "reused" instead of minutes.
 """
@@ -53,6 +54,14 @@ def stage_row(name: str, directory: Path, start: float | None) -> tuple[dict, fl
     return row, end
 
 
+def first_step_start(log: Path) -> float | None:
+    """When a stage's first step began, from the wall-clock "time" its log records (newer logs)."""
+    if not log.exists():
+        return None
+    steps, _ = read_log(log)
+    return steps[0]["time"] - steps[0]["seconds"] if steps and "time" in steps[0] else None
+
+
 def general_directory(run: Path, given: str | None) -> Path | None:
     if given:
         return Path(given)
@@ -71,6 +80,8 @@ def newest(paths) -> float | None:
 def report(run: Path, general: str | None = None) -> tuple[list[dict], dict]:
     lock = run / "run.lock"
     started = datetime.fromisoformat(json.loads(lock.read_text())["started"]).timestamp() if lock.exists() else None
+    if started is None:          # the run has ended (its lock is gone): the first step's start, from its log
+        started = first_step_start(run / "teacher" / "log.jsonl")
     rows, clock = [], started
     row, clock = stage_row("teacher fine-tuning", run / "teacher", clock)
     rows.append(row)
