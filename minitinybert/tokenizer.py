@@ -141,15 +141,9 @@ class Tokenizer:
         """Token ids of a batch, truncated to max_length (pairs: longest first) and padded to its longest."""
         if isinstance(texts, str):
             raise TokenizerError("encode takes a list of texts, got a single string")
-        texts = list(texts)
+        texts, pairs = _checked_inputs(texts, pairs, "encode")
         if not texts:
             raise TokenizerError("encode got an empty list of texts")
-        _check_strings(texts, "texts")
-        if pairs is not None:
-            pairs = list(pairs)
-            if len(pairs) != len(texts):
-                raise TokenizerError(f"encode got {len(texts)} texts but {len(pairs)} pairs")
-            _check_strings(pairs, "pairs")
         minimum = 3 if pairs is None else 4  # room for the special tokens and one token per text
         if not isinstance(max_length, (int, np.integer)) or max_length < minimum:
             raise TokenizerError(f"max_length must be an integer >= {minimum} "
@@ -166,13 +160,7 @@ class Tokenizer:
     def lengths(self, texts: list[str], pairs: list[str] | None = None, max_length: int = 128) -> np.ndarray:
         """Tokens each text (or pair) takes in a batch, special tokens included: its row's length
         before padding, as `encode` would truncate it to max_length."""
-        texts = list(texts)
-        _check_strings(texts, "texts")
-        if pairs is not None:
-            pairs = list(pairs)
-            if len(pairs) != len(texts):
-                raise TokenizerError(f"lengths got {len(texts)} texts but {len(pairs)} pairs")
-            _check_strings(pairs, "pairs")
+        texts, pairs = _checked_inputs(texts, pairs, "lengths")
         inputs = texts if pairs is None else list(zip(texts, pairs))
         # Truncation (longest first for pairs) only ever cuts a row down to max_length exactly
         encode = getattr(self._tk, "encode_batch_fast", self._tk.encode_batch)    # no offsets: 1.7x faster
@@ -205,13 +193,7 @@ class Tokenizer:
                     max_length: int = 128) -> tuple[list[list[int]], list[list[int]]]:
         """(ids, type ids) of each text (or pair), unpadded: the rows of `encode`'s batch without
         their padding, truncated alike. For caches that keep every example's tokens."""
-        texts = list(texts)
-        _check_strings(texts, "texts")
-        if pairs is not None:
-            pairs = list(pairs)
-            if len(pairs) != len(texts):
-                raise TokenizerError(f"encode_rows got {len(texts)} texts but {len(pairs)} pairs")
-            _check_strings(pairs, "pairs")
+        texts, pairs = _checked_inputs(texts, pairs, "encode_rows")
         minimum = 3 if pairs is None else 4
         if not isinstance(max_length, (int, np.integer)) or max_length < minimum:
             raise TokenizerError(f"max_length must be an integer >= {minimum}, got {max_length!r}")
@@ -266,6 +248,18 @@ def _check_string(text) -> str:
     if not isinstance(text, str):
         raise TokenizerError(f"expected a string, got {type(text).__name__}: {text!r:.80}")
     return text
+
+
+def _checked_inputs(texts, pairs, who: str) -> tuple[list[str], list[str] | None]:
+    """texts (and pairs) as lists of strings of equal length, or a TokenizerError naming `who`."""
+    texts = list(texts)
+    _check_strings(texts, "texts")
+    if pairs is not None:
+        pairs = list(pairs)
+        if len(pairs) != len(texts):
+            raise TokenizerError(f"{who} got {len(texts)} texts but {len(pairs)} pairs")
+        _check_strings(pairs, "pairs")
+    return texts, pairs
 
 
 def _check_strings(items: list, name: str) -> None:
