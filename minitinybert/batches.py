@@ -118,6 +118,15 @@ class TaskBatches:
             return grouped_batches(self.lengths, self.batch_size, self.window, rng)
         return random_batches(len(self.examples), self.batch_size, rng)
 
+    def first_steps(self, steps: int) -> np.ndarray:
+        """The sorted indices of the examples that the first `steps` batches hold (from epoch 0)."""
+        drawn, epoch = [], 0
+        while steps > 0:
+            batches = self.epoch_batches(epoch)[:steps]
+            drawn += batches
+            steps, epoch = steps - len(batches), epoch + 1
+        return np.unique(np.concatenate(drawn)) if drawn else np.zeros(0, np.int64)
+
     def __iter__(self) -> "TaskBatches":
         return self
 
@@ -150,17 +159,20 @@ class TaskBatches:
 
 
 def predict_logits(model, examples: Examples, tokenizer: Tokenizer, max_length: int,
-                   batch_size: int = 64, tokens: TokenTable | None = None, progress: str | None = None) -> np.ndarray:
-    """Eval-mode logits (N, num_labels) of a `Bert` for every example, in order. Batches of
-    examples sorted by token length: almost no padding. `tokens`: the examples' token ids
-    (default: tokenized here); `progress`: a progress bar's title (long passes), or None."""
+                   batch_size: int = 64, tokens: TokenTable | None = None, progress: str | None = None,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """Eval-mode logits (N, num_labels) of a `Bert` for every example, in order, or (len(rows),
+    num_labels) for the examples of index `rows`, in their order. Batches of examples sorted by token
+    length: almost no padding. `tokens`: the examples' token ids (default: tokenized here); `progress`:
+    a progress bar's title (long passes), or None."""
     tokens = token_ids(examples, tokenizer, max_length, tokens)
-    order = np.argsort(tokens.lengths, kind="stable")
-    out = np.zeros((len(examples), model.config.num_labels), np.float32)
-    bar = progress_bar(len(examples), progress, enabled=progress is not None)
+    rows = np.arange(len(examples)) if rows is None else np.asarray(rows, dtype=np.int64)
+    order = np.argsort(tokens.lengths[rows], kind="stable")      # positions in `rows`
+    out = np.zeros((len(rows), model.config.num_labels), np.float32)
+    bar = progress_bar(len(rows), progress, enabled=progress is not None)
     for lo in range(0, len(order), batch_size):
         index = order[lo:lo + batch_size]
-        batch = tokens.batch(index)
+        batch = tokens.batch(rows[index])
         out[index] = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
         if bar is not None:
             bar.update(len(index))

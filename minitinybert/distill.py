@@ -398,22 +398,24 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
         if not state.done:
             return None
 
+    prediction_steps = _steps(args, task, "prediction")
+    batches = TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, window=args.length_window,
+                          tokens=tokens)
     if _needs_teacher_logits(args, w, task):
         with get_world().root_first():      # rank 0 computes and caches them; the others read the cache
             logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log,
-                                    tokens=tokens)
+                                    tokens=tokens, needed=batches.first_steps(prediction_steps))
     else:                                   # the teacher's output is unused: the gold labels stand in
         logits = np.zeros((len(train_set), _labels_of(task)), np.float32)
     del teacher                                   # the prediction stage runs the student alone
+    batches.extras = (logits,)
 
     if not args.skip_intermediate:
         student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
         student.config = _with_labels(student.config, task)
-    state = _train_stage(args, "prediction", student, _steps(args, task, "prediction"), args.prediction_lr,
-                         TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed,
-                                     window=args.length_window, extras=(logits,), tokens=tokens),
-                         lambda batch, rng, **k: prediction_step(student, batch[0], batch[1], batch[2], rng, w,
-                                                                 args.temperature,
+    state = _train_stage(args, "prediction", student, prediction_steps, args.prediction_lr, batches,
+                         lambda batch, rng, **k: prediction_step(student, batch[0], batch[1],
+                                                                 _computed_logits(batch[2]), rng, w, args.temperature,
                                                                  regression_target=args.regression_target, **k),
                          evaluate=_evaluator(args, student, dev, tokenizer, max_length, log),
                          vocab_from=teacher_dir, log=log)
@@ -423,6 +425,14 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     if state.best_metric is not None:
         log(f"[task] best student dev {task.main_metric} {state.best_metric:.4f} at step {state.best_step}: {best}")
     return best
+
+
+def _computed_logits(rows: np.ndarray) -> np.ndarray:
+    """The batch's cached teacher logits, which the cache computed for the stage's steps alone."""
+    if np.isnan(rows).any():
+        raise RuntimeError("the prediction stage drew an example whose teacher logits were not computed "
+                           "(logits_cache: rows the stage draws); please report this")
+    return rows
 
 
 def summarize(args, log=print) -> dict:

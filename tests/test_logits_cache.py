@@ -105,3 +105,43 @@ def test_a_damaged_cache_file_is_computed_again(tok, tmp_path):
     assert "ignoring" in messages[-3] and "computed in" in messages[-1]
     np.testing.assert_array_equal(again, first)
     assert "read from" not in " ".join(messages)
+
+
+def test_only_the_rows_the_stage_draws_are_computed_and_a_later_run_adds_the_missing(tok, tmp_path):
+    messages = []
+    examples = write_sst2(tmp_path / "data", TEXTS)
+    teacher = small(tok, 1, 8, 2, seed=1)
+    full = teacher_logits(teacher, examples, tok, 64, log=messages.append)      # no cache: every row
+    assert not np.isnan(full).any()
+
+    batches = TaskBatches(examples, tok, 3, 64, seed=0, window=2)
+    needed = batches.first_steps(2)                                                  # 2 batches of 3: 6 rows
+    assert len(needed) == 6
+    part = teacher_logits(teacher, examples, tok, 64, cache_dir=tmp_path / "cache", log=messages.append, needed=needed)
+    assert "6 of 10 examples" in messages[-2]
+    np.testing.assert_allclose(part[needed], full[needed], atol=1e-6)
+    others = np.setdiff1d(np.arange(len(TEXTS)), needed)
+    assert np.isnan(part[others]).all()
+
+    more = batches.first_steps(5)                     # one epoch and more: every row, 4 of them missing
+    assert more.tolist() == list(range(len(TEXTS)))
+    again = teacher_logits(teacher, examples, tok, 64, cache_dir=tmp_path / "cache", log=messages.append, needed=more)
+    assert "4 of 10 examples" in messages[-2] and "less those cached" in messages[-2]
+    np.testing.assert_allclose(again, full, atol=1e-6)
+    np.testing.assert_array_equal(again[needed], part[needed])                     # read, not recomputed
+    teacher_logits(teacher, examples, tok, 64, cache_dir=tmp_path / "cache", log=messages.append, needed=more)
+    assert "read from" in messages[-1]
+
+
+def test_first_steps_are_the_examples_of_the_first_batches_drawn(tok, tmp_path):
+    """The texts are distinct, so a row of token ids names its example."""
+    examples = write_sst2(tmp_path / "data", TEXTS)
+
+    def ids(batch):
+        return {tuple(row[:n]) for row, n in zip(batch.input_ids.tolist(), batch.attention_mask.sum(1))}
+
+    for steps in (1, 3, 4, 9):                       # 4 batches an epoch (3, 3, 3, 1 rows): 9 is 2 epochs and more
+        batches = TaskBatches(examples, tok, 3, 64, seed=7, window=2)
+        drawn = set().union(*(ids(next(batches)[0]) for _ in range(steps)))
+        rows = batches.first_steps(steps)
+        assert ids(batches.tokens.batch(rows)) == drawn and len(rows) == len(drawn), steps
