@@ -17,6 +17,8 @@ Variants (what each changes against the full recipe):
   no-augmentation     task distillation on the training set as it is
   prediction-only     standard knowledge distillation: the student from random init learns the
                       teacher's logits on the training set as it is; no other loss, no augmentation
+  general-labels      no task distillation: the general student fine-tuned on the gold labels (what the
+                      general stage alone gives; the pair tasks' stage-by-stage diagnosis)
   no-distillation     the student from random init fine-tuned on the gold labels (no teacher at all)
   no-embedding-loss   the embedding-layer loss off (weight 0)        } in general and task distillation
   no-attention-loss   the attention-score loss off                    } (the paper's ablation), or in task
@@ -63,6 +65,8 @@ VARIANTS = (
     Variant("no-augmentation", "no data augmentation", "shared", ("--n-aug", "0")),
     Variant("prediction-only", "prediction-layer distillation only, from random init, no augmentation "
             "(standard KD)", "scratch", ("--skip-intermediate", "--n-aug", "0")),
+    Variant("general-labels", "no task distillation: the general student fine-tuned on the labels", "shared",
+            ("--skip-intermediate", "--n-aug", "0", "--w-prediction", "0", "--w-hard", "1")),
     Variant("no-distillation", "no distillation: the student from random init fine-tuned on the labels",
             "scratch", ("--skip-intermediate", "--n-aug", "0", "--w-prediction", "0", "--w-hard", "1")),
     Variant("no-embedding-loss", "without the embedding-layer loss", "own", loss_flags=("--w-embedding", "0")),
