@@ -15,6 +15,7 @@ longest, as `Tokenizer.encode` pads, and the table's lengths are what grouping s
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -160,22 +161,37 @@ class TaskBatches:
 
 def predict_logits(model, examples: Examples, tokenizer: Tokenizer, max_length: int,
                    batch_size: int = 64, tokens: TokenTable | None = None, progress: str | None = None,
-                   rows: np.ndarray | None = None) -> np.ndarray:
+                   rows: np.ndarray | None = None, workers: int | None = 1) -> np.ndarray:
     """Eval-mode logits (N, num_labels) of a `Bert` for every example, in order, or (len(rows),
     num_labels) for the examples of index `rows`, in their order. Batches of examples sorted by token
     length: almost no padding. `tokens`: the examples' token ids (default: tokenized here); `progress`:
-    a progress bar's title (long passes), or None."""
+    a progress bar's title (long passes), or None; `workers`: threads, each running whole batches on
+    single-threaded BLAS and Numba (as training's data parallelism does: the serial gaps of one
+    overlap the work of the other); None: the thread count, as --workers."""
+    import numba
+    workers = max(1, int(workers or numba.get_num_threads()))
     tokens = token_ids(examples, tokenizer, max_length, tokens)
     rows = np.arange(len(examples)) if rows is None else np.asarray(rows, dtype=np.int64)
     order = np.argsort(tokens.lengths[rows], kind="stable")      # positions in `rows`
     out = np.zeros((len(rows), model.config.num_labels), np.float32)
     bar = progress_bar(len(rows), progress, enabled=progress is not None)
-    for lo in range(0, len(order), batch_size):
+
+    def run(lo: int) -> None:
         index = order[lo:lo + batch_size]
         batch = tokens.batch(rows[index])
         out[index] = model.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask).logits
         if bar is not None:
             bar.update(len(index))
+
+    starts = range(0, len(order), batch_size)
+    if workers > 1 and len(starts) > 1:
+        from .kernels import single_threaded_blas
+        with ThreadPoolExecutor(workers, initializer=numba.set_num_threads, initargs=(1,)) as pool, \
+                single_threaded_blas():
+            list(pool.map(run, starts))
+    else:
+        for lo in starts:
+            run(lo)
     if bar is not None:
         bar.close()
     return out

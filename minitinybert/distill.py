@@ -404,7 +404,7 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     if _needs_teacher_logits(args, w, task):
         with get_world().root_first():      # rank 0 computes and caches them; the others read the cache
             logits = teacher_logits(teacher, train_set, tokenizer, max_length, cache_dir=_cache_dir(args), log=log,
-                                    tokens=tokens, needed=batches.first_steps(prediction_steps))
+                                    tokens=tokens, needed=batches.first_steps(prediction_steps), workers=args.workers)
     else:                                   # the teacher's output is unused: the gold labels stand in
         logits = np.zeros((len(train_set), _labels_of(task)), np.float32)
     del teacher                                   # the prediction stage runs the student alone

@@ -75,11 +75,12 @@ def _computed(logits: np.ndarray) -> np.ndarray:
 
 def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length: int,
                    cache_dir: str | Path | None = None, batch_size: int = 64, log=print,
-                   tokens: TokenTable | None = None, needed: np.ndarray | None = None) -> np.ndarray:
+                   tokens: TokenTable | None = None, needed: np.ndarray | None = None, workers: int | None = 1) -> np.ndarray:
     """(N, num_labels) float32: the teacher's eval-mode logits of the examples, in order, for the rows
     in `needed` (indices; default all) and any other row the cache holds, NaN elsewhere. Rows computed
     before with the same teacher and data are read from `cache_dir`; the missing ones are computed and
-    added to it. `tokens`: the examples' token ids, when the caller has them (tokens.py)."""
+    added to it. `tokens`: the examples' token ids, when the caller has them (tokens.py); `workers`:
+    threads for the pass (batches.predict_logits)."""
     shape = (len(examples), teacher.config.num_labels)
     needed = np.arange(shape[0]) if needed is None else np.unique(np.asarray(needed, dtype=np.int64))
     logits = np.full(shape, np.nan, np.float32)
@@ -101,7 +102,8 @@ def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length
         f"draws{', less those cached' if len(missing) < len(needed) else ''}): one pass, batches sorted by length")
     t0 = time.perf_counter()
     logits[missing] = predict_logits(teacher, examples, tokenizer, max_length, batch_size=batch_size, tokens=tokens,
-                                     progress="teacher logits" if log is not None else None, rows=missing)
+                                     progress="teacher logits" if log is not None else None, rows=missing,
+                                     workers=workers)
     log(f"[prediction] teacher logits computed in {time.perf_counter() - t0:.0f} s")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

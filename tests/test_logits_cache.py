@@ -145,3 +145,11 @@ def test_first_steps_are_the_examples_of_the_first_batches_drawn(tok, tmp_path):
         drawn = set().union(*(ids(next(batches)[0]) for _ in range(steps)))
         rows = batches.first_steps(steps)
         assert ids(batches.tokens.batch(rows)) == drawn and len(rows) == len(drawn), steps
+
+
+def test_the_pass_in_two_threads_gives_the_one_thread_logits(tok, tmp_path):
+    examples = write_sst2(tmp_path / "data", TEXTS * 3)
+    teacher = small(tok, 2, 16, 3, seed=1)
+    one = teacher_logits(teacher, examples, tok, 64, batch_size=4, log=lambda m: 0, workers=1)
+    two = teacher_logits(teacher, examples, tok, 64, batch_size=4, log=lambda m: 0, workers=2)
+    np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-6)
