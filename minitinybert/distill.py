@@ -230,6 +230,8 @@ def run_finetune_teacher(args, log=print) -> Path | None:
     """The teacher gets a task head and is fine-tuned on the task; the best checkpoint by dev metric."""
     task, teacher_dir, tokenizer, load_examples = _common_setup(args, log)
     teacher = load_model(teacher_dir, num_labels=_labels_of(task), seed=args.seed, log=log)
+    if args.teacher_init:
+        teacher = _teacher_from_another_task(args.teacher_init, teacher, tokenizer, task, args.seed, log)
     teacher.config = _with_labels(teacher.config, task)
     train_set, dev = load_examples("train", limit=args.train_limit), _dev_sets(task, load_examples)
     max_length = _max_length(args, task)
@@ -618,6 +620,24 @@ def _common_setup(args, log=print):
     return task, teacher_dir, tokenizer, load
 
 
+def _teacher_from_another_task(init_dir, teacher: Bert, tokenizer: Tokenizer, task, seed: int, log) -> Bert:
+    """The encoder and pooler of `init_dir` (the teacher fine-tuned on another task), with a new head:
+    an intermediate task before the target one (Phang et al., "STILTs", arXiv 1811.01088). It must be
+    the --teacher fine-tuned: the same architecture and vocabulary."""
+    init_dir = Path(init_dir)
+    if not init_dir.exists():
+        raise FileNotFoundError(f"--teacher-init: checkpoint directory not found: {init_dir}")
+    start = load_model(init_dir, num_labels=_labels_of(task), seed=seed, log=log, keep_head=False)
+    shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    differs = [k for k in shape if getattr(start.config, k) != getattr(teacher.config, k)]
+    if differs or Tokenizer.from_dir(init_dir).fingerprint() != tokenizer.fingerprint():
+        raise ConfigError(f"--teacher-init {init_dir} is not the teacher fine-tuned on another task: its "
+                          f"{', '.join(differs) or 'vocabulary'} differ{'s' if len(differs) < 2 else ''} "
+                          f"from the teacher's")
+    log(f"[teacher] starting from the encoder of {init_dir} (its task head dropped, a new one for {task.name})")
+    return start
+
+
 def _stage_dir(args, stage: str) -> Path:
     return Path(args.out) / STAGE_DIRS[stage]
 
@@ -820,6 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="output directory (default runs/<task>, or runs/<name> for local "
                                                "data and --dataset); one run at a time holds it (<out>/run.lock)")
     g.add_argument("--finetuned-teacher", default=None, help="task stage: the fine-tuned teacher checkpoint")
+    g.add_argument("--teacher-init", default=None,
+                   help="teacher fine-tuning: start from this checkpoint of the teacher fine-tuned on another task "
+                        "(its head dropped), e.g. STS-B's teacher for RTE (intermediate-task transfer)")
     g.add_argument("--general-student", default=None,
                    help="task and all: start from this general student (a checkpoint, or a general run directory "
                         "holding final/) instead of the one made or found for these settings; 'scratch' for "

@@ -91,11 +91,12 @@ def checkpoint_file(directory: str | Path) -> Path:
 
 
 def load_model(directory: str | Path, num_labels: int | None = None, dtype=np.float32,
-               seed: int = 0, use_kernels: bool = True, log=None):
+               seed: int = 0, use_kernels: bool = True, log=None, keep_head: bool = True):
     """A `Bert` from a Hugging Face checkpoint directory.
 
     `num_labels` asks for a task head: taken from the checkpoint when it has one (the sizes must
-    agree), otherwise initialised from `seed` (a pre-trained teacher has no head)."""
+    agree), otherwise initialised from `seed` (a pre-trained teacher has no head). keep_head=False
+    drops the checkpoint's task head (the encoder of a model fine-tuned on another task)."""
     directory = Path(directory)
     if not directory.exists():
         raise WeightsError(f"checkpoint directory not found: {directory}")
@@ -104,6 +105,10 @@ def load_model(directory: str | Path, num_labels: int | None = None, dtype=np.fl
     path = checkpoint_file(directory)
     raw = read_safetensors(path)
     tensors = {normalize_name(k): v for k, v in raw.items() if not IGNORED.match(normalize_name(k))}
+    if not keep_head:
+        tensors = {n: v for n, v in tensors.items() if not n.startswith("classifier.")}
+        config = config.replace(num_labels=0)
+        config.id2label = {}
     unknown = [n for n in tensors if not re.match(r"^(embeddings|encoder|pooler|classifier|fit_dense|fit_denses|cls)\.", n)]
     if unknown:
         raise WeightsError(f"{path}: tensors that are not part of a BERT model: {', '.join(unknown[:5])}")

@@ -751,3 +751,29 @@ def test_step_defaults_follow_the_task_and_yield_to_the_command_line():
     assert STEP_DEFAULTS["rte"][0] < STEP_DEFAULTS["sst2"][0]
     args = build_parser().parse_args(["all", "--task", "rte", "--teacher-steps", "7"])
     assert _steps(args, get_task("rte"), "teacher") == 7
+
+
+def test_teacher_fine_tuning_can_start_from_the_teacher_of_another_task(world, tmp_path, capsys):
+    """--teacher-init: the encoder of the teacher fine-tuned on SST-2 (2 labels) starts MNLI's (3): its
+    head dropped for a new one; a checkpoint of another architecture is refused."""
+    rng = np.random.default_rng(3)
+    spec = get_task("mnli")
+    rows = lambda n: [(a, b, spec.labels[int(rng.integers(3))])      # noqa: E731
+                      for (a, _), (b, _) in zip(sentences(rng, n), sentences(rng, n))]
+    write_task(world / "data", "mnli", {"train": rows(16), **{split: rows(8) for split in spec.dev_splits}})
+    out = tmp_path / "mnli"
+    assert main(["finetune-teacher", *cli(world, out), "--task", "mnli", "--teacher-steps", "2", "--teacher-lr", "0",
+                 "--teacher-init", str(world / "teacher-sst2")]) == 0
+    assert f"starting from the encoder of {world / 'teacher-sst2'}" in capsys.readouterr().out
+    tuned, start, plain = (load_model(d) for d in (out / "teacher" / "best", world / "teacher-sst2", world / "teacher"))
+    assert tuned.config.num_labels == 3 and tuned.params["classifier.weight"].shape[0] == 3
+    for name in ("encoder.layer.1.attention.self.query.weight", "embeddings.word_embeddings.weight",
+                 "pooler.dense.weight"):
+        np.testing.assert_array_equal(tuned.params[name], start.params[name])      # lr 0: as it started
+        assert not np.array_equal(tuned.params[name], plain.params[name])
+
+    other = tmp_path / "student-ckpt"
+    save_checkpoint(Bert(BertConfig.from_json(world / "student.json"), seed=0), other, vocab_from=world / "vocab.txt")
+    assert main(["finetune-teacher", *cli(world, tmp_path / "bad"), "--task", "mnli", "--teacher-steps", "1",
+                 "--teacher-init", str(other)]) == 2
+    assert "is not the teacher fine-tuned on another task" in capsys.readouterr().err
