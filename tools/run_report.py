@@ -102,7 +102,7 @@ def report(run: Path, general: str | None = None) -> tuple[list[dict], dict]:
     rows.append(row)
     logits = newest(cache.glob("*logits*")) if cache.is_dir() else None
     if logits is not None and clock is not None and logits > clock:
-        rows.append({"stage": "teacher logits, one pass over the augmented set", "minutes": (logits - clock) / 60})
+        rows.append({"stage": "teacher logits (one pass over the examples the stage draws)", "minutes": (logits - clock) / 60})
         clock = logits
     row, clock = stage_row("prediction-layer distillation", run / "task-prediction", clock)
     rows.append(row)
