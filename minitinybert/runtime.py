@@ -617,7 +617,6 @@ class _Kernels:
 
     def __init__(self):
         self.name, self.int8_input, self.int8_matmul = "numpy", (lambda x, ws: None), _np_int8_matmul
-        self.f32_input, self.f32_matmul = (lambda x, ws: None), None
         self.bias_gelu, self.add_layernorm, self.softmax = _np_bias_gelu, _np_add_layernorm, _np_softmax
 
     def use_numba(self) -> bool:
@@ -633,7 +632,6 @@ class _Kernels:
                 addln(x, x.copy(), v, v, v, 1e-12)
                 softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
                 int8(np.ones((2, 3), np.int8), v, x, x)
-                int8(x, v, x.T.copy(), np.ones((2, 2), _F32))          # its float32-weight twin
                 break
             except Exception:  # noqa: BLE001
                 continue
@@ -641,24 +639,14 @@ class _Kernels:
             return False
         no_mask = np.zeros((1, 0), _F32)
 
-        def token_rows(most):                    # the kernel streams token rows: x^T, once per product
-            def rows(x, ws):
-                if x.shape[1] > most:            # past that, BLAS wins (measured)
-                    return None
-                xt = ws("kernel_xt", x.shape[::-1])
-                np.copyto(xt, x.T)
-                return xt
-            return rows
+        def int8_input(x, ws):                   # the kernel streams token rows: x^T, once per product
+            if x.shape[1] > INT8_KERNEL_MAX_TOKENS:    # past that, BLAS on the cast weight wins (measured)
+                return None
+            xt = ws("int8_xt", x.shape[::-1])
+            np.copyto(xt, x.T)
+            return xt
 
-        ones = [np.ones(0, _F32)]               # the float32 weight's row scales
-
-        def f32_matmul(w, xt, out):
-            if ones[0].size < w.shape[0]:
-                ones[0] = np.ones(w.shape[0], _F32)
-            int8(w, ones[0], xt, out)
-
-        self.f32_input, self.f32_matmul = token_rows(F32_KERNEL_MAX_TOKENS), f32_matmul
-        self.name, self.add_layernorm, self.int8_input = "numba", addln, token_rows(INT8_KERNEL_MAX_TOKENS)
+        self.name, self.add_layernorm, self.int8_input = "numba", addln, int8_input
         self.bias_gelu = lambda h, bias, ws: gelu(h, bias)
         self.softmax = lambda s, mask_bias, scale: softmax(s, no_mask if mask_bias is None else mask_bias,
                                                            mask_bias is not None, scale)
@@ -692,7 +680,6 @@ def set_blas_threads(n: int) -> bool:
 # === the model ====================================================================================
 
 INT8_KERNEL_MAX_TOKENS = 32     # int8 products of at most this many tokens run the int8 kernel (measured)
-F32_KERNEL_MAX_TOKENS = 16      # float32 ones too, on one thread
 CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
 
@@ -932,11 +919,7 @@ class RuntimeModel:
         few tokens, else the weight cast in blocks for BLAS)."""
         r0, r1 = rows or (0, dense.weight.shape[0])
         if dense.scale is None:
-            xt = self._kernels.f32_input(x, ws) if self.threads == 1 else None   # one thread: streams the
-            if xt is None:                                                       # weight once (measured)
-                return np.matmul(dense.weight[r0:r1], x, out=out)
-            self._kernels.f32_matmul(dense.weight[r0:r1], xt, out)
-            return out
+            return np.matmul(dense.weight[r0:r1], x, out=out)
         self._kernels.int8_matmul(dense.weight[r0:r1], dense.scale[r0:r1], x, out, ws,
                                   self._kernels.int8_input(x, ws))
         return out

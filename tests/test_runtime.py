@@ -221,26 +221,6 @@ def test_int8_product_equals_float32_product_of_the_dequantized_weight(out_f, in
         assert np.all(np.abs(out - expected) <= 1e-5 * bound + 1e-30), kernels.name
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 70), st.integers(1, 2 * runtime.F32_KERNEL_MAX_TOKENS),
-       st.integers(0, 2 ** 32 - 1))
-def test_float32_kernel_product_equals_blas(out_f, in_f, tokens, seed):
-    """The Numba product that streams a float32 weight for few tokens (one thread) is W @ x."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(out_f, in_f)).astype(np.float32)
-    x = rng.normal(size=(in_f, tokens)).astype(np.float32)
-    expected, bound = w.astype(np.float64) @ x, np.abs(w).astype(np.float64) @ np.abs(x)
-    for kernels in KERNEL_SETS:
-        ws = runtime._workspace()
-        xt = kernels.f32_input(x, ws)
-        if xt is None:                                   # NumPy, or more tokens than the kernel takes
-            assert kernels.name == "numpy" or tokens > runtime.F32_KERNEL_MAX_TOKENS
-            continue
-        out = np.full((out_f, tokens), np.nan, np.float32)
-        kernels.f32_matmul(w, xt, out)
-        assert np.all(np.abs(out - expected) <= 1e-5 * bound + 1e-30)
-
-
 def test_int8_file_computes_the_dequantized_model(tmp_path):
     """An int8 file gives the logits of the float32 model whose weights are q * scale (so int8's
     accuracy is that model's: no error beyond the weights' rounding, whatever the kernel)."""
