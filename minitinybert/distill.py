@@ -229,9 +229,10 @@ def make_evaluator(model: Bert, dev_sets, tokenizer, max_length: int, cache_dir=
 def run_finetune_teacher(args, log=print) -> Path | None:
     """The teacher gets a task head and is fine-tuned on the task; the best checkpoint by dev metric."""
     task, teacher_dir, tokenizer, load_examples = _common_setup(args, log)
-    teacher = load_model(teacher_dir, num_labels=_labels_of(task), seed=args.seed, log=log)
     if args.teacher_init:
-        teacher = _teacher_from_another_task(args.teacher_init, teacher, tokenizer, task, args.seed, log)
+        teacher = _teacher_from_another_task(args.teacher_init, teacher_dir, tokenizer, task, args.seed, log)
+    else:
+        teacher = load_model(teacher_dir, num_labels=_labels_of(task), seed=args.seed, log=log)
     teacher.config = _with_labels(teacher.config, task)
     train_set, dev = load_examples("train", limit=args.train_limit), _dev_sets(task, load_examples)
     max_length = _max_length(args, task)
@@ -620,7 +621,7 @@ def _common_setup(args, log=print):
     return task, teacher_dir, tokenizer, load
 
 
-def _teacher_from_another_task(init_dir, teacher: Bert, tokenizer: Tokenizer, task, seed: int, log) -> Bert:
+def _teacher_from_another_task(init_dir, teacher_dir: Path, tokenizer: Tokenizer, task, seed: int, log) -> Bert:
     """The encoder and pooler of `init_dir` (the teacher fine-tuned on another task), with a new head:
     an intermediate task before the target one (Phang et al., "STILTs", arXiv 1811.01088). It must be
     the --teacher fine-tuned: the same architecture and vocabulary."""
@@ -629,7 +630,8 @@ def _teacher_from_another_task(init_dir, teacher: Bert, tokenizer: Tokenizer, ta
         raise FileNotFoundError(f"--teacher-init: checkpoint directory not found: {init_dir}")
     start = load_model(init_dir, num_labels=_labels_of(task), seed=seed, log=log, keep_head=False)
     shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-    differs = [k for k in shape if getattr(start.config, k) != getattr(teacher.config, k)]
+    teacher_config = BertConfig.from_json(teacher_dir)
+    differs = [k for k in shape if getattr(start.config, k) != getattr(teacher_config, k)]
     if differs or Tokenizer.from_dir(init_dir).fingerprint() != tokenizer.fingerprint():
         raise ConfigError(f"--teacher-init {init_dir} is not the teacher fine-tuned on another task: its "
                           f"{', '.join(differs) or 'vocabulary'} differ{'s' if len(differs) < 2 else ''} "

@@ -75,7 +75,8 @@ def _computed(logits: np.ndarray) -> np.ndarray:
 
 def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length: int,
                    cache_dir: str | Path | None = None, batch_size: int = 64, log=print,
-                   tokens: TokenTable | None = None, needed: np.ndarray | None = None, workers: int | None = 1) -> np.ndarray:
+                   tokens: TokenTable | None = None, needed: np.ndarray | None = None,
+                   workers: int | None = 1) -> np.ndarray:
     """(N, num_labels) float32: the teacher's eval-mode logits of the examples, in order, for the rows
     in `needed` (indices; default all) and any other row the cache holds, NaN elsewhere. Rows computed
     before with the same teacher and data are read from `cache_dir`; the missing ones are computed and
@@ -96,7 +97,8 @@ def teacher_logits(teacher, examples: Examples, tokenizer: Tokenizer, max_length
                 logits = cached
     missing = needed[~_computed(logits)[needed]]
     if len(missing) == 0:
-        log(f"[prediction] teacher logits of {len(needed)} examples read from {path}")
+        if path is not None:
+            log(f"[prediction] teacher logits of {len(needed)} examples read from {path}")
         return logits
     log(f"[prediction] teacher logits of {len(missing)} of {len(examples)} examples (the ones the stage "
         f"draws{', less those cached' if len(missing) < len(needed) else ''}): one pass, batches sorted by length")
