@@ -477,7 +477,6 @@ def _write_cache(path: Path, key: str, n: int, n_aug: int, generated: dict[str, 
         raise
 
 
-
 def augment_examples(examples: Examples, candidates: CandidateGenerator, n_aug: int = 20, p: float = 0.4,
                      seed: int = 0, cache_dir: str | Path | None = None, progress: bool = True,
                      augment_pair: bool | None = None, dedupe: bool = True, chunk_size: int = 1024) -> Examples:

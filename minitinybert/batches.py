@@ -18,8 +18,10 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
+import numba
 import numpy as np
 
+from .kernels import single_threaded_blas
 from .tasks import DataError, Examples
 from .tokenizer import Batch, Tokenizer
 from .tokens import TokenTable, tokenize_in_memory
@@ -101,10 +103,8 @@ class TaskBatches:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if window < 0:
             raise DataError(f"the length-grouping window must be >= 0 batches, got {window}")
-        for extra in extras:
-            if len(extra) != len(examples):
-                raise DataError(f"an array given with the batches has {len(extra)} rows for {len(examples)} examples")
-        self.examples, self.tokenizer, self.extras = examples, tokenizer, tuple(extras)
+        self.examples, self.tokenizer = examples, tokenizer
+        self.attach(*extras)
         self.batch_size, self.max_length, self.seed, self.window = batch_size, max_length, seed, int(window)
         self.tokens = token_ids(examples, tokenizer, max_length, tokens)
         self.lengths = self.tokens.lengths if self.window else None
@@ -118,6 +118,14 @@ class TaskBatches:
         if self.window:
             return grouped_batches(self.lengths, self.batch_size, self.window, rng)
         return random_batches(len(self.examples), self.batch_size, rng)
+
+    def attach(self, *extras: np.ndarray) -> None:
+        """The arrays (one row per example) whose batch rows follow each batch from now on."""
+        for extra in extras:
+            if len(extra) != len(self.examples):
+                raise DataError(f"an array given with the batches has {len(extra)} rows for "
+                                f"{len(self.examples)} examples")
+        self.extras = tuple(extras)
 
     def first_steps(self, steps: int) -> np.ndarray:
         """The sorted indices of the examples that the first `steps` batches hold (from epoch 0)."""
@@ -168,7 +176,6 @@ def predict_logits(model, examples: Examples, tokenizer: Tokenizer, max_length: 
     a progress bar's title (long passes), or None; `workers`: threads, each running whole batches on
     single-threaded BLAS and Numba (as training's data parallelism does: the serial gaps of one
     overlap the work of the other); None: the thread count, as --workers."""
-    import numba
     workers = max(1, int(workers or numba.get_num_threads()))
     tokens = token_ids(examples, tokenizer, max_length, tokens)
     rows = np.arange(len(examples)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -185,7 +192,6 @@ def predict_logits(model, examples: Examples, tokenizer: Tokenizer, max_length: 
 
     starts = range(0, len(order), batch_size)
     if workers > 1 and len(starts) > 1:
-        from .kernels import single_threaded_blas
         with ThreadPoolExecutor(workers, initializer=numba.set_num_threads, initargs=(1,)) as pool, \
                 single_threaded_blas():
             list(pool.map(run, starts))

@@ -411,7 +411,7 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     else:                                   # the teacher's output is unused: the gold labels stand in
         logits = np.zeros((len(train_set), _labels_of(task)), np.float32)
     del teacher                                   # the prediction stage runs the student alone
-    batches.extras = (logits,)
+    batches.attach(logits)
 
     if not args.skip_intermediate:
         student = load_model(_stage_dir(args, "intermediate") / "final", log=log)
