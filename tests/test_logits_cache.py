@@ -153,3 +153,18 @@ def test_the_pass_in_two_threads_gives_the_one_thread_logits(tok, tmp_path):
     one = teacher_logits(teacher, examples, tok, 64, batch_size=4, log=lambda m: 0, workers=1)
     two = teacher_logits(teacher, examples, tok, 64, batch_size=4, log=lambda m: 0, workers=2)
     np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-6)
+
+
+def test_the_evaluator_on_two_threads_gives_the_one_thread_metrics(tok, tmp_path, monkeypatch):
+    import minitinybert.distill as distill
+    examples = write_sst2(tmp_path / "data", TEXTS * 13)         # 130 examples: three batches of 64
+    model = small(tok, 2, 16, 2, seed=3)
+    threads = []
+    real = distill.predict_logits
+    monkeypatch.setattr(distill, "predict_logits", lambda *a, **k: threads.append(k["workers"]) or real(*a, **k))
+    one = distill.make_evaluator(model, examples, tok, 64, workers=1)()
+    two = distill.make_evaluator(model, examples, tok, 64, workers=2)()
+    assert threads == [1, 2]
+    assert one.keys() == two.keys() and 0 < one["main"] < 1
+    for name in one:
+        assert two[name] == pytest.approx(one[name], abs=1e-6), name
