@@ -695,7 +695,7 @@ def _with_labels(config: BertConfig, task) -> BertConfig:
 # examples) fit the README's hour; the small tasks would repeat their training set for dozens of
 # epochs in as many steps, so theirs are counted in epochs: teacher about 5 epochs (BERT's
 # fine-tuning recipe is 3-4; a 6-layer teacher gains from a few more), prediction about 2. The pair
-# tasks' intermediate stage is longer, about two passes of the augmented pairs (STS-B 3,000 steps
+# tasks' intermediate stage is longer, two to three passes of the augmented pairs (STS-B 3,000 steps
 # over 47.7k, RTE 2,000 over 21.4k): measured on STS-B, 3,000 steps gave the student dev Pearson
 # 0.68 where 1,500 gave 0.59, its loss still falling; RTE's student reached 58.1% with 2,000 (and a
 # longer general student) where 1,000 gave 55.2%. Other tasks and your own data take SST-2's.
