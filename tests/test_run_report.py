@@ -84,3 +84,14 @@ def test_an_ended_run_times_its_first_stage_from_the_logs_clock(tmp_path):
     os.utime(log, (ended, ended))
     rows, _ = run_report.report(run)
     assert round(rows[0]["minutes"], 3) == 8
+
+
+def test_minutes_in_steps_and_a_teacher_copied_in_from_another_run(tmp_path):
+    run = make_run(tmp_path, general_minute=25)
+    os.utime(run / "teacher" / "log.jsonl", (START - 600,) * 2)       # copied with its times, before the start
+    rows, _ = run_report.report(run)
+    teacher, general = rows[0], rows[1]
+    assert teacher["reused"] and teacher["minutes"] is None
+    assert round(general["minutes"], 3) == 25                          # the clock did not move past the start
+    assert round(teacher["step_minutes"] * 60, 3) == sum(0.5 + i for i in range(20))
+    assert "| teacher fine-tuning | 20 | reused | 3.3 |" in run_report.markdown(rows, {})

@@ -4,15 +4,17 @@
 
 For each stage of `distill all` (teacher fine-tuning, general distillation, augmentation, the
 intermediate stage, the teacher-logits pass, the prediction stage): optimizer steps, wall minutes,
-the median seconds of a step, computed / real tokens over the first 10 steps and over all steps
+minutes in steps, the median seconds of a step, computed / real tokens over the first 10 steps and over all steps
 (padding waste, from log.jsonl's "tokens" and "padded_tokens"), and the best dev metric. Then the
 run's total, from the start recorded in run.lock to summary.json, and the summary's figures.
 
 Wall time comes from the files the stages leave: a stage ends when its last file is written, and
 begins where the one before it ended (the first at the start recorded in run.lock while the run
-holds it, else at its first step's start, from the "time" of log.jsonl's records). A run resumed
-across several commands, or whose general student was made by another run, is reported with the
-stages it ran here only: the reused ones show their own steps and "reused" instead of minutes.
+holds it, else at its first step's start, from the "time" of log.jsonl's records). A stage whose
+log was written before that (a general student made by another run, a teacher or cache copied in)
+shows "reused" instead of minutes. Wall minutes of a run resumed across sessions include the time
+between them; "minutes in steps", the sum of the logged step times, does not (it leaves out dev
+evaluations and checkpoints), and is the figure to compare stages of such runs by.
 """
 from __future__ import annotations
 
@@ -40,17 +42,23 @@ def padding(steps: list[dict]) -> float | None:
 
 
 def stage_row(name: str, directory: Path, start: float | None) -> tuple[dict, float | None]:
-    """A stage's figures, and the time it ended (its log's last write), or None when it is absent."""
+    """A stage's figures, and the clock after it: when its log was last written, or `start` unchanged when
+    the stage is absent or was made before `start` (reused: copied in, or made by another run)."""
     log = directory / "log.jsonl"
     if not log.exists():
         return {"stage": name, "missing": True}, start
     steps, evals = read_log(log)
     end = log.stat().st_mtime
+    reused = start is not None and end < start
     best = max((e["eval"]["main"] for e in evals), default=None)
     row = {"stage": name, "steps": steps[-1]["step"] if steps else 0,
            "minutes": (end - start) / 60 if start is not None else None,
+           "step_minutes": sum(r["seconds"] for r in steps) / 60 if steps else None,
            "step_seconds": statistics.median(r["seconds"] for r in steps) if steps else None,
            "padding_first10": padding(steps[:10]), "padding_all": padding(steps), "best_dev": best}
+    if reused:
+        row["minutes"], row["reused"] = None, True
+        return row, start
     return row, end
 
 
@@ -87,11 +95,7 @@ def report(run: Path, general: str | None = None) -> tuple[list[dict], dict]:
     rows.append(row)
     general_dir = general_directory(run, general)
     if general_dir is not None:
-        row, end = stage_row("general distillation", general_dir, clock)
-        if end is not None and clock is not None and end < clock:      # made before this run: reused
-            row["minutes"], row["reused"] = None, True
-        else:
-            clock = end
+        row, clock = stage_row("general distillation", general_dir, clock)
         rows.append(row)
     cache = run / "augment-cache"
     augmented = newest(p for p in cache.glob("*") if "logits" not in p.name) if cache.is_dir() else None
@@ -118,14 +122,15 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(rows: list[dict], summary: dict) -> str:
-    lines = ["| stage | steps | minutes | s/step (median) | computed / real tokens, first 10 steps | all steps "
-             "| best dev |", "|---|---|---|---|---|---|---|"]
+    lines = ["| stage | steps | minutes | minutes in steps | s/step (median) | computed / real tokens, first 10 steps "
+             "| all steps | best dev |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("missing"):
-            lines.append(f"| {r['stage']} | not run | | | | | |")
+            lines.append(f"| {r['stage']} | not run | | | | | | |")
             continue
         minutes = "reused" if r.get("reused") else _fmt(r.get("minutes"), ".1f")
-        lines.append(f"| {r['stage']} | {r.get('steps', '')} | {minutes} | {_fmt(r.get('step_seconds'), '.3f')} | "
+        lines.append(f"| {r['stage']} | {r.get('steps', '')} | {minutes} | {_fmt(r.get('step_minutes'), '.1f')} | "
+                     f"{_fmt(r.get('step_seconds'), '.3f')} | "
                      f"{_fmt(r.get('padding_first10'), '.3f')} | {_fmt(r.get('padding_all'), '.3f')} | "
                      f"{_fmt(r.get('best_dev'), '.4f')} |")
     if summary:
