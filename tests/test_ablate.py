@@ -6,9 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minitinybert.model import Bert
-from minitinybert.weights import save_checkpoint
-from test_distill import SPECIAL, STUDENT, TEACHER, WORDS, sentences
+from tiny_world import build_world
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -23,20 +21,7 @@ def no_loss_plots(monkeypatch):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ablate-world")
-    rng = np.random.default_rng(0)
-    (root / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n")
-    data = root / "data"
-    (data / "glue" / "SST-2").mkdir(parents=True)
-    for split, n in (("train", 32), ("dev", 16)):
-        lines = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in sentences(rng, n)]
-        (data / "glue" / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    (data / "corpus").mkdir()
-    docs = ["\n".join(t for t, _ in sentences(rng, 6)) for _ in range(6)]
-    (data / "corpus" / "tiny.txt").write_text("\n\n".join(docs) + "\n")
-    save_checkpoint(Bert(TEACHER, seed=1), root / "teacher", vocab_from=root / "vocab.txt")
-    STUDENT.save(root / "student.json")
-    return root
+    return build_world(tmp_path_factory.mktemp("ablate-world"), train=32, dev=16, documents=6)
 
 
 def flags(world, steps=2):

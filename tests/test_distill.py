@@ -26,44 +26,16 @@ from minitinybert.tokenizer import Batch, Tokenizer
 from minitinybert.weights import load_model, save_checkpoint
 from glue_files import write_task
 from gradcheck import assert_grad_close, numeric_directional
+from tiny_world import STUDENT, TEACHER, build_world, sentences  # noqa: F401  (sentences: test_hub's)
 
-WORDS = ("the a film movie was is good bad great awful fun dull plot actors story , . ! and not very "
-         "funny boring loved hated it this").split()
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TEACHER = BertConfig(vocab_size=len(SPECIAL) + len(WORDS), hidden_size=24, num_hidden_layers=3,
-                     num_attention_heads=12, intermediate_size=48, max_position_embeddings=64)
-STUDENT = BertConfig(vocab_size=TEACHER.vocab_size, hidden_size=12, num_hidden_layers=2, num_attention_heads=12,
-                     intermediate_size=24, max_position_embeddings=64)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def sentences(rng, n):
-    pos, neg = ["good", "great", "fun", "funny", "loved"], ["bad", "awful", "dull", "boring", "hated"]
-    rows = []
-    for _ in range(n):
-        label = int(rng.integers(0, 2))
-        words = list(rng.choice(WORDS[:6], 3)) + [rng.choice(pos if label else neg)] + list(rng.choice(WORDS, 2))
-        rows.append((" ".join(words), label))
-    return rows
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    rng = np.random.default_rng(0)
-    (root / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n")
-    data = root / "data"
-    (data / "glue" / "SST-2").mkdir(parents=True)
-    for split, n in (("train", 64), ("dev", 24)):
-        lines = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in sentences(rng, n)]
-        (data / "glue" / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    (data / "corpus").mkdir()
-    docs = ["\n".join(t for t, _ in sentences(rng, 6)) for _ in range(12)]
-    (data / "corpus" / "tiny.txt").write_text("\n\n".join(docs) + "\n")
-    save_checkpoint(Bert(TEACHER, seed=1), root / "teacher", vocab_from=root / "vocab.txt")
+    root = build_world(tmp_path_factory.mktemp("world"))
     save_checkpoint(Bert(TEACHER.replace(num_labels=2), seed=2), root / "teacher-sst2",
                     vocab_from=root / "vocab.txt")
-    STUDENT.save(root / "student.json")
     return root
 
 

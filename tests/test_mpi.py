@@ -17,9 +17,7 @@ import pytest
 
 from minitinybert.corpus import StreamedFiles
 from minitinybert.distill import main
-from minitinybert.model import Bert
-from minitinybert.weights import save_checkpoint
-from test_distill import SPECIAL, STUDENT, TEACHER, WORDS, sentences
+from tiny_world import build_world, sentences
 
 ROOT = Path(__file__).resolve().parent.parent
 MPIEXEC = shutil.which("mpiexec")
@@ -30,20 +28,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mpi-world")
-    rng = np.random.default_rng(0)
-    (root / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n")
-    data = root / "data"
-    (data / "glue" / "SST-2").mkdir(parents=True)
-    for split, n in (("train", 48), ("dev", 16)):
-        lines = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in sentences(rng, n)]
-        (data / "glue" / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    (data / "corpus").mkdir()
-    docs = ["\n".join(t for t, _ in sentences(rng, 6)) for _ in range(12)]
-    (data / "corpus" / "tiny.txt").write_text("\n\n".join(docs) + "\n")
-    save_checkpoint(Bert(TEACHER, seed=1), root / "teacher", vocab_from=root / "vocab.txt")
-    STUDENT.save(root / "student.json")
-    return root
+    return build_world(tmp_path_factory.mktemp("mpi-world"), train=48, dev=16)
 
 
 def args(world, out, *extra):

@@ -6,8 +6,8 @@
 
 A refactor that claims "no change in results" must leave this output identical: the same
 teacher fine-tuning, general and task distillation, byte for byte, with 1 and with 2 workers.
-The world is the one tests/test_distill.py builds: a 3-layer teacher, a 2-layer student, a
-37-word vocabulary, 64 training sentences, a 12-document corpus. Takes about a minute.
+The world is the one tests/tiny_world.py builds: a 3-layer teacher, a 2-layer student, a
+32-token vocabulary, 64 training sentences, a 12-document corpus. Takes about a minute.
 """
 from __future__ import annotations
 
@@ -19,31 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from minitinybert.distill import main  # noqa: E402
-from minitinybert.model import Bert  # noqa: E402
-from minitinybert.weights import save_checkpoint  # noqa: E402
-from test_distill import SPECIAL, STUDENT, TEACHER, WORDS, sentences  # noqa: E402
-
-
-def build_world(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    (root / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n")
-    data = root / "data"
-    (data / "glue" / "SST-2").mkdir(parents=True)
-    for split, n in (("train", 64), ("dev", 24)):
-        lines = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in sentences(rng, n)]
-        (data / "glue" / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    (data / "corpus").mkdir()
-    docs = ["\n".join(t for t, _ in sentences(rng, 6)) for _ in range(12)]
-    (data / "corpus" / "tiny.txt").write_text("\n\n".join(docs) + "\n")
-    save_checkpoint(Bert(TEACHER, seed=1), root / "teacher", vocab_from=root / "vocab.txt")
-    STUDENT.save(root / "student.json")
+from tiny_world import build_world  # noqa: E402
 
 
 def fingerprint(out: Path) -> list[str]:
