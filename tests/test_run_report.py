@@ -95,3 +95,15 @@ def test_minutes_in_steps_and_a_teacher_copied_in_from_another_run(tmp_path):
     assert round(general["minutes"], 3) == 25                          # the clock did not move past the start
     assert round(teacher["step_minutes"] * 60, 3) == sum(0.5 + i for i in range(20))
     assert "| teacher fine-tuning | 20 | reused | 3.3 |" in run_report.markdown(rows, {})
+
+
+def test_several_runs_make_one_table_with_the_papers_ratio(tmp_path, capsys):
+    run = make_run(tmp_path, general_minute=25)
+    unfinished = tmp_path / "runs" / "cola"
+    unfinished.mkdir()
+    assert run_report.main([str(run), str(unfinished)]) == 0
+    table = capsys.readouterr().out
+    # teacher 20 steps of 0.5 + i s = 3.3 min; general 4.5 s; intermediate and prediction 8 s each
+    assert ("| sst2 | sst2 (accuracy) | 0.9000 | 0.8600 | **95.6%** | 99.1% (92.6 / 93.4) | – | 3.3, 0.1, 0.3 |"
+            in table)
+    assert "| cola | no summary.json yet |" in table

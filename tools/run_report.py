@@ -1,12 +1,17 @@
 """Where a run's time went and what each stage reached: one Markdown table from a run directory.
 
     python tools/run_report.py runs/sst2 [--general DIR]
+    python tools/run_report.py runs/sst2 runs/cola runs/rte runs/stsb     # one row a run, with the paper's
 
 For each stage of `distill all` (teacher fine-tuning, general distillation, augmentation, the
 intermediate stage, the teacher-logits pass, the prediction stage): optimizer steps, wall minutes,
 minutes in steps, the median seconds of a step, computed / real tokens over the first 10 steps and over all steps
 (padding waste, from log.jsonl's "tokens" and "padded_tokens"), and the best dev metric. Then the
 run's total, from the start recorded in run.lock to summary.json, and the summary's figures.
+
+Given several runs, one table with a row each: teacher and student dev metric, their ratio beside
+TinyBERT4's ratio to BERT-base in the paper's GLUE test table, the general student's steps, and the
+minutes in steps of the teacher, the general student and the two task stages.
 
 Wall time comes from the files the stages leave: a stage ends when its last file is written, and
 begins where the one before it ended (the first at the start recorded in run.lock while the run
@@ -117,6 +122,34 @@ def report(run: Path, general: str | None = None) -> tuple[list[dict], dict]:
     return rows, summary
 
 
+# The paper's GLUE test table (TINYBERT-NOTES.md): (TinyBERT4, BERT-base), each task's main metric.
+PAPER = {"mnli": (82.5, 83.9), "qqp": (71.3, 71.1), "qnli": (87.7, 90.9), "sst2": (92.6, 93.4),
+         "cola": (44.1, 52.8), "stsb": (80.4, 85.2), "mrpc": (86.4, 87.5), "rte": (66.6, 67.0)}
+
+
+def runs_table(runs: list[Path]) -> str:
+    """One row per finished run (its summary.json): the distillation results side by side."""
+    lines = ["| run | task (dev metric) | teacher | student | student / teacher | paper: TinyBERT4 / BERT-base "
+             "(test) | general student steps | minutes in steps: teacher, general, intermediate + prediction |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        rows, summary = report(run)
+        if not summary:
+            lines.append(f"| {run.name} | no summary.json yet | | | | | | |")
+            continue
+        minutes = {r["stage"]: r.get("step_minutes") or 0.0 for r in rows}
+        task_minutes = sum(minutes.get(f"{stage}-layer distillation", 0) for stage in ("intermediate", "prediction"))
+        paper = PAPER.get(summary["task"])
+        general = summary.get("general_student") or {}
+        lines.append(
+            f"| {run.name} | {summary['task']} ({summary['metric']}) | {summary['teacher']['dev']['main']:.4f} | "
+            f"{summary['student']['dev']['main']:.4f} | **{summary['ratio']:.1%}** | "
+            f"{f'{paper[0] / paper[1]:.1%} ({paper[0]} / {paper[1]})' if paper else '–'} | "
+            f"{general.get('steps', '–')} | {minutes.get('teacher fine-tuning', 0):.1f}, "
+            f"{minutes.get('general distillation', 0):.1f}, {task_minutes:.1f} |")
+    return "\n".join(lines)
+
+
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -144,16 +177,21 @@ def markdown(rows: list[dict], summary: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="the run directory (--out of distill all), e.g. runs/sst2")
+    parser.add_argument("run", nargs="+", help="the run directory (--out of distill all), e.g. runs/sst2; "
+                                               "several: one row each")
     parser.add_argument("--general", default=None, help="the general stage's directory (default: the one the task "
                                                         "stage recorded in task-intermediate/general-student.json)")
     parser.add_argument("--json", action="store_true", help="the figures as JSON instead of Markdown")
     args = parser.parse_args(argv)
-    run = Path(args.run)
-    if not run.is_dir():
-        print(f"error: no run directory {run}", file=sys.stderr)
-        return 2
-    rows, summary = report(run, args.general)
+    runs = [Path(r) for r in args.run]
+    for run in runs:
+        if not run.is_dir():
+            print(f"error: no run directory {run}", file=sys.stderr)
+            return 2
+    if len(runs) > 1:
+        print(runs_table(runs))
+        return 0
+    rows, summary = report(runs[0], args.general)
     print(json.dumps({"stages": rows, "summary": summary}, indent=1) if args.json else markdown(rows, summary))
     return 0
 
