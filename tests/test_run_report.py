@@ -107,3 +107,4 @@ def test_several_runs_make_one_table_with_the_papers_ratio(tmp_path, capsys):
     assert ("| sst2 | sst2 (accuracy) | 0.9000 | 0.8600 | **95.6%** | 99.1% (92.6 / 93.4) | – | 3.3, 0.1, 0.3 |"
             in table)
     assert "| cola | no summary.json yet |" in table
+    assert run_report.main([str(run), str(unfinished), "--json"]) == 2

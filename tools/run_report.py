@@ -5,8 +5,9 @@
 
 For each stage of `distill all` (teacher fine-tuning, general distillation, augmentation, the
 intermediate stage, the teacher-logits pass, the prediction stage): optimizer steps, wall minutes,
-minutes in steps, the median seconds of a step, computed / real tokens over the first 10 steps and over all steps
-(padding waste, from log.jsonl's "tokens" and "padded_tokens"), and the best dev metric. Then the
+minutes in steps, the median seconds of a step, computed / real tokens over the first 10 steps and
+over all steps (padding waste, from log.jsonl's "tokens" and "padded_tokens"), and the best dev
+metric. Then the
 run's total, from the start recorded in run.lock to summary.json, and the summary's figures.
 
 Given several runs, one table with a row each: teacher and student dev metric, their ratio beside
@@ -189,6 +190,9 @@ def main(argv=None) -> int:
             print(f"error: no run directory {run}", file=sys.stderr)
             return 2
     if len(runs) > 1:
+        if args.general or args.json:
+            print("error: --general and --json are for one run's stages; give one run", file=sys.stderr)
+            return 2
         print(runs_table(runs))
         return 0
     rows, summary = report(runs[0], args.general)
