@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from minitinybert import distill  # noqa: E402
+from run_report import read_log  # noqa: E402  (tools/, beside this file)
 from minitinybert.tasks import get_task  # noqa: E402
 
 
@@ -93,15 +94,8 @@ def _step_minutes(stage_dir: Path) -> float:
     log = stage_dir / "log.jsonl"
     if not log.exists():
         return 0.0
-    seconds = 0.0
-    for line in log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue                                  # a line cut by a kill; the resumed run rewrites it
-        if "seconds" in record and "eval" not in record:
-            seconds += record["seconds"]
-    return seconds / 60
+    steps, _ = read_log(log)
+    return sum(r.get("seconds", 0.0) for r in steps) / 60
 
 
 def _complete(stage_dir: Path) -> bool:

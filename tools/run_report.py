@@ -36,9 +36,11 @@ def read_log(path: Path) -> tuple[list[dict], list[dict]]:
     """(step records, evaluation records) of a stage's log.jsonl."""
     steps, evals = [], []
     for line in path.read_text().splitlines():
-        if line.strip():
+        try:
             record = json.loads(line)
-            (evals if "eval" in record else steps).append(record)
+        except json.JSONDecodeError:
+            continue                                  # blank, or a line cut by a kill (a resumed run rewrites it)
+        (evals if "eval" in record else steps).append(record)
     return steps, evals
 
 
