@@ -63,10 +63,12 @@ def test_every_variant_in_the_table_and_a_second_run_reuses_them(world, tmp_path
                 "no-hidden-loss": "loss_hidden"}[name]
         assert term not in log[0] and "loss" in log[0]
     assert not (out / "full" / "general").exists() and (out / "shared" / "general" / "final").exists()
-    for name in ("no-distillation", "general-labels"):            # the gold labels alone
+    for name in ("no-distillation", "general-labels", "no-prediction-loss"):   # the gold labels alone
         first = json.loads((out / name / "task-prediction" / "log.jsonl").read_text().splitlines()[0])
         assert first["loss_prediction"] == 0 and first["loss_hard"] > 0, name
     assert not (out / "general-labels" / "task-intermediate").exists()
+    assert (out / "no-prediction-loss" / "task-intermediate" / "final").exists()
+    assert not (out / "no-prediction-loss" / "general").exists()   # no prediction loss in general distillation
     # a second run trains nothing: every result is kept
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     capsys.readouterr()

@@ -20,10 +20,13 @@ Variants (what each changes against the full recipe):
   general-labels      no task distillation: the general student fine-tuned on the gold labels (what the
                       general stage alone gives; the pair tasks' stage-by-stage diagnosis)
   no-distillation     the student from random init fine-tuned on the gold labels (no teacher at all)
-  no-embedding-loss   the embedding-layer loss off (weight 0)        } in general and task distillation
-  no-attention-loss   the attention-score loss off                    } (the paper's ablation), or in task
-  no-hidden-loss      the hidden-state loss off                       } distillation only with
-                                                                      } --loss-ablations-in task
+  no-embedding-loss   the embedding-layer loss off (weight 0), in general and task distillation (the
+                      paper's ablation), or in task distillation only with --loss-ablations-in task
+  no-prediction-loss  the prediction-layer loss off: after intermediate distillation the prediction
+                      stage fits the gold labels (an augmented copy carries its original's label);
+                      general distillation has no prediction loss, so it starts from the shared student
+  no-attention-loss   the attention-score loss off, where no-embedding-loss turns its loss off
+  no-hidden-loss      the hidden-state loss off, likewise
 Resumable: each stage checkpoints as distill does, and a variant's result is kept once done; run
 the same command again (after Ctrl-C, --stop-after, or a crash) to continue where it stopped.
 The table (<out>/ablation-<task>.md) is rewritten after each variant: dev metric of the best
@@ -71,6 +74,9 @@ VARIANTS = (
     Variant("no-distillation", "no distillation: the student from random init fine-tuned on the labels",
             "scratch", ("--skip-intermediate", "--n-aug", "0", "--w-prediction", "0", "--w-hard", "1")),
     Variant("no-embedding-loss", "without the embedding-layer loss", "own", loss_flags=("--w-embedding", "0")),
+    Variant("no-prediction-loss", "without the prediction-layer loss: after intermediate distillation, the "
+            "prediction stage fits the gold labels (copies carry their original's)", "shared",
+            ("--w-prediction", "0", "--w-hard", "1")),
     Variant("no-attention-loss", "without the attention loss", "own", loss_flags=("--w-attention", "0")),
     Variant("no-hidden-loss", "without the hidden-state loss", "own", loss_flags=("--w-hidden", "0")),
 )
