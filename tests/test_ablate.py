@@ -48,11 +48,12 @@ def test_every_variant_in_the_table_and_a_second_run_reuses_them(world, tmp_path
     assert list(found) == list(ablate.BY_NAME)                       # every variant, in order
     teacher = json.loads((out / "shared" / "teacher" / "best" / "metrics.json").read_text())["main"]
     assert f"{teacher:.4f}" in table
-    for name, (_, what, dev, ratio, minutes) in found.items():
+    for name, (_, what, dev, ratio, last, minutes) in found.items():
         result = json.loads((out / name / "result.json").read_text())
         best = json.loads((out / name / "task-prediction" / "best" / "metrics.json").read_text())["main"]
         assert dev == f"{best:.4f}" == f"{result['dev']:.4f}", name
         assert ratio == f"{best / teacher:.1%}" and float(minutes) >= 0 and what
+        assert last == ablate._last_evaluations(out / name / "task-prediction"), name
     # what each variant ran: the stages it has, and the general student it started from
     assert not (out / "no-intermediate" / "task-intermediate").exists()
     assert (out / "full" / "task-intermediate" / "final").exists()
@@ -106,6 +107,17 @@ def test_a_table_spans_sittings(world, tmp_path):
 def _params(run: Path) -> np.ndarray:
     from minitinybert.weights import load_model
     return load_model(run / "task-prediction" / "last").params.data
+
+
+def test_last_evaluations_are_the_mean_and_range_of_the_last_five(tmp_path):
+    lines = []
+    for step, score in enumerate([0.2, 0.9, 0.5, 0.6, 0.7, 0.8, 0.4], start=1):
+        lines += [json.dumps({"stage": "prediction", "step": step * 10, "loss": 1.0}),
+                  json.dumps({"stage": "prediction", "step": step * 10, "eval": {"main": score}})]
+    (tmp_path / "log.jsonl").write_text("\n".join(lines) + '\n{"stage": "predic')    # a line cut by a kill
+    assert ablate._last_evaluations(tmp_path) == "0.6000 (0.4000–0.8000, 5)"
+    assert ablate._last_evaluations(tmp_path, n=2) == "0.6000 (0.4000–0.8000, 2)"
+    assert ablate._last_evaluations(tmp_path / "absent") == "–"
 
 
 def test_unknown_variant_and_flags_owned_by_the_tool(tmp_path):

@@ -30,7 +30,8 @@ Variants (what each changes against the full recipe):
 Resumable: each stage checkpoints as distill does, and a variant's result is kept once done; run
 the same command again (after Ctrl-C, --stop-after, or a crash) to continue where it stopped.
 The table (<out>/ablation-<task>.md) is rewritten after each variant: dev metric of the best
-checkpoint, its ratio to the fine-tuned teacher's, and minutes of training (the sum of the
+checkpoint, its ratio to the fine-tuned teacher's, the mean and range of the last 5 dev evaluations
+(the noise to read differences against), and minutes of training (the sum of the
 stages' step times from their logs, the shared general stage counted in every variant that starts
 from it; evaluation and augmentation not included).
 """
@@ -111,6 +112,16 @@ def _complete(stage_dir: Path) -> bool:
 
 def _metric(stage_dir: Path) -> float:
     return float(json.loads((stage_dir / "best" / "metrics.json").read_text())["main"])
+
+
+def _last_evaluations(stage_dir: Path, n: int = 5) -> str:
+    """Mean (min–max) of a stage's last n dev evaluations: the best one is picked on the dev set it is
+    scored on, so it leans optimistic by about this spread; one seed's noise to read differences against."""
+    log = stage_dir / "log.jsonl"
+    scores = [r["eval"]["main"] for r in read_log(log)[1]][-n:] if log.exists() else []
+    if not scores:
+        return "–"
+    return f"{sum(scores) / len(scores):.4f} ({min(scores):.4f}–{max(scores):.4f}, {len(scores)})"
 
 
 def _without_stop_after(flags: list[str]) -> list[str]:
@@ -194,15 +205,17 @@ class Ablation:
         flags = " ".join(_without_stop_after(self.passthrough)) or "(distill defaults)"
         lines += [f"Settings: `{flags}`; loss ablations in "
                   f"{'general and task' if self.loss_stages == 'both' else 'task'} distillation.", "",
-                  f"| variant | what differs | dev {task.main_metric} | ratio to teacher | minutes |",
-                  "|---|---|---|---|---|"]
+                  f"| variant | what differs | dev {task.main_metric} (best) | ratio to teacher | last evaluations: "
+                  f"mean (min–max, how many) | minutes |",
+                  "|---|---|---|---|---|---|"]
         for v in variants:
             r = results.get(v.name)
             if r is None:
-                lines.append(f"| {v.name} | {v.what} | (not run yet) | | |")
+                lines.append(f"| {v.name} | {v.what} | (not run yet) | | | |")
                 continue
             ratio = f"{r['dev'] / teacher_metric:.1%}" if teacher_metric else "n/a"
-            lines.append(f"| {v.name} | {v.what} | {r['dev']:.4f} | {ratio} | {r['minutes']:.1f} |")
+            last = _last_evaluations(self.out / v.name / distill.STAGE_DIRS["prediction"])
+            lines.append(f"| {v.name} | {v.what} | {r['dev']:.4f} | {ratio} | {last} | {r['minutes']:.1f} |")
         lines += ["", "Minutes: training steps only (sum of the stages' step times), the shared general "
                   "stage counted in each variant that starts from it."]
         return "\n".join(lines) + "\n"
