@@ -648,8 +648,9 @@ def _stage_dir(args, stage: str) -> Path:
 
 
 def _cache_dir(args) -> Path:
-    """Where the augmented texts and the teacher's logits on them are cached."""
-    return Path(args.out) / "augment-cache"
+    """Where the augmented texts and the teacher's logits on them are cached: --augment-cache, shared by
+    runs that name it (their keys keep different teachers and data apart), else <out>/augment-cache."""
+    return Path(args.augment_cache) if args.augment_cache else Path(args.out) / "augment-cache"
 
 
 GENERAL_SOURCE = "general-student.json"
@@ -807,10 +808,9 @@ def _augmented_train_set(args, teacher_dir, tokenizer, load_examples, log):
     source = args.candidates if args.candidates != "auto" else ("mlm" if pretrained.config.mlm_head else "context")
     kind, description = CANDIDATE_SOURCES[source]
     log(f"[task] augmenting {len(train_set)} examples x {args.n_aug} (p {args.augment_p}, candidates: {description})")
-    cache = Path(args.augment_cache) if args.augment_cache else Path(args.out) / "augment-cache"
     with get_world().root_first():      # rank 0 writes the cache; the others read it (or make their own)
         return augment_examples(train_set, kind(pretrained, tokenizer), n_aug=args.n_aug, p=args.augment_p,
-                                seed=args.seed, cache_dir=cache, progress=get_world().is_root)
+                                seed=args.seed, cache_dir=_cache_dir(args), progress=get_world().is_root)
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -940,8 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation candidates: mlm (needs the teacher's MLM head), context, embedding; "
                         "auto: mlm if the teacher has the head, else context")
     g.add_argument("--augment-cache", default=None,
-                   help="directory of the augmented-text cache (default <out>/augment-cache); runs that "
-                        "share it augment once")
+                   help="directory of the augmented texts and the teacher's logits on them (default "
+                        "<out>/augment-cache); runs that share it augment and run the teacher once")
     g = common.add_argument_group("checkpoints")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out exactly")
     g.add_argument("--save-every", type=int, default=100)

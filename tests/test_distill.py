@@ -347,6 +347,21 @@ def test_task_stage_from_scratch_without_intermediate(world, tmp_path):
                              "--general-student", str(tmp_path / "missing"))]) == 2
 
 
+def test_runs_sharing_an_augment_cache_share_the_teacher_logits_too(world, tmp_path, capsys):
+    shared, said = tmp_path / "cache", []
+    for run in ("a", "b"):
+        args = cli(world, tmp_path / run, "--finetuned-teacher", str(world / "teacher-sst2"), "--general-student",
+                   "scratch", "--skip-intermediate", "--prediction-steps", "2", "--augment-cache", str(shared))
+        capsys.readouterr()
+        assert main(["task", *args]) == 0
+        said.append(capsys.readouterr().out)
+        assert not (tmp_path / run / "augment-cache").exists()
+    assert len(list(shared.glob("augment-sst2-*.jsonl"))) == 1
+    (logits,) = shared.glob("teacher-logits-sst2-*.safetensors")
+    assert "teacher logits computed" in said[0] and "teacher logits computed" not in said[1]
+    assert f"read from {logits}" in said[1]
+
+
 def test_augmentation_ahead_of_the_task_stage_fills_its_cache(world, tmp_path, capsys):
     from minitinybert.augment import main as augment_main
     out = tmp_path / "o"

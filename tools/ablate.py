@@ -6,7 +6,8 @@
 Any flag this tool does not know goes to every `python -m minitinybert.distill` stage it runs
 (--teacher-steps, --general-steps, --intermediate-steps, --prediction-steps, --data, --workers, ...).
 The fine-tuned teacher and the general student are trained once, in <out>/shared, and shared by the
-variants that use them; augmentation is cached once, in <out>/shared/augment-cache.
+variants that use them; the augmented set and the teacher's logits on it are cached once, in
+<out>/shared/augment-cache.
 
 Variants (what each changes against the full recipe):
   full                general distillation, then task distillation: intermediate layers, then
