@@ -120,6 +120,17 @@ def test_last_evaluations_are_the_mean_and_range_of_the_last_five(tmp_path):
     assert ablate._last_evaluations(tmp_path / "absent") == "–"
 
 
+def test_the_recipe_augments_whatever_distills_default_makes_of_the_budget(tmp_path):
+    from minitinybert import distill
+    forced = ablate.Ablation("sst2", tmp_path, ["--intermediate-steps", "10"], "task").common
+    assert forced[forced.index("--n-aug") + 1] == str(distill.AUGMENT_COPIES)
+    given = ablate.Ablation("sst2", tmp_path, ["--n-aug", "2"], "task").common
+    assert given.count("--n-aug") == 1 and given[given.index("--n-aug") + 1] == "2"
+    # a variant's own --n-aug 0 comes after the common flags, so it wins
+    args = distill.build_parser().parse_args(["task", *forced, "--n-aug", "0"])
+    assert args.n_aug == 0
+
+
 def test_unknown_variant_and_flags_owned_by_the_tool(tmp_path):
     with pytest.raises(SystemExit, match="unknown variant"):
         ablate.main(["--task", "sst2", "--out", str(tmp_path), "--variants", "full,nonsense"])

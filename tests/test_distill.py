@@ -347,6 +347,27 @@ def test_task_stage_from_scratch_without_intermediate(world, tmp_path):
                              "--general-student", str(tmp_path / "missing"))]) == 2
 
 
+def test_augmentation_by_default_only_when_the_task_stage_repeats_its_training_set():
+    from argparse import Namespace
+    import minitinybert.distill as distill
+    said = []
+
+    def copies(n_train, **given):
+        args = Namespace(**{"n_aug": None, "skip_intermediate": False, "batch_size": 32, "intermediate_steps": None,
+                            "prediction_steps": None, **given})
+        return distill._augment_copies(args, get_task("sst2"), n_train, said.append)
+
+    sst2_steps = distill.STEP_DEFAULTS["sst2"][distill.STAGES.index("intermediate")]
+    assert copies(67349) == 0 and "1.4 passes" in said[-1] and "no augmentation" in said[-1]   # SST-2's defaults
+    assert copies(2490) == distill.AUGMENT_COPIES                       # RTE's size: 38 passes
+    exactly = int(sst2_steps * 32 / distill.AUGMENT_FROM_PASSES)
+    assert copies(exactly) == distill.AUGMENT_COPIES and copies(exactly + 1) == 0
+    assert copies(67349, intermediate_steps=10000) == distill.AUGMENT_COPIES     # a longer stage: 4.8 passes
+    assert copies(67349, skip_intermediate=True, prediction_steps=10000) == distill.AUGMENT_COPIES
+    n = len(said)
+    assert copies(67349, n_aug=7) == 7 and copies(100, n_aug=0) == 0 and len(said) == n   # as given, silently
+
+
 def test_runs_sharing_an_augment_cache_share_the_teacher_logits_too(world, tmp_path, capsys):
     shared, said = tmp_path / "cache", []
     for run in ("a", "b"):

@@ -142,7 +142,10 @@ class Ablation:
     def __init__(self, task: str, out: Path, passthrough: list[str], loss_stages: str):
         self.task, self.out, self.passthrough, self.loss_stages = task, out, passthrough, loss_stages
         self.shared = out / "shared"
-        self.common = ["--task", task, *passthrough, "--resume"]
+        # the recipe augments, whatever distill's default makes of this budget (--n-aug given: as given)
+        copies = [] if any(f == "--n-aug" or f.startswith("--n-aug=") for f in passthrough) else \
+            ["--n-aug", str(distill.AUGMENT_COPIES)]
+        self.common = ["--task", task, *copies, *passthrough, "--resume"]
 
     def _check_settings(self) -> None:
         """A resumed table must be made with the settings it was started with."""
