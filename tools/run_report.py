@@ -7,8 +7,8 @@ For each stage of `distill all` (teacher fine-tuning, general distillation, augm
 intermediate stage, the teacher-logits pass, the prediction stage): optimizer steps, wall minutes,
 minutes in steps, the median seconds of a step, computed / real tokens over the first 10 steps and
 over all steps (padding waste, from log.jsonl's "tokens" and "padded_tokens"), and the best dev
-metric. Then the
-run's total, from the start recorded in run.lock to summary.json, and the summary's figures.
+metric. Then the run's total, from the start recorded in run.lock to summary.json, and the
+summary's figures.
 
 Given several runs, one table with a row each: teacher and student dev metric, their ratio beside
 TinyBERT4's ratio to BERT-base in the paper's GLUE test table, the general student's steps, and the
