@@ -104,6 +104,34 @@ def test_a_table_spans_sittings(world, tmp_path):
             _params(straight / name), _params(paused / name), err_msg=name)
 
 
+def test_seeds_add_runs_beside_the_first_and_the_table_shows_their_mean(world, tmp_path, capsys):
+    out, chosen = tmp_path / "ablate", ["--variants", "no-general"]
+    one = [*flags(world), "--eval-every", "1"]
+    assert ablate.main(["--task", "sst2", "--out", str(out), *chosen, *one]) == 0
+    first = out / "no-general"
+    stamps = {p: p.stat().st_mtime_ns for p in first.rglob("*.safetensors")}
+    assert ablate.main(["--task", "sst2", "--out", str(out), *chosen, *one, "--seeds", "0,3"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*.safetensors")} == stamps   # seed 0 reused
+    second = out / "no-general-seed3"
+    results = [json.loads((d / "result.json").read_text()) for d in (first, second)]
+    assert [r["seed"] for r in results] == [0, 3]
+    assert not np.array_equal(_params(first), _params(second))          # another init, order, dropout
+    _, _, dev, ratio, last, minutes = rows((out / "ablation-sst2.md").read_text())["no-general"]
+    mean = (results[0]["dev"] + results[1]["dev"]) / 2
+    assert dev == f"{mean:.4f} ({results[0]['dev']:.4f} / {results[1]['dev']:.4f})"
+    teacher = json.loads((out / "shared" / "teacher" / "best" / "metrics.json").read_text())["main"]
+    assert ratio == f"{mean / teacher:.1%}"
+    assert last.endswith(", 4)")                                          # 2 evaluations of each seed
+    assert float(minutes) == pytest.approx((results[0]["minutes"] + results[1]["minutes"]) / 2, abs=0.06)
+    assert "seeds 0, 3" in (out / "ablation-sst2.md").read_text()
+    # the teacher and general student stay shared: no seed-3 copy of them
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["no-general", "no-general-seed3", "shared"]
+    with pytest.raises(SystemExit, match="different seeds"):
+        ablate.main(["--task", "sst2", "--out", str(out), *chosen, *one, "--seeds", "0,0"])
+    with pytest.raises(SystemExit, match="whole numbers"):
+        ablate.main(["--task", "sst2", "--out", str(out), *chosen, *one, "--seeds", "0,x"])
+
+
 def _params(run: Path) -> np.ndarray:
     from minitinybert.weights import load_model
     return load_model(run / "task-prediction" / "last").params.data
@@ -118,6 +146,7 @@ def test_last_evaluations_are_the_mean_and_range_of_the_last_five(tmp_path):
     assert ablate._last_evaluations(tmp_path) == "0.6000 (0.4000–0.8000, 5)"
     assert ablate._last_evaluations(tmp_path, n=2) == "0.6000 (0.4000–0.8000, 2)"
     assert ablate._last_evaluations(tmp_path / "absent") == "–"
+    assert ablate._last_evaluations(tmp_path, tmp_path / "absent", tmp_path, n=1) == "0.4000 (0.4000–0.4000, 2)"
 
 
 def test_the_recipe_augments_whatever_distills_default_makes_of_the_budget(tmp_path):

@@ -1,7 +1,7 @@
 """TinyBERT's ablations on one task: every variant of the pipeline, one Markdown table.
 
     python tools/ablate.py --task sst2 [--out runs/ablate-sst2] [--variants full,no-general,...]
-                           [--loss-ablations-in both|task] [distill flags ...]
+                           [--loss-ablations-in both|task] [--seeds 0,1] [distill flags ...]
 
 Any flag this tool does not know goes to every `python -m minitinybert.distill` stage it runs
 (--teacher-steps, --general-steps, --intermediate-steps, --prediction-steps, --data, --workers, ...).
@@ -28,13 +28,18 @@ Variants (what each changes against the full recipe):
                       general distillation has no prediction loss, so it starts from the shared student
   no-attention-loss   the attention-score loss off, where no-embedding-loss turns its loss off
   no-hidden-loss      the hidden-state loss off, likewise
+Seeds: --seeds 0,1 runs every variant once per seed (what a variant trains itself: its init from
+scratch, augmentation, dropout, batch order, its own general stage); the teacher and the general
+student stay shared, made with distill's --seed (default 0). That seed's runs are <out>/<variant>,
+the others' <out>/<variant>-seed<S>, so a second seed added later reuses the first's results.
 Resumable: each stage checkpoints as distill does, and a variant's result is kept once done; run
 the same command again (after Ctrl-C, --stop-after, or a crash) to continue where it stopped.
 The table (<out>/ablation-<task>.md) is rewritten after each variant: dev metric of the best
-checkpoint, its ratio to the fine-tuned teacher's, the mean and range of the last 5 dev evaluations
-(the noise to read differences against), and minutes of training (the sum of the
-stages' step times from their logs, the shared general stage counted in every variant that starts
-from it; evaluation and augmentation not included).
+checkpoint (with several seeds: their mean, and each seed's), its ratio to the fine-tuned teacher's,
+the mean and range of the last 5 dev evaluations of every seed (the noise to read differences
+against), and minutes of training per seed (the sum of the stages' step times from their logs, the
+shared general stage counted in every variant that starts from it; evaluation and augmentation not
+included).
 """
 from __future__ import annotations
 
@@ -115,11 +120,14 @@ def _metric(stage_dir: Path) -> float:
     return float(json.loads((stage_dir / "best" / "metrics.json").read_text())["main"])
 
 
-def _last_evaluations(stage_dir: Path, n: int = 5) -> str:
-    """Mean (min–max) of a stage's last n dev evaluations: the best one is picked on the dev set it is
-    scored on, so it leans optimistic by about this spread; one seed's noise to read differences against."""
-    log = stage_dir / "log.jsonl"
-    scores = [r["eval"]["main"] for r in read_log(log)[1]][-n:] if log.exists() else []
+def _last_evaluations(*stage_dirs: Path, n: int = 5) -> str:
+    """Mean (min–max) of the last n dev evaluations of each stage given (one per seed), pooled: the best
+    one is picked on the dev set it is scored on, so it leans optimistic by about this spread; with one
+    seed, the only noise to read differences against."""
+    scores = []
+    for stage_dir in stage_dirs:
+        log = stage_dir / "log.jsonl"
+        scores += [r["eval"]["main"] for r in read_log(log)[1]][-n:] if log.exists() else []
     if not scores:
         return "–"
     return f"{sum(scores) / len(scores):.4f} ({min(scores):.4f}–{max(scores):.4f}, {len(scores)})"
@@ -139,9 +147,12 @@ def _without_stop_after(flags: list[str]) -> list[str]:
 
 
 class Ablation:
-    def __init__(self, task: str, out: Path, passthrough: list[str], loss_stages: str):
+    def __init__(self, task: str, out: Path, passthrough: list[str], loss_stages: str,
+                 seeds: list[int] | None = None):
         self.task, self.out, self.passthrough, self.loss_stages = task, out, passthrough, loss_stages
         self.shared = out / "shared"
+        self.base_seed = distill.build_parser().parse_args(["task", *passthrough]).seed   # the shared stages'
+        self.seeds = seeds or [self.base_seed]
         # the recipe augments, whatever distill's default makes of this budget (--n-aug given: as given)
         copies = [] if any(f == "--n-aug" or f.startswith("--n-aug=") for f in passthrough) else \
             ["--n-aug", str(distill.AUGMENT_COPIES)]
@@ -174,8 +185,11 @@ class Ablation:
         return _stage(distill.run_general, ["general", "--out", str(self.shared), "--general-dir", str(stage),
                                             *self.common])
 
-    def run_variant(self, v: Variant, teacher: Path) -> dict:
-        out = self.out / v.name
+    def variant_dir(self, v: Variant, seed: int) -> Path:
+        return self.out / (v.name if seed == self.base_seed else f"{v.name}-seed{seed}")
+
+    def run_variant(self, v: Variant, teacher: Path, seed: int) -> dict:
+        out = self.variant_dir(v, seed)
         done = out / "result.json"
         if done.exists():
             return json.loads(done.read_text())
@@ -184,18 +198,19 @@ class Ablation:
         if own_general:
             general = str(_stage(distill.run_general, ["general", "--out", str(out), "--general-dir",
                                                        str(out / distill.STAGE_DIRS["general"]), *self.common,
-                                                       *v.loss_flags]))
+                                                       "--seed", str(seed), *v.loss_flags]))
             minutes += _step_minutes(out / distill.STAGE_DIRS["general"])
         elif v.general in ("shared", "own"):
             general = str(self.shared_general())
             minutes += _step_minutes(self.shared / distill.STAGE_DIRS["general"])
-        _stage(distill.run_task, ["task", "--out", str(out), *self.common, "--finetuned-teacher", str(teacher),
-                                  "--general-student", general,
+        _stage(distill.run_task, ["task", "--out", str(out), *self.common, "--seed", str(seed),
+                                  "--finetuned-teacher", str(teacher), "--general-student", general,
                                   "--augment-cache", str(self.shared / "augment-cache"), *v.flags, *v.loss_flags])
         for stage in ("intermediate", "prediction"):
             minutes += _step_minutes(out / distill.STAGE_DIRS[stage])
-        result = {"variant": v.name, "dev": _metric(out / distill.STAGE_DIRS["prediction"]), "minutes": minutes,
-                  "general": "own" if own_general else v.general, "flags": [*v.flags, *v.loss_flags]}
+        result = {"variant": v.name, "seed": seed, "dev": _metric(out / distill.STAGE_DIRS["prediction"]),
+                  "minutes": minutes, "general": "own" if own_general else v.general,
+                  "flags": [*v.flags, *v.loss_flags]}
         done.write_text(json.dumps(result, indent=1) + "\n")
         return result
 
@@ -207,22 +222,39 @@ class Ablation:
             lines.append(f"Fine-tuned teacher: dev {task.main_metric} {teacher_metric:.4f} "
                          f"({teacher_minutes:.1f} min of training, shared by every variant, not counted below).")
         flags = " ".join(_without_stop_after(self.passthrough)) or "(distill defaults)"
+        several = len(self.seeds) > 1
+        seeds = f"; seeds {', '.join(map(str, self.seeds))}" if several else ""
+        best = f"dev {task.main_metric} (best{': mean of seeds (each seed)' if several else ''})"
         lines += [f"Settings: `{flags}`; loss ablations in "
-                  f"{'general and task' if self.loss_stages == 'both' else 'task'} distillation.", "",
-                  f"| variant | what differs | dev {task.main_metric} (best) | ratio to teacher | last evaluations: "
+                  f"{'general and task' if self.loss_stages == 'both' else 'task'} distillation{seeds}.", "",
+                  f"| variant | what differs | {best} | ratio to teacher | last evaluations: "
                   f"mean (min–max, how many) | minutes |",
                   "|---|---|---|---|---|---|"]
         for v in variants:
-            r = results.get(v.name)
-            if r is None:
+            done = results.get(v.name, [])
+            if not done:
                 lines.append(f"| {v.name} | {v.what} | (not run yet) | | | |")
                 continue
-            ratio = f"{r['dev'] / teacher_metric:.1%}" if teacher_metric else "n/a"
-            last = _last_evaluations(self.out / v.name / distill.STAGE_DIRS["prediction"])
-            lines.append(f"| {v.name} | {v.what} | {r['dev']:.4f} | {ratio} | {last} | {r['minutes']:.1f} |")
-        lines += ["", "Minutes: training steps only (sum of the stages' step times), the shared general "
-                  "stage counted in each variant that starts from it."]
+            dev = sum(r["dev"] for r in done) / len(done)
+            cell = f"{dev:.4f}"
+            if several:
+                each = " / ".join(f"{r['dev']:.4f}" for r in done)
+                missing = f"; {len(done)} of {len(self.seeds)} seeds" if len(done) < len(self.seeds) else ""
+                cell += f" ({each}{missing})"
+            ratio = f"{dev / teacher_metric:.1%}" if teacher_metric else "n/a"
+            last = _last_evaluations(*(self.variant_dir(v, r["seed"]) / distill.STAGE_DIRS["prediction"]
+                                       for r in done))
+            minutes = sum(r["minutes"] for r in done) / len(done)
+            lines.append(f"| {v.name} | {v.what} | {cell} | {ratio} | {last} | {minutes:.1f} |")
+        lines += ["", "Minutes: training steps only (sum of the stages' step times"
+                  f"{', per seed' if several else ''}), the shared general stage counted in each variant that "
+                  "starts from it."]
         return "\n".join(lines) + "\n"
+
+    def _done(self, v: Variant) -> list[dict]:
+        """The variant's finished results, one per seed, in --seeds order."""
+        paths = (self.variant_dir(v, seed) / "result.json" for seed in self.seeds)
+        return [{"seed": seed, **json.loads(p.read_text())} for seed, p in zip(self.seeds, paths) if p.exists()]
 
     def run(self, variants: list[Variant]) -> int:
         self._check_settings()
@@ -231,21 +263,20 @@ class Ablation:
         try:
             teacher = self.teacher()
             teacher_metric = _metric(self.shared / distill.STAGE_DIRS["teacher"])
-            for v in variants:
-                t0 = time.perf_counter()
-                results[v.name] = self.run_variant(v, teacher)
-                print(f"[ablate] {v.name}: dev {results[v.name]['dev']:.4f} ({time.perf_counter() - t0:.0f} s "
-                      f"this sitting)")
-                table_path.write_text(self.table(variants, results, teacher_metric))
+            for seed in self.seeds:          # every variant with the first seed before any with the second
+                for v in variants:
+                    t0 = time.perf_counter()
+                    result = self.run_variant(v, teacher, seed)
+                    print(f"[ablate] {v.name}, seed {seed}: dev {result['dev']:.4f} "
+                          f"({time.perf_counter() - t0:.0f} s this sitting)")
+                    results = {w.name: self._done(w) for w in variants}
+                    table_path.write_text(self.table(variants, results, teacher_metric))
         except (distill.TrainingError, distill.WeightsError, distill.ConfigError, distill.TeacherError,
                 FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         except Paused:
-            for v in variants:                                # what is already done still shows
-                done = self.out / v.name / "result.json"
-                if v.name not in results and done.exists():
-                    results[v.name] = json.loads(done.read_text())
+            results = {v.name: self._done(v) for v in variants}      # what is already done still shows
             table_path.write_text(self.table(variants, results, teacher_metric))
             print(f"[ablate] paused; run the same command again to continue. Table so far: {table_path}")
             return 0
@@ -266,6 +297,9 @@ def main(argv=None) -> int:
                         help="where the loss ablations switch their loss off: general and task distillation "
                              "(each runs its own general stage; the paper's ablation) or task only (they "
                              "share the full recipe's general student)")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds, each variant run once per seed (default: distill's --seed, "
+                             "one run); the shared teacher and general student are made with distill's --seed")
     args, passthrough = parser.parse_known_args(argv)
     for flag in ("--out", "--task", "--resume", "--general-student", "--general-dir", "--finetuned-teacher",
                  "--augment-cache"):
@@ -276,8 +310,16 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
     distill.build_parser().parse_args(["task", *passthrough])   # bad distill flags fail here, before any work
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise SystemExit(f"--seeds takes whole numbers separated by commas, not {args.seeds!r}") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise SystemExit(f"--seeds needs one or more different seeds, not {args.seeds!r}")
     out = Path(args.out or f"runs/ablate-{get_task(args.task).name}")
-    return Ablation(get_task(args.task).name, out, passthrough, args.loss_ablations_in).run(
+    return Ablation(get_task(args.task).name, out, passthrough, args.loss_ablations_in, seeds).run(
         [BY_NAME[n] for n in names])
 
 
