@@ -383,7 +383,7 @@ def run_task(args, log=print, general_ckpt: Path | None = None) -> Path | None:
     max_length = _max_length(args, task)
     train_set = _augmented_train_set(args, task, teacher_dir, tokenizer, load_examples, log)
     dev = _dev_sets(task, load_examples)
-    log(f"[task] {len(train_set)} training examples (with augmentation), "
+    log(f"[task] {len(train_set)} training examples (augmented copies included, if any), "
         f"{' + '.join(str(len(d)) for d in dev.values())} dev")
     # the augmented set's token ids, and the set itself as a dataset, in one Arrow file both stages read
     tokens = _tokens(args, train_set, tokenizer, max_length, log)
