@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from minitinybert.config import BertConfig
-from minitinybert.distill import (STEP_DEFAULTS, LossWeights, _steps, build_parser, intermediate_step, layer_mapping,
-                                  main, prediction_step)
+from minitinybert.distill import (STEP_DEFAULTS, TEACHER_LR, TEACHER_LR_DEFAULT, LossWeights, _steps, _teacher_lr,
+                                  build_parser, intermediate_step, layer_mapping, main, prediction_step)
 from minitinybert.model import Bert
 from minitinybert.optim import AdamW
 from minitinybert.tasks import get_task
@@ -358,7 +358,7 @@ def test_augmentation_by_default_only_when_the_task_stage_repeats_its_training_s
         return distill._augment_copies(args, get_task("sst2"), n_train, said.append)
 
     sst2_steps = distill.STEP_DEFAULTS["sst2"][distill.STAGES.index("intermediate")]
-    assert copies(67349) == 0 and "1.4 passes" in said[-1] and "no augmentation" in said[-1]   # SST-2's defaults
+    assert copies(67349) == 0 and "0.7 passes" in said[-1] and "no augmentation" in said[-1]   # SST-2's defaults
     assert copies(2490) == distill.AUGMENT_COPIES                       # RTE's size: 38 passes
     exactly = int(sst2_steps * 32 / distill.AUGMENT_FROM_PASSES)
     assert copies(exactly) == distill.AUGMENT_COPIES and copies(exactly + 1) == 0
@@ -759,6 +759,15 @@ def test_step_defaults_follow_the_task_and_yield_to_the_command_line():
     assert STEP_DEFAULTS["rte"][0] < STEP_DEFAULTS["sst2"][0]
     args = build_parser().parse_args(["all", "--task", "rte", "--teacher-steps", "7"])
     assert _steps(args, get_task("rte"), "teacher") == 7
+
+
+def test_teacher_learning_rate_follows_the_task_and_yields_to_the_command_line():
+    args = build_parser().parse_args(["all"])
+    assert _teacher_lr(args, get_task("sst2")) == TEACHER_LR_DEFAULT == 5e-5
+    assert _teacher_lr(args, get_task("qnli")) == TEACHER_LR_DEFAULT      # large tasks: SST-2's
+    assert _teacher_lr(args, get_task("rte")) == TEACHER_LR["rte"] == 1e-4
+    args = build_parser().parse_args(["all", "--task", "rte", "--teacher-lr", "3e-5"])
+    assert _teacher_lr(args, get_task("rte")) == 3e-5
 
 
 def test_teacher_fine_tuning_can_start_from_the_teacher_of_another_task(world, tmp_path, capsys):
