@@ -86,6 +86,25 @@ def test_an_ended_run_times_its_first_stage_from_the_logs_clock(tmp_path):
     assert round(rows[0]["minutes"], 3) == 8
 
 
+def test_an_ended_task_run_without_a_teacher_stage_starts_at_its_intermediate_stage(tmp_path):
+    """`distill task --finetuned-teacher ...`: no teacher log; the general student was made the day before."""
+    run = make_run(tmp_path, general_minute=-1440)
+    (run / "run.lock").unlink()
+    for path in (run / "teacher").iterdir():
+        path.unlink()
+    (run / "teacher").rmdir()
+    log = run / "task-intermediate" / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records[0]["time"] = START + 60 * 31 + records[0]["seconds"]    # its first step began at minute 31
+    ended = log.stat().st_mtime
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.utime(log, (ended, ended))
+    rows, _ = run_report.report(run)
+    by_stage = {r["stage"]: r for r in rows}
+    assert by_stage["teacher fine-tuning"].get("missing") and by_stage["general distillation"]["reused"]
+    assert round(by_stage["intermediate-layer distillation"]["minutes"], 3) == 9   # minute 31 to 40, not a day
+
+
 def test_minutes_in_steps_and_a_teacher_copied_in_from_another_run(tmp_path):
     run = make_run(tmp_path, general_minute=25)
     os.utime(run / "teacher" / "log.jsonl", (START - 600,) * 2)       # copied with its times, before the start

@@ -16,7 +16,7 @@ minutes in steps of the teacher, the general student and the two task stages.
 
 Wall time comes from the files the stages leave: a stage ends when its last file is written, and
 begins where the one before it ended (the first at the start recorded in run.lock while the run
-holds it, else at its first step's start, from the "time" of log.jsonl's records). A stage whose
+holds it, else at the run's first step, from the "time" of log.jsonl's records). A stage whose
 log was written before that (a general student made by another run, a teacher or cache copied in)
 shows "reused" instead of minutes. Wall minutes of a run resumed across sessions include the time
 between them; "minutes in steps", the sum of the logged step times, does not (it leaves out dev
@@ -96,8 +96,10 @@ def newest(paths) -> float | None:
 def report(run: Path, general: str | None = None) -> tuple[list[dict], dict]:
     lock = run / "run.lock"
     started = datetime.fromisoformat(json.loads(lock.read_text())["started"]).timestamp() if lock.exists() else None
-    if started is None:          # the run has ended (its lock is gone): the first step's start, from its log
-        started = first_step_start(run / "teacher" / "log.jsonl")
+    if started is None:          # the run has ended (its lock is gone): its first stage's first step, from the
+        # logs (a `task` run given a fine-tuned teacher has no teacher stage: its intermediate stage is first)
+        starts = (first_step_start(run / stage / "log.jsonl") for stage in ("teacher", "task-intermediate", "task-prediction"))
+        started = min((t for t in starts if t is not None), default=None)
     rows, clock = [], started
     row, clock = stage_row("teacher fine-tuning", run / "teacher", clock)
     rows.append(row)
