@@ -72,16 +72,20 @@ def test_a_general_student_made_before_the_run_is_reused_not_timed(tmp_path, cap
     assert run_report.main([str(tmp_path / "nowhere")]) == 2
 
 
+def first_step_began(log: Path, minute: float) -> None:
+    """Record in a log's first step the wall clock newer logs carry: that step began at START + minute."""
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records[0]["time"] = START + 60 * minute + records[0]["seconds"]
+    ended = log.stat().st_mtime
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.utime(log, (ended, ended))
+
+
 def test_an_ended_run_times_its_first_stage_from_the_logs_clock(tmp_path):
     """run.lock goes when the run ends: the first stage then starts where its log's first step did."""
     run = make_run(tmp_path, general_minute=25)
     (run / "run.lock").unlink()
-    log = run / "teacher" / "log.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    records[0]["time"] = START + 60 * 2 + records[0]["seconds"]     # its first step began at minute 2
-    ended = log.stat().st_mtime
-    log.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.utime(log, (ended, ended))
+    first_step_began(run / "teacher" / "log.jsonl", minute=2)
     rows, _ = run_report.report(run)
     assert round(rows[0]["minutes"], 3) == 8
 
@@ -93,12 +97,7 @@ def test_an_ended_task_run_without_a_teacher_stage_starts_at_its_intermediate_st
     for path in (run / "teacher").iterdir():
         path.unlink()
     (run / "teacher").rmdir()
-    log = run / "task-intermediate" / "log.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    records[0]["time"] = START + 60 * 31 + records[0]["seconds"]    # its first step began at minute 31
-    ended = log.stat().st_mtime
-    log.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.utime(log, (ended, ended))
+    first_step_began(run / "task-intermediate" / "log.jsonl", minute=31)
     rows, _ = run_report.report(run)
     by_stage = {r["stage"]: r for r in rows}
     assert by_stage["teacher fine-tuning"].get("missing") and by_stage["general distillation"]["reused"]
