@@ -695,15 +695,14 @@ def _with_labels(config: BertConfig, task) -> BertConfig:
 # Optimizer steps of batch 32 per task stage (teacher, intermediate, prediction). SST-2's (67k
 # examples) aim at the README's hour: its task stages were halved from 3,000 + 2,000 steps when the
 # student kept 96% of its teacher with 1,500 + 1,000 (dev accuracy 86.24% against 86.47%, the mean of
-# the last 5 evaluations 85.78 against 85.83, the shorter run with the 5e-5 teacher below; 13 minutes
-# less). The small tasks would repeat their
-# training set for dozens of epochs in as many steps, so theirs are counted in epochs: teacher about
-# 5 epochs (BERT's fine-tuning recipe is 3-4; a 6-layer teacher gains from a few more), prediction
-# about 2. The pair tasks' intermediate stage is longer, two to three passes of the augmented pairs
-# (STS-B 3,000 steps over 47.7k, RTE 2,000 over 21.4k): measured on STS-B, 3,000 steps gave the
-# student dev Pearson 0.68 where 1,500 gave 0.59, its loss still falling; RTE's student reached 58.1%
-# with 2,000 (and a longer general student) where 1,000 gave 55.2%. Other tasks and your own data
-# take SST-2's.
+# the last 5 evaluations 85.78 against 85.83; the shorter run had the 5e-5 teacher below), 13
+# minutes less. The small tasks would repeat their training set for dozens of epochs in as many
+# steps, so theirs are counted in epochs: teacher about 5 epochs (BERT's fine-tuning recipe is 3-4; a
+# 6-layer teacher gains from a few more), prediction about 2. The pair tasks' intermediate stage is
+# longer, two to three passes of the augmented pairs (STS-B 3,000 steps over 47.7k, RTE 2,000 over
+# 21.4k): measured on STS-B, 3,000 steps gave the student dev Pearson 0.68 where 1,500 gave 0.59, its
+# loss still falling; RTE's student reached 58.1% with 2,000 (and a longer general student) where
+# 1,000 gave 55.2%. Other tasks and your own data take SST-2's.
 STEP_DEFAULTS = {"sst2": (2000, 1500, 1000), "cola": (1500, 2000, 1500), "stsb": (1000, 3000, 1000),
                  "mrpc": (600, 1500, 600), "rte": (400, 2000, 500), "wnli": (100, 300, 100)}
 STAGES = ("teacher", "intermediate", "prediction")
