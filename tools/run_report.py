@@ -98,7 +98,8 @@ def report(run: Path, general: str | None = None) -> tuple[list[dict], dict]:
     started = datetime.fromisoformat(json.loads(lock.read_text())["started"]).timestamp() if lock.exists() else None
     if started is None:          # the run has ended (its lock is gone): its first stage's first step, from the
         # logs (a `task` run given a fine-tuned teacher has no teacher stage: its intermediate stage is first)
-        starts = (first_step_start(run / stage / "log.jsonl") for stage in ("teacher", "task-intermediate", "task-prediction"))
+        starts = (first_step_start(run / stage / "log.jsonl")
+                  for stage in ("teacher", "task-intermediate", "task-prediction"))
         started = min((t for t in starts if t is not None), default=None)
     rows, clock = [], started
     row, clock = stage_row("teacher fine-tuning", run / "teacher", clock)
