@@ -692,46 +692,57 @@ def _with_labels(config: BertConfig, task) -> BertConfig:
     return config.replace(num_labels=_labels_of(task), id2label=labels)
 
 
-# Optimizer steps of batch 32 per task stage (teacher, intermediate, prediction). SST-2's (67k
-# examples) aim at the README's hour: its task stages were halved from 3,000 + 2,000 steps when the
-# student kept 96% of its teacher with 1,500 + 1,000 (dev accuracy 86.24% against 86.47%, the mean of
-# the last 5 evaluations 85.78 against 85.83; the shorter run had the 5e-5 teacher below), 13
-# minutes less. The small tasks would repeat their training set for dozens of epochs in as many
-# steps, so theirs are counted in epochs: teacher about 5 epochs (BERT's fine-tuning recipe is 3-4; a
-# 6-layer teacher gains from a few more), prediction about 2. The pair tasks' intermediate stage is
-# longer, two to three passes of the augmented pairs (STS-B 3,000 steps over 47.7k, RTE 2,000 over
-# 21.4k): measured on STS-B, 3,000 steps gave the student dev Pearson 0.68 where 1,500 gave 0.59, its
-# loss still falling; RTE's student reached 58.1% with 2,000 (and a longer general student) where
-# 1,000 gave 55.2%. Other tasks and your own data take SST-2's.
-STEP_DEFAULTS = {"sst2": (2000, 1500, 1000), "cola": (1500, 2000, 1500), "stsb": (1000, 3000, 1000),
-                 "mrpc": (600, 1500, 600), "rte": (400, 2000, 500), "wnli": (100, 300, 100)}
-STAGES = ("teacher", "intermediate", "prediction")
+# What each task's `all` defaults to: optimizer steps of batch 32 per task stage (teacher,
+# intermediate, prediction) and the teacher's peak learning rate. Tasks without an entry (the large
+# ones, your own data) take SST-2's.
+#
+# Steps. SST-2's (67k examples) aim at the README's hour: its task stages were halved from 3,000 +
+# 2,000 steps when the student kept 96% of its teacher with 1,500 + 1,000 (dev accuracy 86.24% against
+# 86.47%, the mean of the last 5 evaluations 85.78 against 85.83; the shorter run had the 5e-5 teacher
+# below), 13 minutes less. Its teacher's 2,000 steps beat 2,500 (89.68% against 89.11% at 5e-5). The
+# small tasks would repeat their training set for dozens of epochs in as many steps, so theirs are
+# counted in epochs: teacher about 5 epochs (BERT's fine-tuning recipe is 3-4; a 6-layer teacher gains
+# from a few more), prediction about 2. The pair tasks' intermediate stage is longer, two to three
+# passes of the augmented pairs (STS-B 3,000 steps over 47.7k, RTE 2,000 over 21.4k): measured on
+# STS-B, 3,000 steps gave the student dev Pearson 0.68 where 1,500 gave 0.59, its loss still falling;
+# RTE's student reached 58.1% with 2,000 (and a longer general student) where 1,000 gave 55.2%.
+#
+# Teacher learning rate. On SST-2 (2,000 steps) 5e-5 gave dev accuracy 89.68% (the mean of the last 5
+# evaluations 89.13) where 1e-4 gave 89.22% (88.10) and 3e-5 88.53% (87.82; stopped at 1,800). The
+# small tasks' runs were measured with 1e-4, which they keep.
+@dataclass(frozen=True)
+class TaskDefaults:
+    teacher_steps: int
+    intermediate_steps: int
+    prediction_steps: int
+    teacher_lr: float
 
 
-# The teacher's peak learning rate. On SST-2 (2,000 steps) 5e-5 gave dev accuracy 89.68% (the mean of
-# the last 5 evaluations 89.13) where 1e-4 gave 89.22% (88.10) and 3e-5 88.53% (87.82; stopped at
-# 1,800): the default, for SST-2 and the tasks not listed (large ones, which take SST-2's steps too).
-# The small tasks' runs were measured with 1e-4, which they keep.
-TEACHER_LR = {"cola": 1e-4, "stsb": 1e-4, "mrpc": 1e-4, "rte": 1e-4, "wnli": 1e-4}
-TEACHER_LR_DEFAULT = 5e-5
+TASK_DEFAULTS = {"sst2": TaskDefaults(2000, 1500, 1000, 5e-5), "cola": TaskDefaults(1500, 2000, 1500, 1e-4),
+                 "stsb": TaskDefaults(1000, 3000, 1000, 1e-4), "mrpc": TaskDefaults(600, 1500, 600, 1e-4),
+                 "rte": TaskDefaults(400, 2000, 500, 1e-4), "wnli": TaskDefaults(100, 300, 100, 1e-4)}
 
 
-def _teacher_lr(args, task) -> float:
-    """--teacher-lr, else the task's default (TEACHER_LR, else TEACHER_LR_DEFAULT)."""
-    return args.teacher_lr if args.teacher_lr is not None else TEACHER_LR.get(task.name, TEACHER_LR_DEFAULT)
+def _task_default(args, task, name: str):
+    """--<name> as given on the command line, else the task's default (TASK_DEFAULTS, else SST-2's)."""
+    given = getattr(args, name)
+    if given is not None:
+        return given
+    return getattr(TASK_DEFAULTS.get(task.name, TASK_DEFAULTS["sst2"]), name)
 
 
 def _steps(args, task, stage: str) -> int:
-    """--<stage>-steps, else the task's default (STEP_DEFAULTS, else SST-2's)."""
-    given = getattr(args, f"{stage}_steps")
-    if given is not None:
-        return given
-    return STEP_DEFAULTS.get(task.name, STEP_DEFAULTS["sst2"])[STAGES.index(stage)]
+    """The optimizer steps of a task stage: "teacher", "intermediate" or "prediction"."""
+    return _task_default(args, task, f"{stage}_steps")
 
 
-def _steps_help(stage: str) -> str:
-    by_task = ", ".join(f"{name} {steps[STAGES.index(stage)]}" for name, steps in STEP_DEFAULTS.items())
-    return f"{stage} stage's optimizer steps (default by task: {by_task}; other tasks and own data as sst2)"
+def _teacher_lr(args, task) -> float:
+    return _task_default(args, task, "teacher_lr")
+
+
+def _default_help(name: str, what: str) -> str:
+    by_task = ", ".join(f"{task} {getattr(d, name):g}" for task, d in TASK_DEFAULTS.items())
+    return f"{what} (default by task: {by_task}; other tasks and own data as sst2)"
 
 
 def _max_length(args, task) -> int:
@@ -938,12 +949,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="general stage: 2 = BERT's sentence pairs, [CLS] A [SEP] B [SEP] with token types 0/1, "
                         "B the text after A or, half the time, from another document (default); "
                         "1 = [CLS] sentences [SEP], token type 0 only")
-    g.add_argument("--teacher-steps", type=int, default=None, help=_steps_help("teacher"))
+    g.add_argument("--teacher-steps", type=int, default=None,
+                   help=_default_help("teacher_steps", "teacher fine-tuning's optimizer steps"))
     g.add_argument("--general-steps", type=int, default=800)
-    g.add_argument("--intermediate-steps", type=int, default=None, help=_steps_help("intermediate"))
-    g.add_argument("--prediction-steps", type=int, default=None, help=_steps_help("prediction"))
+    g.add_argument("--intermediate-steps", type=int, default=None,
+                   help=_default_help("intermediate_steps", "intermediate stage's optimizer steps"))
+    g.add_argument("--prediction-steps", type=int, default=None,
+                   help=_default_help("prediction_steps", "prediction stage's optimizer steps"))
     g.add_argument("--teacher-lr", type=float, default=None,
-                   help=f"default {TEACHER_LR_DEFAULT:g}; " + ", ".join(f"{t} {lr:g}" for t, lr in TEACHER_LR.items()))
+                   help=_default_help("teacher_lr", "teacher fine-tuning's peak learning rate"))
     g.add_argument("--general-lr", type=float, default=5e-4)
     g.add_argument("--intermediate-lr", type=float, default=2e-4)
     g.add_argument("--prediction-lr", type=float, default=1e-4)

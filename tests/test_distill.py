@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from minitinybert.config import BertConfig
-from minitinybert.distill import (STEP_DEFAULTS, TEACHER_LR, TEACHER_LR_DEFAULT, LossWeights, _steps, _teacher_lr,
+from minitinybert.distill import (TASK_DEFAULTS, LossWeights, _steps, _teacher_lr,
                                   build_parser, intermediate_step, layer_mapping, main, prediction_step)
 from minitinybert.model import Bert
 from minitinybert.optim import AdamW
@@ -357,7 +357,7 @@ def test_augmentation_by_default_only_when_the_task_stage_repeats_its_training_s
                             "prediction_steps": None, **given})
         return distill._augment_copies(args, get_task("sst2"), n_train, said.append)
 
-    sst2_steps = distill.STEP_DEFAULTS["sst2"][distill.STAGES.index("intermediate")]
+    sst2_steps = distill.TASK_DEFAULTS["sst2"].intermediate_steps
     assert copies(67349) == 0 and "0.7 passes" in said[-1] and "no augmentation" in said[-1]   # SST-2's defaults
     assert copies(2490) == distill.AUGMENT_COPIES                       # RTE's size: 38 passes
     exactly = int(sst2_steps * 32 / distill.AUGMENT_FROM_PASSES)
@@ -749,23 +749,24 @@ def test_a_shared_general_student_is_made_by_one_run_at_a_time(world, tmp_path, 
 
 
 def test_step_defaults_follow_the_task_and_yield_to_the_command_line():
-    """Small tasks get their own defaults (SST-2's 3,500 teacher steps are 45 epochs of RTE);
+    """Small tasks get their own defaults (SST-2's 2,000 teacher steps are 26 epochs of RTE);
     a given --<stage>-steps always wins, and tasks without an entry take SST-2's."""
     args = build_parser().parse_args(["all"])
-    for stage, rte_steps, sst2_steps in zip(("teacher", "intermediate", "prediction"), STEP_DEFAULTS["rte"],
-                                            STEP_DEFAULTS["sst2"]):
-        assert _steps(args, get_task("rte"), stage) == rte_steps
-        assert _steps(args, get_task("qnli"), stage) == sst2_steps
-    assert STEP_DEFAULTS["rte"][0] < STEP_DEFAULTS["sst2"][0]
+    for stage in ("teacher", "intermediate", "prediction"):
+        assert _steps(args, get_task("rte"), stage) == getattr(TASK_DEFAULTS["rte"], f"{stage}_steps")
+        assert _steps(args, get_task("qnli"), stage) == getattr(TASK_DEFAULTS["sst2"], f"{stage}_steps")
+    assert TASK_DEFAULTS["rte"].teacher_steps < TASK_DEFAULTS["sst2"].teacher_steps
+    assert (_steps(args, get_task("sst2"), "teacher"), _steps(args, get_task("sst2"), "intermediate"),
+            _steps(args, get_task("sst2"), "prediction")) == (2000, 1500, 1000)      # the README's first command
     args = build_parser().parse_args(["all", "--task", "rte", "--teacher-steps", "7"])
     assert _steps(args, get_task("rte"), "teacher") == 7
 
 
 def test_teacher_learning_rate_follows_the_task_and_yields_to_the_command_line():
     args = build_parser().parse_args(["all"])
-    assert _teacher_lr(args, get_task("sst2")) == TEACHER_LR_DEFAULT == 5e-5
-    assert _teacher_lr(args, get_task("qnli")) == TEACHER_LR_DEFAULT      # large tasks: SST-2's
-    assert _teacher_lr(args, get_task("rte")) == TEACHER_LR["rte"] == 1e-4
+    assert _teacher_lr(args, get_task("sst2")) == 5e-5
+    assert _teacher_lr(args, get_task("qnli")) == 5e-5      # large tasks: SST-2's
+    assert _teacher_lr(args, get_task("rte")) == TASK_DEFAULTS["rte"].teacher_lr == 1e-4
     args = build_parser().parse_args(["all", "--task", "rte", "--teacher-lr", "3e-5"])
     assert _teacher_lr(args, get_task("rte")) == 3e-5
 
