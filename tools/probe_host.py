@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")   # the matmul rate on 2 threads; the rest is pinned to 1 below
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))   # this checkout's package, not an installed one
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_engine import matmul_gflops, median_seconds  # noqa: E402  (tools/, beside this file)
 from minitinybert import kernels  # noqa: E402
 from minitinybert.kernels import single_threaded_blas  # noqa: E402
 from minitinybert.process import tune_process  # noqa: E402
@@ -36,16 +36,6 @@ GEMM_SHAPES = [  # (m, k, n): tokens x in -> out, as a shard's products run (for
 ]
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -53,10 +43,7 @@ def main(argv=None) -> int:
     tune_process()
     rng = np.random.default_rng(0)
 
-    a = rng.standard_normal((4096, 768), dtype=np.float32)
-    b = rng.standard_normal((768, 1536), dtype=np.float32)
-    rate = 2 * 4096 * 768 * 1536 / median_seconds(lambda: a @ b, args.repeats) / 1e9
-    print(f"float32 matmul, 2 threads (4096x768 @ 768x1536): {rate:.1f} GFLOP/s")
+    print(f"float32 matmul, 2 threads (4096x768 @ 768x1536): {matmul_gflops(args.repeats):.1f} GFLOP/s")
 
     numba.set_num_threads(1)
     with single_threaded_blas():
