@@ -699,13 +699,14 @@ def _with_labels(config: BertConfig, task) -> BertConfig:
 # Steps. SST-2's (67k examples) aim at the README's hour: its task stages were halved from 3,000 +
 # 2,000 steps when the student kept 96% of its teacher with 1,500 + 1,000 (dev accuracy 86.24% against
 # 86.47%, the mean of the last 5 evaluations 85.78 against 85.83; the shorter run had the 5e-5 teacher
-# below), 13 minutes less; on another host, over three seeds, 95.4-96.0%. Its teacher's 2,000 steps beat 2,500 (89.68% against 89.11% at 5e-5). The
-# small tasks would repeat their training set for dozens of epochs in as many steps, so theirs are
-# counted in epochs: teacher about 5 epochs (BERT's fine-tuning recipe is 3-4; a 6-layer teacher gains
-# from a few more), prediction about 2. The pair tasks' intermediate stage is longer, two to three
-# passes of the augmented pairs (STS-B 3,000 steps over 47.7k, RTE 2,000 over 21.4k): measured on
-# STS-B, 3,000 steps gave the student dev Pearson 0.68 where 1,500 gave 0.59, its loss still falling;
-# RTE's student reached 58.1% with 2,000 (and a longer general student) where 1,000 gave 55.2%.
+# below), 13 minutes less; on another host, over three seeds, 95.4-96.0%. Its teacher's 2,000 steps
+# beat 2,500 (89.68% against 89.11% at 5e-5). The small tasks would repeat their training set for
+# dozens of epochs in as many steps, so theirs are counted in epochs: teacher about 5 epochs (BERT's
+# fine-tuning recipe is 3-4; a 6-layer teacher gains from a few more), prediction about 2. The pair
+# tasks' intermediate stage is longer, two to three passes of the augmented pairs (STS-B 3,000 steps
+# over 47.7k, RTE 2,000 over 21.4k): measured on STS-B, 3,000 steps gave the student dev Pearson 0.68
+# where 1,500 gave 0.59, its loss still falling; RTE's student reached 58.1% with 2,000 (and a longer
+# general student) where 1,000 gave 55.2%.
 #
 # Teacher learning rate. On SST-2 (2,000 steps) 5e-5 gave dev accuracy 89.68% (the mean of the last 5
 # evaluations 89.13) where 1e-4 gave 89.22% (88.10) and 3e-5 88.53% (87.82; stopped at 1,800). The
@@ -737,6 +738,7 @@ def _steps(args, task, stage: str) -> int:
 
 
 def _teacher_lr(args, task) -> float:
+    """The teacher fine-tuning's peak learning rate."""
     return _task_default(args, task, "teacher_lr")
 
 
