@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import general, loss_kernels, losses
+from . import general, loss_kernels, losses, subclone
 from .augment import ContextCandidates, EmbeddingCandidates, MlmCandidates, augment_examples
 from .batches import DEFAULT_WINDOW, TaskBatches, predict_logits
 from .config import BertConfig, ConfigError, preset
@@ -286,6 +286,11 @@ def _run_general(args, plan, log) -> Path | None:
     log(f"[general] student {args.student}: {plan.student_config.num_hidden_layers} layers, hidden "
         f"{plan.student_config.hidden_size}, {student.num_parameters / 1e6:.1f}M parameters (with projections); "
         f"run directory {plan.directory}")
+    if args.student_init == "subclone":
+        student.params.data[...] = world.root_call(_subclone, args, plan, teacher)
+        kept = ", ".join(str(t + 1) for t in subclone.kept_layers(plan.student_config.num_hidden_layers, plan.mapping))
+        log(f"[general] student initialised from the teacher's weights (subclone.py): teacher layers {kept}, "
+            f"its most used dimensions")
     w = _weights(args)
     _check_pair(teacher, student, w)
     log(f"[general] mapping {describe_mapping(plan.mapping)}")
@@ -311,6 +316,22 @@ def _run_general(args, plan, log) -> Path | None:
     return plan.directory / "final"
 
 
+SUBCLONE_SAMPLES = 2      # batches of the general corpus the teacher's hidden dimensions are ranked on
+
+
+def _subclone(args, plan, teacher: Bert) -> np.ndarray:
+    """The student's weights taken from the teacher's (subclone.py), ranked on batches of its own
+    corpus reader (the training batches are not consumed)."""
+    samples = CorpusBatcher(_corpus_dir(args), plan.tokenizer, seq_len=args.general_seq_len, batch_size=8,
+                            seed=args.seed, streaming=args.corpus_streaming, column=args.corpus_column,
+                            segments=args.general_segments)
+    try:
+        batches = [next(samples) for _ in range(SUBCLONE_SAMPLES)]
+    finally:
+        samples.close()
+    return subclone.subclone_weights(teacher, plan.student_config, plan.mapping, batches)
+
+
 @dataclass
 class GeneralPlan:
     teacher_dir: Path
@@ -331,11 +352,14 @@ def general_plan(args, log=print) -> GeneralPlan:
     tokenizer = Tokenizer.from_dir(teacher_dir)
     config = student_config(args, teacher_config)
     mapping = layer_mapping(config.num_hidden_layers, teacher_config.num_hidden_layers, args.mapping)
+    if args.student_init == "subclone":
+        subclone.check_shapes(teacher_config, config)
     settings = {"seq_len": args.general_seq_len, "batch_size": args.batch_size, "lr": args.general_lr,
                 "warmup": args.warmup, "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
                 "seed": args.seed, "mapping": mapping, "corpus_streaming": args.corpus_streaming,
                 "corpus_column": args.corpus_column,
                 **({"segments": 2} if args.general_segments == 2 else {}),   # recipes before pairs: 1 segment
+                **({"student_init": args.student_init} if args.student_init != "random" else {}),
                 "loss_weights": {"embedding": args.w_embedding, "hidden": args.w_hidden,
                                  "attention": args.w_attention}}
     recipe = get_world().root_call(general.make_recipe, checkpoint_file(teacher_dir), teacher_config.to_dict(),
@@ -951,6 +975,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="general stage: 2 = BERT's sentence pairs, [CLS] A [SEP] B [SEP] with token types 0/1, "
                         "B the text after A or, half the time, from another document (default); "
                         "1 = [CLS] sentences [SEP], token type 0 only")
+    g.add_argument("--student-init", choices=subclone.MODES, default="random",
+                   help="general stage: the student starts from BERT's random init (random, as TinyBERT) or "
+                        "from a subset of the teacher's weights (subclone: its most used hidden dimensions, "
+                        "head dimensions, feed-forward units and layers; see subclone.py)")
     g.add_argument("--teacher-steps", type=int, default=None,
                    help=_default_help("teacher_steps", "teacher fine-tuning's optimizer steps"))
     g.add_argument("--general-steps", type=int, default=800)
