@@ -286,11 +286,13 @@ def _run_general(args, plan, log) -> Path | None:
     log(f"[general] student {args.student}: {plan.student_config.num_hidden_layers} layers, hidden "
         f"{plan.student_config.hidden_size}, {student.num_parameters / 1e6:.1f}M parameters (with projections); "
         f"run directory {plan.directory}")
-    if args.student_init == "subclone":
+    if plan.init == "subclone":
         student.params.data[...] = world.root_call(_subclone, args, plan, teacher)
         kept = ", ".join(str(t + 1) for t in subclone.kept_layers(plan.student_config.num_hidden_layers, plan.mapping))
-        log(f"[general] student initialised from the teacher's weights (subclone.py): teacher layers {kept}, "
-            f"its most used dimensions")
+        log(f"[general] student initialised from the teacher's weights (subclone.py; {plan.init_reason}): "
+            f"teacher layers {kept}, its most used dimensions")
+    else:
+        log(f"[general] student from BERT's random init ({plan.init_reason})")
     w = _weights(args)
     _check_pair(teacher, student, w)
     log(f"[general] mapping {describe_mapping(plan.mapping)}")
@@ -341,6 +343,8 @@ class GeneralPlan:
     recipe: dict
     fingerprint: str
     directory: Path
+    init: str = "random"         # the student's start: "subclone" (from the teacher's weights) or "random"
+    init_reason: str = ""
 
 
 def general_plan(args, log=print) -> GeneralPlan:
@@ -352,14 +356,13 @@ def general_plan(args, log=print) -> GeneralPlan:
     tokenizer = Tokenizer.from_dir(teacher_dir)
     config = student_config(args, teacher_config)
     mapping = layer_mapping(config.num_hidden_layers, teacher_config.num_hidden_layers, args.mapping)
-    if args.student_init == "subclone":
-        subclone.check_shapes(teacher_config, config)
+    init, why = subclone.resolve_mode(args.student_init, teacher_config, config)
     settings = {"seq_len": args.general_seq_len, "batch_size": args.batch_size, "lr": args.general_lr,
                 "warmup": args.warmup, "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
                 "seed": args.seed, "mapping": mapping, "corpus_streaming": args.corpus_streaming,
                 "corpus_column": args.corpus_column,
                 **({"segments": 2} if args.general_segments == 2 else {}),   # recipes before pairs: 1 segment
-                **({"student_init": args.student_init} if args.student_init != "random" else {}),
+                **({"student_init": init} if init != "random" else {}),     # random: as recipes before it
                 "loss_weights": {"embedding": args.w_embedding, "hidden": args.w_hidden,
                                  "attention": args.w_attention}}
     recipe = get_world().root_call(general.make_recipe, checkpoint_file(teacher_dir), teacher_config.to_dict(),
@@ -371,7 +374,8 @@ def general_plan(args, log=print) -> GeneralPlan:
         log(f"[general] using the general stage in {directory} (made inside this run's directory)")
     else:
         directory = general.default_dir(args.out, args.student, recipe)
-    return GeneralPlan(teacher_dir, tokenizer, config, mapping, recipe, general.fingerprint(recipe), directory)
+    return GeneralPlan(teacher_dir, tokenizer, config, mapping, recipe, general.fingerprint(recipe), directory,
+                       init, why)
 
 
 def general_student_dir(args, log=print) -> Path | None:
@@ -975,10 +979,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="general stage: 2 = BERT's sentence pairs, [CLS] A [SEP] B [SEP] with token types 0/1, "
                         "B the text after A or, half the time, from another document (default); "
                         "1 = [CLS] sentences [SEP], token type 0 only")
-    g.add_argument("--student-init", choices=subclone.MODES, default="random",
-                   help="general stage: the student starts from BERT's random init (random, as TinyBERT) or "
-                        "from a subset of the teacher's weights (subclone: its most used hidden dimensions, "
-                        "head dimensions, feed-forward units and layers; see subclone.py)")
+    g.add_argument("--student-init", choices=subclone.MODES, default="auto",
+                   help="general stage: the student starts from a subset of the teacher's weights (subclone: "
+                        "its most used hidden dimensions, head dimensions, feed-forward units and layers; see "
+                        "subclone.py) or from BERT's random init (random, as TinyBERT); auto (default): "
+                        "subclone where the student fits inside the teacher, else random")
     g.add_argument("--teacher-steps", type=int, default=None,
                    help=_default_help("teacher_steps", "teacher fine-tuning's optimizer steps"))
     g.add_argument("--general-steps", type=int, default=800)

@@ -108,9 +108,10 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def describe(record: dict) -> str:
-    """One line: steps, teacher, corpus."""
+    """One line: steps, start, teacher, corpus."""
     recipe = record["recipe"]
     corpus = recipe.get("corpus", [])
     size = sum(f["bytes"] for f in corpus) / 1e6
-    return (f"{record['steps']} steps at {recipe.get('seq_len')} tokens x {recipe.get('batch_size')}, teacher "
-            f"{recipe['teacher']['weights_sha256'][:12]}, corpus of {len(corpus)} file(s), {size:.1f} MB")
+    start = "from the teacher's weights" if recipe.get("student_init") == "subclone" else "from random init"
+    return (f"{record['steps']} steps at {recipe.get('seq_len')} tokens x {recipe.get('batch_size')} {start}, "
+            f"teacher {recipe['teacher']['weights_sha256'][:12]}, corpus of {len(corpus)} file(s), {size:.1f} MB")

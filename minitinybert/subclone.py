@@ -32,11 +32,29 @@ import numpy as np
 from .config import BertConfig, ConfigError
 from .model import Bert
 
-MODES = ("random", "subclone")
+MODES = ("auto", "subclone", "random")
+
+
+def resolve_mode(mode: str, teacher: BertConfig, student: BertConfig) -> tuple[str, str]:
+    """(the init to use, why): `auto` is subclone where the student fits inside the teacher, else random."""
+    if mode != "auto":
+        if mode == "subclone":
+            check_shapes(teacher, student)
+        return mode, "asked for"
+    problems = misfits(teacher, student)
+    return ("random", "the student does not fit inside the teacher: " + "; ".join(problems)) if problems \
+        else ("subclone", "the student fits inside the teacher")
 
 
 def check_shapes(teacher: BertConfig, student: BertConfig) -> None:
     """Raises ConfigError unless every dimension of the student fits inside the teacher's."""
+    problems = misfits(teacher, student)
+    if problems:
+        raise ConfigError("--student-init subclone needs a student inside the teacher: " + "; ".join(problems))
+
+
+def misfits(teacher: BertConfig, student: BertConfig) -> list[str]:
+    """The dimensions in which the student does not fit inside the teacher (none: it can be subcloned)."""
     problems = []
     for field in ("num_hidden_layers", "hidden_size", "intermediate_size", "max_position_embeddings"):
         if getattr(student, field) > getattr(teacher, field):
@@ -44,8 +62,7 @@ def check_shapes(teacher: BertConfig, student: BertConfig) -> None:
     for field in ("num_attention_heads", "vocab_size", "type_vocab_size"):
         if getattr(student, field) != getattr(teacher, field):
             problems.append(f"{field} {getattr(student, field)} != the teacher's {getattr(teacher, field)}")
-    if problems:
-        raise ConfigError("--student-init subclone needs a student inside the teacher: " + "; ".join(problems))
+    return problems
 
 
 def kept_layers(student_layers: int, mapping: list[int]) -> list[int]:

@@ -9,7 +9,7 @@ import pytest
 from minitinybert.config import ConfigError
 from minitinybert.distill import layer_mapping, main
 from minitinybert.model import Bert
-from minitinybert.subclone import hidden_importance, kept_layers, subclone_weights
+from minitinybert.subclone import hidden_importance, kept_layers, resolve_mode, subclone_weights
 from minitinybert.tokenizer import Batch
 from minitinybert.weights import load_model
 from tiny_world import STUDENT, TEACHER, build_world
@@ -128,6 +128,15 @@ def test_a_student_that_does_not_fit_inside_the_teacher_is_refused(change, field
         subcloned(Bert(TEACHER, seed=3), STUDENT.replace(**change))
 
 
+def test_auto_subclones_a_student_that_fits_and_says_why_it_does_not():
+    assert resolve_mode("auto", TEACHER, STUDENT) == ("subclone", "the student fits inside the teacher")
+    mode, why = resolve_mode("auto", TEACHER, STUDENT.replace(num_attention_heads=6))
+    assert mode == "random" and "num_attention_heads 6" in why
+    assert resolve_mode("random", TEACHER, STUDENT)[0] == "random"
+    with pytest.raises(ConfigError, match="num_hidden_layers 4"):
+        resolve_mode("subclone", TEACHER, STUDENT.replace(num_hidden_layers=4))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world"))
@@ -140,8 +149,8 @@ def general_args(world, out, *extra):
 
 
 def test_the_general_stage_records_the_init_starts_closer_and_resumes_exactly(world, tmp_path, capsys):
-    assert main(general_args(world, tmp_path / "random" / "run")) == 0
-    assert main(general_args(world, tmp_path / "sub" / "run", "--student-init", "subclone")) == 0
+    assert main(general_args(world, tmp_path / "random" / "run", "--student-init", "random")) == 0
+    assert main(general_args(world, tmp_path / "sub" / "run")) == 0                  # auto: it fits
     assert "initialised from the teacher's weights" in capsys.readouterr().out
     (random_dir,), (sub_dir,) = (list((tmp_path / k / "general").iterdir()) for k in ("random", "sub"))
     assert random_dir.name != sub_dir.name                       # another recipe, another student
@@ -149,6 +158,8 @@ def test_the_general_stage_records_the_init_starts_closer_and_resumes_exactly(wo
     assert json.loads((sub_dir / "general.json").read_text())["recipe"]["student_init"] == "subclone"
     first = [json.loads((d / "log.jsonl").read_text().splitlines()[0]) for d in (random_dir, sub_dir)]
     assert first[1]["loss_embedding"] < first[0]["loss_embedding"]
+    assert main(general_args(world, tmp_path / "sub" / "run", "--student-init", "subclone")) == 0
+    assert "reusing the general student" in (said := capsys.readouterr().out) and "from the teacher's" in said
 
     out = tmp_path / "stopped" / "run"                          # stopped after every step, then resumed
     for extra in (["--stop-after", "1"], ["--resume", "--stop-after", "1"], ["--resume"]):
