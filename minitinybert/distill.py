@@ -6,9 +6,10 @@
 
 Stages (Jiao et al., 2019; huawei-noah/Pretrained-Language-Model/TinyBERT):
   finetune-teacher  the teacher gets a task head and is fine-tuned (cross-entropy / MSE);
-  general           a student from scratch learns the teacher's embedding output, hidden states and
-                    attention scores on the general corpus (no prediction loss); task-independent, it
-                    is made once and found by every task's run (general.py);
+  general           a student, cut from the teacher's weights (subclone.py; TinyBERT's starts from
+                    random init), learns the teacher's embedding output, hidden states and attention
+                    scores on the general corpus (no prediction loss); task-independent, it is made
+                    once and found by every task's run (general.py);
   task              (1) the same intermediate-layer losses on the task's augmented training set,
                     starting from the general student; (2) prediction-layer distillation (soft
                     cross-entropy to the fine-tuned teacher's logits, computed once before the stage);
@@ -253,10 +254,11 @@ def run_finetune_teacher(args, log=print) -> Path | None:
 
 
 def run_general(args, log=print) -> Path | None:
-    """General distillation: a student from scratch learns the teacher's embedding output, hidden
-    states and attention scores on the general corpus. A finished run of the same recipe (general.py)
-    with at least --general-steps steps is reused as it is; --resume continues an interrupted run,
-    or extends a finished one to more steps."""
+    """General distillation: a student (cut from the teacher's weights, or from random init:
+    --student-init) learns the teacher's embedding output, hidden states and attention scores on the
+    general corpus. A finished run of the same recipe (general.py) with at least --general-steps
+    steps is reused as it is; --resume continues an interrupted run, or extends a finished one to
+    more steps."""
     plan = general_plan(args, log)
     inside = plan.directory.resolve().is_relative_to(Path(args.out).resolve())     # --out's lock covers it
     with nullcontext() if inside else writer_lock(plan.directory, log):     # one run per general student too
