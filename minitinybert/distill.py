@@ -288,12 +288,13 @@ def _run_general(args, plan, log) -> Path | None:
     log(f"[general] student {args.student}: {plan.student_config.num_hidden_layers} layers, hidden "
         f"{plan.student_config.hidden_size}, {student.num_parameters / 1e6:.1f}M parameters (with projections); "
         f"run directory {plan.directory}")
-    if plan.init == "subclone":
+    continuing = args.resume and world.root_call((plan.directory / "last").exists)    # its state replaces these
+    if plan.init == "subclone" and not continuing:
         student.params.data[...] = world.root_call(_subclone, args, plan, teacher)
         kept = ", ".join(str(t + 1) for t in subclone.kept_layers(plan.student_config.num_hidden_layers, plan.mapping))
         log(f"[general] student initialised from the teacher's weights (subclone.py; {plan.init_reason}): "
             f"teacher layers {kept}, its most used dimensions")
-    else:
+    elif not continuing:
         log(f"[general] student from BERT's random init ({plan.init_reason})")
     w = _weights(args)
     _check_pair(teacher, student, w)

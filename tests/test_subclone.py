@@ -163,7 +163,10 @@ def test_the_general_stage_records_the_init_starts_closer_and_resumes_exactly(wo
 
     out = tmp_path / "stopped" / "run"                          # stopped after every step, then resumed
     for extra in (["--stop-after", "1"], ["--resume", "--stop-after", "1"], ["--resume"]):
+        capsys.readouterr()
         assert main(general_args(world, out, "--student-init", "subclone", *extra)) == 0
+        # cut once, at the start; a resumed run takes its saved state instead
+        assert ("initialised from the teacher's weights" in capsys.readouterr().out) == (extra[0] != "--resume")
     (stopped_dir,) = (tmp_path / "stopped" / "general").iterdir()
     np.testing.assert_array_equal(load_model(stopped_dir / "final").params.data,
                                   load_model(sub_dir / "final").params.data)
