@@ -5,6 +5,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import run_report  # noqa: E402
@@ -126,3 +128,18 @@ def test_several_runs_make_one_table_with_the_papers_ratio(tmp_path, capsys):
             in table)
     assert "| cola | no summary.json yet |" in table
     assert run_report.main([str(run), str(unfinished), "--json"]) == 2
+
+
+def test_compare_evals_gives_best_last_mean_and_their_mean(tmp_path, capsys):
+    import compare_evals
+    write_log(tmp_path / "a", [(10, 10)] * 4, [0.80, 0.90, 0.85, 0.86], ended_minute=1)
+    write_log(tmp_path / "b", [(10, 10)] * 2, [0.70, 0.88], ended_minute=1)
+    a = compare_evals.summarise(tmp_path / "a", last=3)
+    assert (a["best"], a["best_step"], a["steps"]) == (0.90, 200, 4)
+    assert abs(a["last_mean"] - (0.90 + 0.85 + 0.86) / 3) < 1e-12 and (a["last_min"], a["last_max"]) == (0.85, 0.90)
+    assert compare_evals.main([str(tmp_path / "a"), str(tmp_path / "b"), "--last", "3"]) == 0
+    table = capsys.readouterr().out
+    assert f"| {tmp_path / 'a'} | 4 | 90.00 | 200 | 87.00 | 85.00–90.00 |" in table
+    assert "| mean of 2 | | 89.00 | | 83.00 |" in table                  # (90 + 88) / 2, (87 + 79) / 2
+    with pytest.raises(SystemExit, match="no log.jsonl"):
+        compare_evals.summarise(tmp_path / "missing", last=5)
