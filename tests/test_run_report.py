@@ -1,4 +1,5 @@
-"""tools/run_report.py: stage minutes from the files a run leaves, padding and best dev from its logs."""
+"""tools/run_report.py: stage minutes from the files a run leaves, padding and best dev from its logs;
+tools/compare_evals.py: several runs' evaluations side by side."""
 import json
 import os
 import sys
