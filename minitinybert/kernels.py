@@ -158,6 +158,23 @@ def _map_erf32(x):
     return out
 
 
+@njit(inline="always")
+def _row_max(row):  # (S,) -> scalar. Eight running maxima: one would be a chain of dependent
+    # compares that LLVM does not vectorise without "nnan" (measured: 1.06 ns an element against 0.29)
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
+    n = row.shape[0]
+    j = 0
+    while j + 8 <= n:
+        m0, m1, m2, m3 = max(m0, row[j]), max(m1, row[j + 1]), max(m2, row[j + 2]), max(m3, row[j + 3])
+        m4, m5, m6, m7 = max(m4, row[j + 4]), max(m5, row[j + 5]), max(m6, row[j + 6]), max(m7, row[j + 7])
+        j += 8
+    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    while j < n:
+        m = max(m, row[j])
+        j += 1
+    return m
+
+
 # --- dropout masks ------------------------------------------------------------------------------
 # The same counter-based mask as ops.dropout_keep: element n of a call is kept iff the high 32 bits
 # of splitmix64(key + (n + 1) * golden) >= threshold. Computed where it is used, never stored.
@@ -427,13 +444,11 @@ def _masked_softmax_dropout_fwd(scores, mask_bias, shifted_bias, scale, key, thr
     for bh in prange(bh_):
         b = bh // h_
         for i in range(t_):
-            m = scores[bh, i, 0] * scale + shifted_bias[b, 0]
             for j in range(s_):
                 v = scores[bh, i, j] * scale
                 masked[bh, i, j] = v + mask_bias[b, j]
-                t = v + shifted_bias[b, j]        # normalised with the shifted mask (ops.softmax_bias)
-                probs[bh, i, j] = t
-                m = max(m, t)
+                probs[bh, i, j] = v + shifted_bias[b, j]     # normalised with the shifted mask (ops.softmax_bias)
+            m = _row_max(probs[bh, i])
             total = scale * 0
             for j in range(s_):
                 e = _exp(probs[bh, i, j] - m)
@@ -768,13 +783,11 @@ def _attention_fwd(q, k, v, mask_bias, shifted_bias, scale, key, threshold, dsca
             for r in range(n):                   # scale, mask; normalised with the shifted mask
                 i = i0 + r
                 row = rows[r]
-                m = row[0] * scale + shifted_bias[b, 0]
                 for j in range(S):
                     sc = row[j] * scale
                     masked[bh, i, j] = sc + mask_bias[b, j]
-                    t = sc + shifted_bias[b, j]
-                    row[j] = t
-                    m = max(m, t)
+                    row[j] = sc + shifted_bias[b, j]
+                m = _row_max(row)
                 total = scale * 0
                 for j in range(S):
                     e = _exp(row[j] - m)
