@@ -580,7 +580,15 @@ def _nb_softmax(scores, mask_bias, use_mask, scale):
                 row = scores[b, h, r]
                 for j in range(ns):
                     row[j] = row[j] * scale + (mask_bias[b, j] if use_mask else np.float32(0.0))
-                m = row.max()
+                m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]   # eight running maxima: one is a chain
+                j = 0                                          # of dependent compares, not vectorised
+                while j + 8 <= ns:
+                    m0, m1, m2, m3 = max(m0, row[j]), max(m1, row[j + 1]), max(m2, row[j + 2]), max(m3, row[j + 3])
+                    m4, m5, m6, m7 = max(m4, row[j + 4]), max(m5, row[j + 5]), max(m6, row[j + 6]), max(m7, row[j + 7])
+                    j += 8
+                m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+                for j in range(j, ns):
+                    m = max(m, row[j])
                 for j in range(ns):         # exp(x) = 2^k exp(x - k ln 2), x <= 0; exp(< -87) = 0
                     x = max(row[j] - m, np.float32(-87.0))
                     k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
