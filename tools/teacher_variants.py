@@ -41,6 +41,9 @@ DEFAULT_VALUE = {"ema": 0.99, "llrd": 0.85}
 
 # --- pooler-identity ---------------------------------------------------------------------------------
 
+LOAD_MODEL = distill.load_model
+
+
 def load_with_identity_pooler(directory, *args, **kwargs):
     """distill.load_model, with an untrained pooler (bias all zero) of a model given a head made the identity."""
     bert = LOAD_MODEL(directory, *args, **kwargs)
@@ -49,9 +52,6 @@ def load_with_identity_pooler(directory, *args, **kwargs):
         weight[...] = np.eye(weight.shape[0], dtype=weight.dtype)
         print("[teacher variant] the untrained pooler starts as the identity", flush=True)
     return bert
-
-
-LOAD_MODEL = distill.load_model
 
 
 # --- mean-pooling ------------------------------------------------------------------------------------
