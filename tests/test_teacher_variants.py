@@ -92,5 +92,6 @@ def test_each_variant_runs_and_leaves_the_package_as_it_was(world, tmp_path):
         assert not np.allclose(load_model(tmp_path / variant / "teacher" / "last").params.data, plain), variant
     assert (distill.load_model, model.Bert.forward, ops.pooler_forward, ops.pooler_backward,
             training.AdamW, training._evaluate) == originals
-    with pytest.raises(SystemExit):
-        teacher_variants.main(["ema", "--value", "1.5"])
+    for refused in (["ema", "--value", "1.5"], ["ema", "--resume"]):
+        with pytest.raises(SystemExit):
+            teacher_variants.main(refused)

@@ -10,7 +10,8 @@ Variants (each patches the package for this process only, then runs
   mean-pooling     the head reads the mean of the last layer's hidden states over the real tokens
                    (the pooling sentence-transformers trained this teacher with), not [CLS]
   ema              the dev evaluations, and best/, use the exponential moving average of the
-                   weights with decay --value (default 0.99); training itself is unchanged
+                   weights with decay --value (default 0.99); training itself is unchanged (the
+                   average is not checkpointed: no --resume)
   llrd             layer-wise learning rates: the embeddings and layer l of L get --value^(L-l)
                    of the peak rate (default 0.85; the pooler and head the full rate)
 
@@ -180,6 +181,8 @@ def main(argv=None) -> int:
     value = DEFAULT_VALUE.get(args.variant) if args.value is None else args.value
     if args.variant in DEFAULT_VALUE and not 0 < value < 1:
         parser.error(f"--value must lie in (0, 1) for {args.variant}, got {value}")
+    if args.variant == "ema" and "--resume" in rest:
+        parser.error("ema keeps its average in memory, not in the checkpoint: run it in one go, without --resume")
     print(f"[teacher variant] {args.variant}" + (f" {value}" if args.variant in DEFAULT_VALUE else ""), flush=True)
     with contextlib.ExitStack() as stack:        # the package is itself again afterwards
         for target, name, replacement in patches(args.variant, value):
