@@ -152,7 +152,6 @@ def test_masked_softmax_dropout_twins(rng, p):
         close(kernels.softmax_dropout_backward(g.copy(), out1[1], out1[2], 0.125, e, out=g.copy()), want)
 
 
-
 @pytest.mark.parametrize("keys", [1, 7, 8, 13, 33])
 def test_row_maximum_is_exact(rng, keys):
     """Scores of ~10^3: exp overflows unless the kernels' row maximum (eight running maxima, then the
@@ -164,6 +163,7 @@ def test_row_maximum_is_exact(rng, keys):
     q, k, v = (rng.normal(size=(2, 3, keys, 8)).astype(np.float32) * 40 for _ in range(3))
     got = kernels.fused_attention_forward(q, k, v, bias, 0.0, None)[0]
     close(got, ops.attention_forward(q, k, v, bias, 0.0, None)[0], 1e-4)
+
 
 FUSED = SimpleNamespace(attention_forward=kernels.fused_attention_forward,
                         attention_backward=kernels.fused_attention_backward)

@@ -249,7 +249,6 @@ def test_gelu_accuracy():
         assert np.all(np.abs(h.ravel() - ref) <= 1e-6 + 3e-7 * np.abs(ref)), kernels.name
 
 
-
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 40), st.integers(0, 2 ** 32 - 1),
        st.booleans())
