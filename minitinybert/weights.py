@@ -195,13 +195,15 @@ def _fsync_dir(directory: Path) -> None:
 
 def safetensors_pieces(tensors: dict[str, np.ndarray], metadata: dict | None = None) -> list:
     """A safetensors file as pieces to write in turn: its header, then each tensor's bytes straight
-    from the array. The bytes are safetensors.numpy.save's (float32 tensors, ordered by name; header
-    padded with spaces to 8 bytes), without first copying hundreds of MB into one bytes object."""
+    from the array, without first copying hundreds of MB into one bytes object. Float32 tensors are
+    ordered by name and the header padded with spaces to 8 bytes, as safetensors.numpy.save does; the
+    metadata's keys are sorted, where save orders them afresh in every call (a Rust HashMap), so the
+    same tensors and metadata always give the same bytes."""
     metadata = {"format": "pt", **(metadata or {})}
-    if any(t.dtype != np.float32 for t in tensors.values()) or len(metadata) > 1:
-        from safetensors.numpy import save      # dtype and key orders of its own: let it write
+    if any(t.dtype != np.float32 for t in tensors.values()):
+        from safetensors.numpy import save      # dtype orders of its own: let it write
         return [save(tensors, metadata=metadata)]
-    header, arrays, offset = {"__metadata__": metadata}, [], 0
+    header, arrays, offset = {"__metadata__": dict(sorted(metadata.items()))}, [], 0
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
         header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}

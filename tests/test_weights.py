@@ -208,6 +208,23 @@ def test_checkpoint_files_are_what_safetensors_writes():
         save(tensors, metadata={"format": "pt"})
 
 
+def test_metadata_is_written_in_one_order(tmp_path):
+    """safetensors orders several metadata keys afresh in every call; the files here must not
+    depend on it (the teacher-logits cache of two identical runs once differed in its header)."""
+    from safetensors import safe_open
+    import minitinybert.weights as weights
+    tensors = {"logits": np.arange(6, dtype=np.float32).reshape(3, 2)}
+    metadata = {"version": "1", "key": "abc", "cache_format": "logits", "examples": "3"}
+    written = {b"".join(bytes(memoryview(p).cast("B")) for p in weights.safetensors_pieces(tensors, metadata))
+               for _ in range(8)}
+    assert len(written) == 1
+    weights.write_safetensors_atomic(tensors, tmp_path / "cache.safetensors", metadata)
+    assert (tmp_path / "cache.safetensors").read_bytes() == written.pop()
+    with safe_open(tmp_path / "cache.safetensors", "numpy") as f:
+        assert f.metadata() == {"format": "pt", **metadata}
+        np.testing.assert_array_equal(f.get_tensor("logits"), tensors["logits"])
+
+
 def test_a_swap_cut_short_is_undone_or_recovered(tmp_path, monkeypatch):
     """Replacing a checkpoint renames it aside, then the new one into place. A failure of the second
     rename puts the old one back; a kill between the two leaves <name>.old, which recover_checkpoint
