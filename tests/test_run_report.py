@@ -144,3 +144,14 @@ def test_compare_evals_gives_best_last_mean_and_their_mean(tmp_path, capsys):
     assert "| mean of 2 | | 89.00 | | 83.00 |" in table                  # (90 + 88) / 2, (87 + 79) / 2
     with pytest.raises(SystemExit, match="no log.jsonl"):
         compare_evals.summarise(tmp_path / "missing", last=5)
+
+
+def test_records_of_another_kind_are_neither_steps_nor_evaluations(tmp_path):
+    import compare_evals
+    write_log(tmp_path / "a", [(10, 12)] * 3, [0.80, 0.90], ended_minute=1)
+    with open(tmp_path / "a" / "log.jsonl", "a") as log:
+        log.write(json.dumps({"step": 200, "ema_accuracy": 0.91}) + "\n")
+    steps, evals = run_report.read_log(tmp_path / "a" / "log.jsonl")
+    assert [r["step"] for r in steps] == [1, 2, 3] and [r["step"] for r in evals] == [100, 200]
+    summary = compare_evals.summarise(tmp_path / "a", last=2)
+    assert summary["steps"] == 3 and summary["minutes"] == (0.5 + 1.5 + 2.5) / 60

@@ -33,14 +33,18 @@ from pathlib import Path
 
 
 def read_log(path: Path) -> tuple[list[dict], list[dict]]:
-    """(step records, evaluation records) of a stage's log.jsonl."""
+    """(step records, evaluation records) of a stage's log.jsonl. Records of neither kind (a script
+    of one's own may log more) are skipped."""
     steps, evals = [], []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue                                  # blank, or a line cut by a kill (a resumed run rewrites it)
-        (evals if "eval" in record else steps).append(record)
+        if "eval" in record:
+            evals.append(record)
+        elif "step" in record and "seconds" in record:
+            steps.append(record)
     return steps, evals
 
 
