@@ -404,14 +404,19 @@ def _bias_gelu_bwd(dy, u, sqrt1_2, inv_sqrt_2pi, du, dbias_parts):
     n_chunks = dbias_parts.shape[0]
     rows_per = (n + n_chunks - 1) // n_chunks
     for k in prange(n_chunks):
+        part = dbias_parts[k]
         for i in range(k * rows_per, min(n, (k + 1) * rows_per)):
+            du_row, u_row, dy_row = du[i], u[i], dy[i]
             for j in range(f):
-                v = u[i, j]
+                v = u_row[j]
                 cdf = _F32(0.5) * (_F32(1.0) + _erf(v * sqrt1_2))
                 pdf = _exp(_F32(-0.5) * v * v) * inv_sqrt_2pi
-                g = dy[i, j] * (cdf + v * pdf)
-                du[i, j] = g
-                dbias_parts[k, j] += g
+                du_row[j] = dy_row[j] * (cdf + v * pdf)
+            # The bias sum in a loop of its own, over the row just written (still in L1): fused into
+            # the loop above, its float64 adds made the whole pass slower (one thread, 2048 x 1200:
+            # 3.2 ns an element fused, 2.0 split). The same additions in the same order: the same bits.
+            for j in range(f):
+                part[j] += du_row[j]
 
 
 def bias_gelu_forward(x, bias):
