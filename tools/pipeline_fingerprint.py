@@ -35,11 +35,6 @@ def fingerprint(out: Path) -> list[str]:
                 state = json.loads(path.read_text())
                 state = {k: v for k, v in state.items() if "time" not in k and "second" not in k}
                 digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
-            elif path.name.startswith("teacher-logits-"):   # safetensors orders a metadata dict its own way
-                from safetensors import safe_open
-                with safe_open(str(path), framework="np") as f:
-                    content = json.dumps(f.metadata(), sort_keys=True).encode() + f.get_tensor("logits").tobytes()
-                digest = hashlib.sha256(content).hexdigest()
             elif path.name in ("general.json", "general-student.json"):   # records: without their paths
                 record = {k: v for k, v in json.loads(path.read_text()).items()
                           if k not in ("teacher_dir", "corpus_dir", "student", "path")}
