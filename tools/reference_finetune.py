@@ -1,0 +1,128 @@
+"""The teacher's fine-tuning again in Hugging Face transformers (PyTorch eager), on the same batches:
+is the teacher's SST-2 plateau (~89.5% dev accuracy) this package's or the model's?
+
+Everything but the implementation is the package's: its task data, tokenizer, max length and
+length-grouped batches in the same order (TaskBatches, same seed), and its recipe (AdamW with
+betas 0.9/0.999, eps 1e-6, weight decay 0.01 on all but biases and LayerNorm; linear warm-up over
+--warmup of the steps, then linear decay to 0; gradient norm clipped to 1; dropout 0.1). The model
+is transformers' BertForSequenceClassification loaded from the teacher's directory, trained with
+torch autograd and torch.optim.AdamW; its new head starts from torch's random numbers. Dev metrics
+every --eval-every steps go to <--out>/teacher/log.jsonl, in the records of the package's own
+log.jsonl, so that tools/compare_evals.py reads the two side by side.
+
+PyTorch and transformers are installed apart (never dependencies of the package):
+    python3 -m venv --system-site-packages /tmp/torchenv && \
+        /tmp/torchenv/bin/pip install torch==2.13.0 transformers
+    /tmp/torchenv/bin/python tools/reference_finetune.py --task sst2 --workers 1 --seed 0 --out runs/ref/s0
+    python tools/compare_evals.py runs/ref/s0/teacher runs/v/default0/teacher
+
+The other flags are `python -m minitinybert.distill finetune-teacher`'s (the recipe ones apply; --workers
+sets torch's threads).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import BertForSequenceClassification
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # this checkout's package, not an installed one
+
+from minitinybert.batches import TaskBatches  # noqa: E402
+from minitinybert.distill import (_common_setup, _dev_sets, _max_length, _steps, _teacher_lr,  # noqa: E402
+                                  build_parser)
+from minitinybert.metrics import evaluate  # noqa: E402
+from minitinybert.optim import linear_schedule  # noqa: E402
+from minitinybert.tokens import token_table  # noqa: E402
+
+
+def tensors(batch) -> dict:
+    return {"input_ids": torch.from_numpy(batch.input_ids.astype(np.int64)),
+            "token_type_ids": torch.from_numpy(batch.token_type_ids.astype(np.int64)),
+            "attention_mask": torch.from_numpy(batch.attention_mask.astype(np.int64))}
+
+
+@torch.no_grad()
+def dev_metrics(model, task, examples, table, batch_size: int = 64) -> dict:
+    """The task's dev metrics of `model` in eval mode, batches of examples sorted by length."""
+    model.eval()
+    order = np.argsort(table.lengths, kind="stable")
+    logits = np.zeros((len(examples), model.config.num_labels), np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        logits[rows] = model(**tensors(table.batch(rows))).logits.numpy()
+    model.train()
+    preds = logits[:, 0] if model.config.num_labels == 1 else logits
+    return {k: float(v) for k, v in evaluate(task, preds, examples.labels).items()}
+
+
+def optimizer_for(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """torch AdamW with the package's decay mask: no weight decay on biases and LayerNorm."""
+    decayed, plain = [], []
+    for name, p in model.named_parameters():
+        (plain if name.endswith(".bias") or "LayerNorm" in name else decayed).append(p)
+    return torch.optim.AdamW([{"params": decayed, "weight_decay": weight_decay},
+                              {"params": plain, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-6)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(["finetune-teacher", *(sys.argv[1:] if argv is None else argv)])
+    if not args.out:
+        raise SystemExit("reference_finetune.py: give --out DIR (the log goes to DIR/teacher/log.jsonl)")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.workers or torch.get_num_threads())
+
+    task, teacher_dir, tokenizer, load_examples = _common_setup(args)
+    if task.labels is None:
+        raise SystemExit("reference_finetune.py: classification tasks only")
+    train_set, dev = load_examples("train", limit=args.train_limit), _dev_sets(task, load_examples)["dev"]
+    max_length, steps, peak = _max_length(args, task), _steps(args, task, "teacher"), _teacher_lr(args, task)
+    batches = TaskBatches(train_set, tokenizer, args.batch_size, max_length, args.seed, window=args.length_window)
+    dev_table = token_table(dev, tokenizer, max_length)
+
+    model = BertForSequenceClassification.from_pretrained(str(teacher_dir), num_labels=len(task.labels))
+    model.train()
+    opt = optimizer_for(model, peak, args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, steps, args.warmup))
+    log_path = Path(args.out) / "teacher" / "log.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "w")
+
+    def record(entry: dict) -> None:
+        out.write(json.dumps(entry) + "\n")
+        out.flush()
+
+    print(f"[reference] transformers BertForSequenceClassification from {teacher_dir} on {task.name}: "
+          f"{len(train_set)} examples, {steps} steps of {args.batch_size}, lr {peak:g}, seed {args.seed}",
+          flush=True)
+    best, start, losses = (-math.inf, 0), time.perf_counter(), []
+    for step in range(1, steps + 1):
+        step_start = time.perf_counter()
+        batch, labels = next(batches)[:2]
+        loss = model(**tensors(batch), labels=torch.from_numpy(np.asarray(labels, np.int64))).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        opt.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        record({"step": step, "loss": losses[-1], "seconds": time.perf_counter() - step_start})
+        if step % args.eval_every == 0 or step == steps:
+            metrics = dev_metrics(model, task, dev, dev_table)
+            best = max(best, (metrics["main"], step))
+            record({"step": step, "eval": metrics})
+            print(f"[reference] step {step}: loss (last 100) {np.mean(losses[-100:]):.4f}, dev {task.main_metric} "
+                  f"{metrics['main']:.4f}  ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+    print(f"[reference] best dev {task.main_metric} {best[0]:.4f} at step {best[1]}", flush=True)
+    record({"best": best[0], "best_step": best[1]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
