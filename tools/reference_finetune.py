@@ -58,8 +58,7 @@ def dev_metrics(model, task, examples, table, batch_size: int = 64) -> dict:
         rows = order[start:start + batch_size]
         logits[rows] = model(**tensors(table.batch(rows))).logits.numpy()
     model.train()
-    preds = logits[:, 0] if model.config.num_labels == 1 else logits
-    return {k: float(v) for k, v in evaluate(task, preds, examples.labels).items()}
+    return {k: float(v) for k, v in evaluate(task, logits, examples.labels).items()}
 
 
 def optimizer_for(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -88,19 +87,23 @@ def main(argv=None) -> int:
 
     model = BertForSequenceClassification.from_pretrained(str(teacher_dir), num_labels=len(task.labels))
     model.train()
+    print(f"[reference] transformers BertForSequenceClassification from {teacher_dir} on {task.name}: "
+          f"{len(train_set)} examples, {steps} steps of {args.batch_size}, lr {peak:g}, seed {args.seed}",
+          flush=True)
     opt = optimizer_for(model, peak, args.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, steps, args.warmup))
     log_path = Path(args.out) / "teacher" / "log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_path, "w")
+    with open(log_path, "w") as log:
+        def record(entry: dict) -> None:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+        run(args, task, model, batches, (dev, dev_table), steps, opt, schedule, record)
+    return 0
 
-    def record(entry: dict) -> None:
-        out.write(json.dumps(entry) + "\n")
-        out.flush()
 
-    print(f"[reference] transformers BertForSequenceClassification from {teacher_dir} on {task.name}: "
-          f"{len(train_set)} examples, {steps} steps of {args.batch_size}, lr {peak:g}, seed {args.seed}",
-          flush=True)
+def run(args, task, model, batches, dev, steps: int, opt, schedule, record) -> None:
+    """`steps` optimizer steps, dev metrics every --eval-every (the first best kept, as the package does)."""
     best, start, losses = (-math.inf, 0), time.perf_counter(), []
     for step in range(1, steps + 1):
         step_start = time.perf_counter()
@@ -114,14 +117,14 @@ def main(argv=None) -> int:
         losses.append(float(loss.detach()))
         record({"step": step, "loss": losses[-1], "seconds": time.perf_counter() - step_start})
         if step % args.eval_every == 0 or step == steps:
-            metrics = dev_metrics(model, task, dev, dev_table)
-            best = max(best, (metrics["main"], step))
+            metrics = dev_metrics(model, task, *dev)
+            if metrics["main"] > best[0]:
+                best = (metrics["main"], step)
             record({"step": step, "eval": metrics})
             print(f"[reference] step {step}: loss (last 100) {np.mean(losses[-100:]):.4f}, dev {task.main_metric} "
                   f"{metrics['main']:.4f}  ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     print(f"[reference] best dev {task.main_metric} {best[0]:.4f} at step {best[1]}", flush=True)
     record({"best": best[0], "best_step": best[1]})
-    return 0
 
 
 if __name__ == "__main__":
