@@ -26,6 +26,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from transformers import BertForSequenceClassification
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # this checkout's package, not an installed one
 
-from minitinybert.batches import TaskBatches  # noqa: E402
+from minitinybert.batches import TaskBatches, predict_logits  # noqa: E402
 from minitinybert.distill import (_common_setup, _dev_sets, _max_length, _steps, _teacher_lr,  # noqa: E402
                                   build_parser)
 from minitinybert.metrics import evaluate  # noqa: E402
@@ -42,21 +43,28 @@ from minitinybert.optim import linear_schedule  # noqa: E402
 from minitinybert.tokens import token_table  # noqa: E402
 
 
-def tensors(batch) -> dict:
-    return {"input_ids": torch.from_numpy(batch.input_ids.astype(np.int64)),
-            "token_type_ids": torch.from_numpy(batch.token_type_ids.astype(np.int64)),
-            "attention_mask": torch.from_numpy(batch.attention_mask.astype(np.int64))}
+def tensors(input_ids, token_type_ids, attention_mask) -> dict:
+    return {"input_ids": torch.from_numpy(input_ids.astype(np.int64)),
+            "token_type_ids": torch.from_numpy(token_type_ids.astype(np.int64)),
+            "attention_mask": torch.from_numpy(attention_mask.astype(np.int64))}
 
 
-@torch.no_grad()
-def dev_metrics(model, task, examples, table, batch_size: int = 64) -> dict:
-    """The task's dev metrics of `model` in eval mode, batches of examples sorted by length."""
+class AsPackageModel:
+    """The torch model behind the package's `forward(...).logits` (NumPy, no gradients), so that the
+    package's own `predict_logits` evaluates it as it evaluates a `Bert`."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    @torch.no_grad()
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        return SimpleNamespace(logits=self.model(**tensors(input_ids, token_type_ids, attention_mask)).logits.numpy())
+
+
+def dev_metrics(model, task, examples, tokenizer, max_length: int, table) -> dict:
+    """The task's dev metrics of `model` in eval mode (dropout off)."""
     model.eval()
-    order = np.argsort(table.lengths, kind="stable")
-    logits = np.zeros((len(examples), model.config.num_labels), np.float32)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        logits[rows] = model(**tensors(table.batch(rows))).logits.numpy()
+    logits = predict_logits(AsPackageModel(model), examples, tokenizer, max_length, tokens=table)
     model.train()
     return {k: float(v) for k, v in evaluate(task, logits, examples.labels).items()}
 
@@ -98,7 +106,7 @@ def main(argv=None) -> int:
         def record(entry: dict) -> None:
             log.write(json.dumps(entry) + "\n")
             log.flush()
-        run(args, task, model, batches, (dev, dev_table), steps, opt, schedule, record)
+        run(args, task, model, batches, (dev, tokenizer, max_length, dev_table), steps, opt, schedule, record)
     return 0
 
 
@@ -108,7 +116,8 @@ def run(args, task, model, batches, dev, steps: int, opt, schedule, record) -> N
     for step in range(1, steps + 1):
         step_start = time.perf_counter()
         batch, labels = next(batches)[:2]
-        loss = model(**tensors(batch), labels=torch.from_numpy(np.asarray(labels, np.int64))).loss
+        inputs = tensors(batch.input_ids, batch.token_type_ids, batch.attention_mask)
+        loss = model(**inputs, labels=torch.from_numpy(np.asarray(labels, np.int64))).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
