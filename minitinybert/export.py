@@ -2,6 +2,7 @@
 
     python -m minitinybert.export CHECKPOINT --out DIR [--dtypes float32,float16,int8]
                                   [--quantize-embeddings] [--max-length 128] [--task sst2 --data DIR]
+                                  [--vocab FILE|DIR ...] [--vocab-size N]
 
 writes DIR/runtime-<dtype>.safetensors for each dtype and prints a table: size, size ratio vs
 float32 and, with --task, the dev-set metric of each file (run by the runtime itself) and its
@@ -13,6 +14,15 @@ as symmetric per-output-channel int8 (scale = max|w| / 127), the classifier and 
 in float32; with quantize_embeddings the three embedding tables too (one scale per row), which is
 what makes a small-vocabulary-bound model like tinybert4 shrink (its word embeddings are 2/3 of it).
 
+--vocab keeps only the word pieces that the given texts tokenize to, plus the special tokens (ids
+renumbered in the old order, the word-embedding rows taken along): a smaller file, the same runtime.
+The rule, which follows from greedy longest-match-first: a word all of whose pieces are kept
+tokenizes exactly as before (no longer piece can appear, none of its own went), so the source texts
+tokenize identically; a word that needed a dropped piece is split again from the kept pieces, and
+becomes [UNK] where none fits. With --vocab-size N only the N - (specials) most frequent pieces are
+kept. A task directory gives its train split only, so that the dev metric printed before and after
+is measured on text the vocabulary was not drawn from.
+
 Training-only tensors are dropped: TinyBERT's fit_dense projections and the MLM head (cls.*).
 The tensors are laid out float32 first, then float16, then int8 (each aligned), in the model's
 order, so that a layer's query, key and value weights lie back to back and the runtime can use
@@ -22,22 +32,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+from collections import Counter
+from dataclasses import replace
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import runtime
-from .config import ConfigError
-from .hub import glue_dev_set
-from .metrics import evaluate
-from .process import tune_process
+from .engine.files import atomic_path
+from .engine.config import ConfigError
+from .data.hub import glue_dev_set
+from .data.task_files import read_tsv
+from .data.metrics import evaluate
+from .engine.process import tune_process
 from .runtime import FORMAT, RuntimeModelError
-from .tasks import get_task
-from .weights import WeightsError, load_model
+from .data.tasks import DataError, get_task
+from .engine.weights import WeightsError, load_model
 
 DTYPES = ("float32", "float16", "int8")
 _SAFETENSORS_DTYPE = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8"}
@@ -98,19 +110,11 @@ def write_safetensors(path: str | Path, tensors: list[tuple[str, np.ndarray]], m
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(raw).to_bytes(8, "little"))
-            f.write(raw)
-            for _, arr in tensors:
-                f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for _, arr in tensors:
+            f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
 
 
 # --- checkpoint -> runtime file -----------------------------------------------------------------
@@ -160,9 +164,10 @@ def runtime_metadata(config, tokens: list[str], do_lower_case: bool, max_length:
 
 
 def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True, dtype: str = "float32",
-                 quantize_embeddings: bool = False, max_length: int = 128) -> Path:
+                 quantize_embeddings: bool = False, max_length: int = 128, keep_ids=None) -> Path:
     """Write a `Bert` (with its vocabulary) as a runtime file. max_length is the default truncation
-    length stored in the file (at most the model's max_position_embeddings: larger values are capped)."""
+    length stored in the file (at most the model's max_position_embeddings: larger values are capped).
+    keep_ids (ascending old ids, see kept_piece_ids): write only these word pieces."""
     cfg = model.config
     if type(max_length) is int and max_length > cfg.max_position_embeddings:
         max_length = cfg.max_position_embeddings
@@ -172,22 +177,140 @@ def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True,
         raise ExportError(f"max_length must be an integer in [3, {cfg.max_position_embeddings}], got {max_length!r}")
     if len(tokens) != cfg.vocab_size:
         raise ExportError(f"{len(tokens)} vocabulary tokens for vocab_size {cfg.vocab_size}")
-    tensors = runtime_tensors(model.state_dict(), dtype, quantize_embeddings)
+    state = model.state_dict()
+    if keep_ids is not None:
+        state, cfg, tokens = prune_vocab(state, cfg, tokens, keep_ids)
+    tensors = runtime_tensors(state, dtype, quantize_embeddings)
     write_safetensors(out_path, tensors, runtime_metadata(cfg, tokens, do_lower_case, max_length, dtype))
     return Path(out_path)
 
 
+def checkpoint_vocab(checkpoint_dir, vocab_size: int) -> tuple[list[str], bool]:
+    """(tokens, do_lower_case) of a checkpoint directory (or of the directory of its weights file)."""
+    directory = Path(checkpoint_dir)
+    source = directory if directory.is_dir() else directory.parent
+    return _read_vocab(source, vocab_size), _read_lower_case(source, None)
+
+
 def export_runtime(checkpoint_dir, out_path, dtype: str = "float32", quantize_embeddings: bool = False,
-                   max_length: int = 128) -> Path:
+                   max_length: int = 128, keep_ids=None) -> Path:
     """Checkpoint directory (config.json, model.safetensors, vocab.txt) -> runtime file at out_path."""
     directory = Path(checkpoint_dir)
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     model = load_model(directory)
-    source = directory if directory.is_dir() else directory.parent
-    tokens = _read_vocab(source, model.config.vocab_size)
-    lower = _read_lower_case(source, model.config.do_lower_case)
-    return export_model(model, out_path, tokens, lower, dtype, quantize_embeddings, max_length)
+    tokens, lower = checkpoint_vocab(directory, model.config.vocab_size)
+    lower = model.config.do_lower_case if lower is None else lower
+    return export_model(model, out_path, tokens, lower, dtype, quantize_embeddings, max_length, keep_ids)
+
+
+# --- a smaller vocabulary: the word pieces some texts use ---------------------------------------
+
+# GLUE's sentence columns (MRPC's "#1 String" ...): the columns of a TSV with a header that hold text
+TEXT_COLUMNS = ("sentence", "sentence1", "sentence2", "question", "question1", "question2",
+                "#1 String", "#2 String", "text")
+
+
+def _task_of_directory(directory: Path):
+    """The GLUE task a directory is named after (SST-2, CoLA, ...), or None."""
+    try:
+        return get_task(directory.name)
+    except DataError:
+        return None
+
+
+def _tsv_texts(path: Path) -> list[str]:
+    """The texts of a GLUE-style TSV: its task's text columns when its folder names a task (CoLA has
+    no header), else the columns its header names as TEXT_COLUMNS."""
+    rows = read_tsv(path)
+    task = _task_of_directory(path.parent)
+    header = None if task is not None and not task.has_header else (rows[0] if rows else [])
+    body = rows if header is None else rows[1:]
+    if task is not None:
+        wanted = [c for c in (task.text_column, task.pair_column) if c is not None]
+        columns = [c if isinstance(c, int) else header.index(c) for c in wanted
+                   if isinstance(c, int) or c in header]
+    else:
+        columns = [i for i, name in enumerate(header) if name in TEXT_COLUMNS]
+    if not columns:
+        raise ExportError(f"{path}: no text column (a header naming one of {', '.join(TEXT_COLUMNS)})")
+    # rows too short for a column (QQP has a few) hold no text to keep
+    return [row[i] for row in body for i in columns if i < len(row) and row[i]]
+
+
+def _file_texts(path: Path) -> list[str]:
+    if path.suffix.lower() == ".tsv":
+        return _tsv_texts(path)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ExportError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def vocab_texts(source) -> list[str]:
+    """The texts of a vocabulary source: a text file (one text per line), a GLUE-style TSV, a GLUE
+    task directory (its train.tsv only: the dev set stays unseen, for an honest dev metric), or
+    another directory (every .txt and .tsv file in it, a corpus folder say)."""
+    path = Path(source)
+    if path.is_dir():
+        task = _task_of_directory(path)
+        if task is not None:
+            files = [path / Path(task.train_file).name]
+            if not files[0].is_file():
+                raise ExportError(f"{path}: no {files[0].name} (the {task.display_name} train split)")
+        else:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".txt", ".tsv") and p.is_file())
+            if not files:
+                raise ExportError(f"{path}: no .txt or .tsv file to take a vocabulary from")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ExportError(f"vocabulary source {path} does not exist")
+    texts = [text for file in files for text in _file_texts(file)]
+    if not texts:
+        raise ExportError(f"{source}: no text to take a vocabulary from")
+    return texts
+
+
+def piece_counts(tokens: list[str], do_lower_case: bool, texts, chunk: int = 10_000) -> Counter:
+    """How often each word-piece id occurs in the texts, tokenized as the runtime does."""
+    tokenizer = runtime.WordPieceTokenizer(tokens, do_lower_case)
+    counts = Counter()
+    for start in range(0, len(texts), chunk):        # in chunks: a corpus's id lists need not all be held
+        for ids in tokenizer.token_ids(texts[start:start + chunk]):
+            counts.update(ids)
+    return counts
+
+
+def kept_piece_ids(tokens: list[str], counts: Counter, vocab_size: int | None = None) -> list[int]:
+    """Ascending old ids: the special tokens and the pieces counted; with vocab_size, only the most
+    frequent pieces (ties: the lower id) so that the file holds vocab_size pieces in all."""
+    specials = [i for i, token in enumerate(tokens) if token in runtime.SPECIAL_TOKENS]
+    pieces = sorted((i for i in counts if i not in set(specials)), key=lambda i: (-counts[i], i))
+    if vocab_size is not None:
+        if vocab_size < len(specials) + 1:
+            raise ExportError(f"vocab size {vocab_size}: the {len(specials)} special tokens and at least one "
+                              f"piece must fit")
+        pieces = pieces[:vocab_size - len(specials)]
+    return sorted(set(specials) | set(pieces))
+
+
+def prune_vocab(state: dict, config, tokens: list[str], keep_ids) -> tuple[dict, object, list[str]]:
+    """(state, config, tokens) keeping the word pieces `keep_ids` (ascending old ids): their
+    embedding rows, renumbered 0.. in the old order."""
+    keep = np.asarray(keep_ids, dtype=np.int64)
+    if keep.ndim != 1 or keep.size == 0 or np.any(np.diff(keep) <= 0) or keep[0] < 0 or keep[-1] >= len(tokens):
+        raise ExportError(f"keep_ids must be ascending ids in [0, {len(tokens)}), without repeats")
+    kept = [tokens[i] for i in keep]
+    missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t in tokens and t not in kept]
+    if missing:
+        raise ExportError(f"the kept vocabulary lacks {', '.join(missing)}: the runtime needs them")
+    state = dict(state)
+    name = "embeddings.word_embeddings.weight"
+    state[name] = np.asarray(state[name])[keep]
+    # the MLM head's vocabulary-sized tensors are training-only: runtime_tensors drops them anyway
+    return state, replace(config, vocab_size=len(kept)), kept
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -206,14 +329,56 @@ def dev_metric(model_path, task: str, data_dir, batch_size: int = 32, limit: int
 
 
 def format_table(rows: list[dict]) -> str:
+    """One row per dtype; with a pruned vocabulary also the full-vocabulary file's size and metric
+    and the metric's change from it ("vocab delta")."""
+    pruned = any(r.get("full_size") is not None for r in rows)
     head = f"{'dtype':<10}{'size MB':>10}{'vs f32':>9}{'dev metric':>12}{'delta':>10}"
+    if pruned:
+        head += f"{'full MB':>10}{'full metric':>13}{'vocab delta':>13}"
     lines = [head, "-" * len(head)]
+
+    def num(value, spec):
+        return "" if value is None else format(value, spec)
+
     for r in rows:
-        metric = "" if r.get("metric") is None else f"{r['metric']:.4f}"
-        delta = "" if r.get("delta") is None else f"{r['delta']:+.4f}"
-        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.3f}"
-        lines.append(f"{r['dtype']:<10}{r['size'] / 1e6:>10.2f}{ratio:>9}{metric:>12}{delta:>10}")
+        line = (f"{r['dtype']:<10}{r['size'] / 1e6:>10.2f}{num(r.get('ratio'), '.3f'):>9}"
+                f"{num(r.get('metric'), '.4f'):>12}{num(r.get('delta'), '+.4f'):>10}")
+        if pruned:
+            full = r.get("full_metric")
+            change = None if full is None or r.get("metric") is None else r["metric"] - full
+            line += f"{r['full_size'] / 1e6:>10.2f}{num(full, '.4f'):>13}{num(change, '+.4f'):>13}"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def plan_vocab(checkpoint, sources: list[str], vocab_size: int | None = None):
+    """(keep_ids, tokens, kept tokens, do_lower_case, report lines) for --vocab."""
+    config = load_model(checkpoint).config
+    tokens, lower = checkpoint_vocab(checkpoint, config.vocab_size)
+    lower = config.do_lower_case if lower is None else lower
+    texts = [text for source in sources for text in vocab_texts(source)]
+    counts = piece_counts(tokens, lower, texts)
+    keep = kept_piece_ids(tokens, counts, vocab_size)
+    specials = sum(tokens[i] in runtime.SPECIAL_TOKENS for i in keep)
+    lines = [f"vocabulary from {len(texts):,} texts ({', '.join(map(str, sources))}): {len(counts):,} pieces used; "
+             f"kept {len(keep):,} of {len(tokens):,} pieces ({specials} special tokens among them), "
+             f"dropped {len(tokens) - len(keep):,}"]
+    return keep, tokens, [tokens[i] for i in keep], lower, lines
+
+
+def retokenized(task: str, data_dir, tokens, kept, do_lower_case, limit=None) -> tuple[int, int]:
+    """(dev examples whose word pieces change with the kept vocabulary, dev examples): only these
+    can change their prediction, so the count bounds the metric's change."""
+    spec = get_task(task)
+    examples = glue_dev_set(spec, data_dir, limit=limit)
+    full = runtime.WordPieceTokenizer(tokens, do_lower_case)
+    small = runtime.WordPieceTokenizer(kept, do_lower_case)
+    columns = [examples.texts] + ([examples.pairs] if examples.pairs is not None else [])
+    changed = np.zeros(len(examples), dtype=bool)
+    for texts in columns:
+        for i, text in enumerate(texts):
+            changed[i] |= full.tokenize(text) != small.tokenize(text)
+    return int(changed.sum()), len(examples)
 
 
 def main(argv=None) -> int:
@@ -231,11 +396,20 @@ def main(argv=None) -> int:
                                        "Hugging Face Hub)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N dev examples only")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--vocab", action="append", metavar="FILE|DIR",
+                        help="keep only the word pieces these texts use (and the special tokens): a text file "
+                             "(one text per line), a GLUE-style TSV, a GLUE task directory (its train.tsv) or a "
+                             "folder of .txt/.tsv files; repeatable")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="with --vocab: keep the most frequent pieces only, N in all (special tokens included)")
     args = parser.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         print(f"error: --dtypes must list some of {', '.join(DTYPES)}; got {args.dtypes!r}", file=sys.stderr)
+        return 2
+    if args.vocab_size is not None and not args.vocab:
+        print("error: --vocab-size needs --vocab (the texts whose pieces to count)", file=sys.stderr)
         return 2
     if "float32" in dtypes:     # the reference row comes first
         dtypes.remove("float32")
@@ -243,14 +417,31 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     rows = []
     try:
+        keep = None
+        if args.vocab:
+            keep, tokens, kept, lower, lines = plan_vocab(args.checkpoint, args.vocab, args.vocab_size)
+            if args.task:
+                changed, total = retokenized(args.task, args.data, tokens, kept, lower, args.limit)
+                lines.append(f"{args.task} dev: {changed} of {total} examples tokenize differently (only these "
+                             f"can change their prediction)")
+            print("\n".join(lines))
         for dtype in dtypes:
             path = out_dir / f"runtime-{dtype}.safetensors"
             t0 = time.perf_counter()
-            export_runtime(args.checkpoint, path, dtype, args.quantize_embeddings, args.max_length)
+            export_runtime(args.checkpoint, path, dtype, args.quantize_embeddings, args.max_length, keep)
             row = {"dtype": dtype, "path": str(path), "size": path.stat().st_size}
             print(f"wrote {path} ({row['size'] / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
             if args.task:
                 row["metric"] = dev_metric(path, args.task, args.data, args.batch_size, args.limit)
+            if keep is not None:      # the full vocabulary's file, for comparison only: not kept
+                full = out_dir / f".full-vocab-{dtype}.safetensors"
+                try:
+                    export_runtime(args.checkpoint, full, dtype, args.quantize_embeddings, args.max_length)
+                    row["full_size"] = full.stat().st_size
+                    if args.task:
+                        row["full_metric"] = dev_metric(full, args.task, args.data, args.batch_size, args.limit)
+                finally:
+                    full.unlink(missing_ok=True)
             rows.append(row)
     except (ExportError, WeightsError, ConfigError, RuntimeModelError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

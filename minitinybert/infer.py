@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 
 from . import runtime
-from .config import ConfigError
+from .engine.config import ConfigError
 from .export import export_runtime
-from .process import tune_process
-from .weights import WeightsError
+from .engine.process import tune_process
+from .engine.weights import WeightsError
 
 
 class InferError(Exception):

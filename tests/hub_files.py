@@ -13,7 +13,7 @@ from pathlib import Path
 
 import datasets
 
-from minitinybert.tasks import GLUE_ON_HUB, get_task
+from minitinybert.data.tasks import GLUE_ON_HUB, get_task
 
 # nyu-mll/glue's ClassLabel names, in its id order (MNLI's differs from the TSVs' order of ours)
 GLUE_CLASS_NAMES = {

@@ -1,22 +1,19 @@
-"""tools/ablate.py on a tiny world: every variant in the table, resumable across sittings."""
+"""tools/experiments/ablate.py on a tiny world: every variant in the table, resumable across sittings."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tiny_world import build_world
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import ablate  # noqa: E402
+from minitinybert import distill
+from tests.tiny_world import build_world
+from tools.experiments import ablate
 
 
 @pytest.fixture(autouse=True)
 def no_loss_plots(monkeypatch):
     """Each stage's loss.png takes matplotlib seconds; these tests look at tables and checkpoints."""
-    monkeypatch.setattr("minitinybert.training.plot_log", lambda *args, **kwargs: None)
+    monkeypatch.setattr("minitinybert.training.loop.plot_log", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +130,7 @@ def test_seeds_add_runs_beside_the_first_and_the_table_shows_their_mean(world, t
 
 
 def _params(run: Path) -> np.ndarray:
-    from minitinybert.weights import load_model
+    from minitinybert.engine.weights import load_model
     return load_model(run / "task-prediction" / "last").params.data
 
 
@@ -150,9 +147,8 @@ def test_last_evaluations_are_the_mean_and_range_of_the_last_five(tmp_path):
 
 
 def test_the_recipe_augments_whatever_distills_default_makes_of_the_budget(tmp_path):
-    from minitinybert import distill
     forced = ablate.Ablation("sst2", tmp_path, ["--intermediate-steps", "10"], "task").common
-    assert forced[forced.index("--n-aug") + 1] == str(distill.AUGMENT_COPIES)
+    assert forced[forced.index("--n-aug") + 1] == str(ablate.AUGMENT_COPIES)
     given = ablate.Ablation("sst2", tmp_path, ["--n-aug", "2"], "task").common
     assert given.count("--n-aug") == 1 and given[given.index("--n-aug") + 1] == "2"
     # a variant's own --n-aug 0 comes after the common flags, so it wins

@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from minitinybert.augment import (AugmentError, CandidateGenerator, ContextCandidates, EmbeddingCandidates,
+from minitinybert.data.augment import (AugmentError, CandidateGenerator, ContextCandidates, EmbeddingCandidates,
                                   MlmCandidates, WordVectors, augment_examples, is_augmentable, replacement_words)
-from minitinybert.config import BertConfig
-from minitinybert.model import Bert
-from minitinybert.tasks import Examples, get_task
-from minitinybert.teacher import resolve_teacher
-from minitinybert.tokenizer import Tokenizer
-from minitinybert.weights import load_model
+from minitinybert.engine.config import BertConfig
+from minitinybert.engine.model import Bert
+from minitinybert.data.tasks import Examples, get_task
+from minitinybert.engine.teacher import resolve_teacher
+from minitinybert.data.tokenizer import Tokenizer
+from minitinybert.engine.weights import load_model
 
 LONG_TEXT = ("the young director delivers a bold film with brilliant acting , beautiful music and clever "
              "writing ; yet the plot feels slow , the dialogue sounds forced and the ending seems rushed . "

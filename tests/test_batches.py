@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from minitinybert.batches import TaskBatches, iterate_batches, predict_logits
-from minitinybert.config import BertConfig
-from minitinybert.model import Bert
-from minitinybert.tasks import DataError, Examples, get_task
-from minitinybert.teacher import resolve_teacher
-from minitinybert.tokenizer import Tokenizer
+from minitinybert.data.batches import TaskBatches, iterate_batches, predict_logits
+from minitinybert.engine.config import BertConfig
+from minitinybert.engine.model import Bert
+from minitinybert.data.tasks import DataError, Examples, get_task
+from minitinybert.engine.teacher import resolve_teacher
+from minitinybert.data.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

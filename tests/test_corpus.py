@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minitinybert.corpus import CorpusBatcher, StreamedFiles
-from minitinybert.parallel import Rows
-from minitinybert.tasks import DataError
-from minitinybert.teacher import resolve_teacher
-from minitinybert.tokenizer import Tokenizer
-from minitinybert.world import Shards
+from minitinybert.data.corpus import CorpusBatcher, StreamedFiles
+from minitinybert.data.shards import Rows, Shards
+from minitinybert.data.tasks import DataError
+from minitinybert.engine.teacher import resolve_teacher
+from minitinybert.data.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MINITINYBERT_DATA", REPO.parent / "shared" / "data"))

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minitinybert.datafiles import data_root, dataset_name, load_local, load_split, local_task
-from minitinybert.metrics import evaluate
-from minitinybert.tasks import DataError, get_task
-from glue_files import write_task
+from minitinybert.data.task_files import data_root, dataset_name, load_local, load_split, local_task
+from minitinybert.data.metrics import evaluate
+from minitinybert.data.tasks import DataError, get_task
+from tests.glue_files import write_task
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MINITINYBERT_DATA", REPO.parent / "shared" / "data"))
@@ -150,7 +150,7 @@ def test_glue_task_in_its_own_layout(tmp_path, task, newline):
 
 
 def test_glue_task_registry_matches_the_paper():
-    assert {t.display_name for t in __import__("minitinybert.tasks").tasks.TASKS.values()} == {
+    assert {t.display_name for t in __import__("minitinybert.data.tasks").data.tasks.TASKS.values()} == {
         "MNLI", "QQP", "QNLI", "SST-2", "CoLA", "STS-B", "MRPC", "RTE", "WNLI"}
     assert get_task("MRPC").main_metric == "f1" and get_task("qqp").main_metric == "f1"   # the paper's table
     assert get_task("mnli").labels == ("contradiction", "entailment", "neutral")          # the official order

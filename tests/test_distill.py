@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minitinybert.config import BertConfig
-from minitinybert.distill import (TASK_DEFAULTS, LossWeights, _steps, _teacher_lr,
+from minitinybert.engine.config import BertConfig
+from minitinybert.distill import (TASK_DEFAULTS, LossWeights, stage_steps, task_teacher_lr,
                                   build_parser, intermediate_step, layer_mapping, main, prediction_step)
-from minitinybert.model import Bert
-from minitinybert.optim import AdamW
-from minitinybert.tasks import get_task
-from minitinybert.tokenizer import Batch, Tokenizer
-from minitinybert.weights import load_model, save_checkpoint
-from glue_files import write_task
-from gradcheck import assert_grad_close, numeric_directional
-from tiny_world import STUDENT, TEACHER, build_world, sentences  # noqa: F401  (sentences: test_hub's)
+from minitinybert.engine.model import Bert
+from minitinybert.engine.optim import AdamW
+from minitinybert.data.tasks import get_task
+from minitinybert.data.tokenizer import Batch, Tokenizer
+from minitinybert.engine.weights import load_model, save_checkpoint
+from tests.glue_files import write_task
+from tests.gradcheck import assert_grad_close, numeric_directional
+from tests.tiny_world import STUDENT, TEACHER, build_world, sentences  # noqa: F401  (sentences: test_hub's)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -326,11 +326,11 @@ def test_labels_only_prediction_step_needs_no_teacher_logits():
 
 def test_task_stage_skips_the_teacher_logits_when_unused(world, tmp_path, monkeypatch):
     """--w-prediction 0 (labels only): the stage does not run the teacher over the training set."""
-    import minitinybert.distill as distill
+    import minitinybert.distill.stages as stages
 
     def no_logits(*a, **k):
         raise AssertionError("teacher logits computed although unused")
-    monkeypatch.setattr(distill, "teacher_logits", no_logits)
+    monkeypatch.setattr(stages, "teacher_logits", no_logits)
     args = cli(world, tmp_path / "o", "--finetuned-teacher", str(world / "teacher-sst2"), "--general-student",
                "scratch", "--skip-intermediate", "--prediction-steps", "1", "--w-prediction", "0", "--w-hard", "1")
     assert main(["task", *args]) == 0
@@ -355,7 +355,7 @@ def test_augmentation_by_default_only_when_the_task_stage_repeats_its_training_s
     def copies(n_train, **given):
         args = Namespace(**{"n_aug": None, "skip_intermediate": False, "batch_size": 32, "intermediate_steps": None,
                             "prediction_steps": None, **given})
-        return distill._augment_copies(args, get_task("sst2"), n_train, said.append)
+        return distill.augment_copies(args, get_task("sst2"), n_train, said.append)
 
     sst2_steps = distill.TASK_DEFAULTS["sst2"].intermediate_steps
     assert copies(67349) == 0 and "0.7 passes" in said[-1] and "no augmentation" in said[-1]   # SST-2's defaults
@@ -384,7 +384,7 @@ def test_runs_sharing_an_augment_cache_share_the_teacher_logits_too(world, tmp_p
 
 
 def test_augmentation_ahead_of_the_task_stage_fills_its_cache(world, tmp_path, capsys):
-    from minitinybert.augment import main as augment_main
+    from minitinybert.data.augment import main as augment_main
     out = tmp_path / "o"
     ahead = ["--task", "sst2", "--data", str(world / "data"), "--teacher", str(world / "teacher"), "--out", str(out),
              "--augment-limit", "16", "--n-aug", "2"]
@@ -606,7 +606,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_last_one(world, t
     """The second checkpoint's model file fails half-way (a full disk, a read-only place, a lost
     permission): one line says so and which checkpoint is intact; that one is untouched, and
     --resume from it ends as the uninterrupted run."""
-    import minitinybert.weights as weights
+    import minitinybert.engine.weights as weights
     out = tmp_path / "run"
     args = cli(world, out, "--general-steps", "24", "--workers", "1")
     real_write, models, before = weights.write_file, [], {}
@@ -677,7 +677,7 @@ def test_a_full_disk_for_real(world, tmp_path, capsys, straight_general):
 
 KILL_DURING_WRITE = """
 import os, signal, sys
-import minitinybert.weights as weights
+import minitinybert.engine.weights as weights
 where, nth = sys.argv.pop(1), int(sys.argv.pop(1))
 seen = []
 if where == "file":              # half-way through a checkpoint's model file
@@ -739,7 +739,7 @@ def test_sigkill_at_any_moment_then_resume_is_exact(world, tmp_path, straight_ge
 
 def test_a_shared_general_student_is_made_by_one_run_at_a_time(world, tmp_path, capsys):
     """Outside --out (whose lock covers its own directory), the general run takes a lock of its own."""
-    from minitinybert.runlock import RunLock
+    from minitinybert.training.runlock import RunLock
     shared = ["--general-dir", str(tmp_path / "shared"), "--general-steps", "1"]
     with RunLock(tmp_path / "shared", log=lambda *a: None):
         assert main(["general", *cli(world, tmp_path / "o"), *shared]) == 2
@@ -753,22 +753,22 @@ def test_step_defaults_follow_the_task_and_yield_to_the_command_line():
     a given --<stage>-steps always wins, and tasks without an entry take SST-2's."""
     args = build_parser().parse_args(["all"])
     for stage in ("teacher", "intermediate", "prediction"):
-        assert _steps(args, get_task("rte"), stage) == getattr(TASK_DEFAULTS["rte"], f"{stage}_steps")
-        assert _steps(args, get_task("qnli"), stage) == getattr(TASK_DEFAULTS["sst2"], f"{stage}_steps")
+        assert stage_steps(args, get_task("rte"), stage) == getattr(TASK_DEFAULTS["rte"], f"{stage}stage_steps")
+        assert stage_steps(args, get_task("qnli"), stage) == getattr(TASK_DEFAULTS["sst2"], f"{stage}stage_steps")
     assert TASK_DEFAULTS["rte"].teacher_steps < TASK_DEFAULTS["sst2"].teacher_steps
-    assert (_steps(args, get_task("sst2"), "teacher"), _steps(args, get_task("sst2"), "intermediate"),
-            _steps(args, get_task("sst2"), "prediction")) == (2000, 1500, 1000)      # the README's first command
+    assert (stage_steps(args, get_task("sst2"), "teacher"), stage_steps(args, get_task("sst2"), "intermediate"),
+            stage_steps(args, get_task("sst2"), "prediction")) == (2000, 1500, 1000)      # the README's first command
     args = build_parser().parse_args(["all", "--task", "rte", "--teacher-steps", "7"])
-    assert _steps(args, get_task("rte"), "teacher") == 7
+    assert stage_steps(args, get_task("rte"), "teacher") == 7
 
 
 def test_teacher_learning_rate_follows_the_task_and_yields_to_the_command_line():
     args = build_parser().parse_args(["all"])
-    assert _teacher_lr(args, get_task("sst2")) == 5e-5
-    assert _teacher_lr(args, get_task("qnli")) == 5e-5      # large tasks: SST-2's
-    assert _teacher_lr(args, get_task("rte")) == TASK_DEFAULTS["rte"].teacher_lr == 1e-4
+    assert task_teacher_lr(args, get_task("sst2")) == 5e-5
+    assert task_teacher_lr(args, get_task("qnli")) == 5e-5      # large tasks: SST-2's
+    assert task_teacher_lr(args, get_task("rte")) == TASK_DEFAULTS["rte"].teacher_lr == 1e-4
     args = build_parser().parse_args(["all", "--task", "rte", "--teacher-lr", "3e-5"])
-    assert _teacher_lr(args, get_task("rte")) == 3e-5
+    assert task_teacher_lr(args, get_task("rte")) == 3e-5
 
 
 def test_teacher_fine_tuning_can_start_from_the_teacher_of_another_task(world, tmp_path, capsys):

@@ -68,7 +68,7 @@ def test_default_label_names_need_a_head_the_file_can_hold():
 
 @functools.lru_cache(maxsize=None)
 def bert_vocab():
-    from minitinybert.teacher import resolve_teacher
+    from minitinybert.engine.teacher import resolve_teacher
     with open(resolve_teacher(None) / "vocab.txt", encoding="utf-8") as f:
         return tuple(line.rstrip("\r\n") for line in f)
 

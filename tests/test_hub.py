@@ -9,14 +9,14 @@ import datasets
 import numpy as np
 import pytest
 
-from minitinybert import hub
-from minitinybert.datafiles import load_local
-from minitinybert.distill import build_parser, main, task_loader
-from minitinybert.hub import _offline_hint, glue_source
-from minitinybert.tasks import DataError, get_task
-from glue_files import write_task
-from hub_files import GLUE_CLASS_NAMES, write_glue, write_hub_dataset
-from test_distill import cli, sentences, world  # noqa: F401  (the tiny world, a fixture)
+from minitinybert.data import hub
+from minitinybert.data.task_files import load_local
+from minitinybert.distill import main, parse_config, task_loader
+from minitinybert.data.hub import offline_hint, glue_source
+from minitinybert.data.tasks import DataError, get_task
+from tests.glue_files import write_task
+from tests.hub_files import GLUE_CLASS_NAMES, write_glue, write_hub_dataset
+from tests.test_distill import cli, sentences, world  # noqa: F401  (the tiny world, a fixture)
 
 
 def test_the_suite_is_offline():
@@ -25,7 +25,7 @@ def test_the_suite_is_offline():
 
 
 def loader(*argv, log=lambda *a: None):
-    return task_loader(build_parser().parse_args(["finetune-teacher", *argv]), log=log)
+    return task_loader(parse_config(["finetune-teacher", *argv]), log=log)
 
 
 def glue_rows(task, rng, n):
@@ -213,6 +213,6 @@ def test_a_failed_download_says_what_was_tried_and_how_to_work_offline(world, tm
     # with the network on but unreachable, the hint is the offline switch (the error as datasets raises it)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     unreachable = ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
-    hint = _offline_hint(glue_source("rte"), unreachable)
+    hint = offline_hint(glue_source("rte"), unreachable)
     assert "Offline: pass --data DIR" in hint and "set HF_DATASETS_OFFLINE=1 to read the copy" in hint
-    assert _offline_hint(glue_source("rte"), ValueError("BuilderConfig 'x' not found")) == ""
+    assert offline_hint(glue_source("rte"), ValueError("BuilderConfig 'x' not found")) == ""

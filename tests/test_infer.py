@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from minitinybert.config import BertConfig
+from minitinybert.engine.config import BertConfig
 from minitinybert.export import export_runtime
-from minitinybert.model import Bert
-from minitinybert.tokenizer import Tokenizer
-from minitinybert.weights import load_model, save_checkpoint
+from minitinybert.engine.model import Bert
+from minitinybert.data.tokenizer import Tokenizer
+from minitinybert.engine.weights import load_model, save_checkpoint
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz.,!?") + \
         ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] + ["good", "bad", "movie", "the", "was"]

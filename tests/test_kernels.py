@@ -1,10 +1,8 @@
 """Each Numba kernel against its plain-NumPy twin, in float32 at the shapes training uses."""
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
-from minitinybert import kernels, ops
+from minitinybert.engine import kernels, ops, process
 
 B, H, T, C, F = 4, 12, 64, 312, 1200
 
@@ -160,18 +158,14 @@ def test_row_maximum_is_exact(rng, keys):
     bias = np.zeros((2, keys), np.float32)
     got = kernels.masked_softmax_dropout_forward(scores, bias, 0.125, 0.0, None)[1]
     close(got, ops.masked_softmax_dropout_forward(scores, bias, 0.125, 0.0, None)[1])
-    q, k, v = (rng.normal(size=(2, 3, keys, 8)).astype(np.float32) * 40 for _ in range(3))
-    got = kernels.fused_attention_forward(q, k, v, bias, 0.0, None)[0]
-    close(got, ops.attention_forward(q, k, v, bias, 0.0, None)[0], 1e-4)
 
 
-FUSED = SimpleNamespace(attention_forward=kernels.fused_attention_forward,
-                        attention_backward=kernels.fused_attention_backward)
-
-
-@pytest.mark.parametrize("impl", [kernels, FUSED], ids=["batched-blas", "fused"])
 @pytest.mark.parametrize("p", [0.0, 0.1])
-def test_attention_twins(rng, p, impl):
+def test_attention_twins(rng, p):
+    check_attention_twins(kernels, rng, p)
+
+
+def check_attention_twins(impl, rng, p):
     """The attention core as the model calls it: q, k, v strided views of the fused QKV product,
     the context written into the merged-heads layout, the gradients into the fused QKV gradient."""
     q, k, v = fused_qkv_views(rng)
@@ -195,12 +189,12 @@ def test_attention_twins(rng, p, impl):
     assert np.isfinite(dqkv).all()                             # every entry written
 
 
-def _layout(cache):
+def cache_layout(cache):
     """A cache's structure: its type, and per field the type, or shape and dtype of an array."""
     if isinstance(cache, np.ndarray):
         return ("array", cache.shape, cache.dtype)
     if isinstance(cache, tuple):
-        return (type(cache).__name__, getattr(cache, "_fields", None), tuple(_layout(c) for c in cache))
+        return (type(cache).__name__, getattr(cache, "_fields", None), tuple(cache_layout(c) for c in cache))
     return type(cache).__name__
 
 
@@ -219,12 +213,10 @@ def test_twins_share_cache_layouts(rng):
         "dropout": lambda impl: impl.dropout_forward(x, 0.1, np.random.default_rng(1)),
         "attention": lambda impl: impl.attention_forward(q, k, v, bias, 0.1, np.random.default_rng(1)),
     }
-    calls["fused attention"] = lambda impl: (FUSED if impl is kernels else impl).attention_forward(
-        q, k, v, bias, 0.1, np.random.default_rng(1))
     for name, call in calls.items():
-        fast, ref = _layout(call(kernels)[-1]), _layout(call(ops)[-1])
+        fast, ref = cache_layout(call(kernels)[-1]), cache_layout(call(ops)[-1])
         assert fast == ref, f"{name}: kernel cache {fast} != NumPy cache {ref}"
-    assert _layout(calls["layernorm"](ops)[-1])[1] == ("xhat", "rstd", "gamma")      # the check sees fields
+    assert cache_layout(calls["layernorm"](ops)[-1])[1] == ("xhat", "rstd", "gamma")      # the check sees fields
 
 
 @pytest.fixture
@@ -242,15 +234,15 @@ def two_numba_threads():
 def test_batched_matmul_splits_and_is_matmul(rng, monkeypatch, two_numba_threads, batch):
     """Inside a single-threaded-BLAS region the per-head products are split over our threads:
     bit-identical to np.matmul, strided out= included, and the BLAS thread count is never set."""
-    if not kernels.blas_thread_control():
+    if not process.blas_thread_control():
         pytest.skip("no OpenBLAS found: batched_matmul is np.matmul")
     q, k, v = fused_qkv_views(rng, batch)
-    with kernels.single_threaded_blas():
-        set_threads, get_threads = kernels.blas_thread_control()
+    with process.single_threaded_blas():
+        set_threads, get_threads = process.blas_thread_control()
         sets, splits = [], []
-        monkeypatch.setattr(kernels, "_blas", (lambda n: sets.append(n), get_threads))
-        real_pool = kernels._thread_pool
-        monkeypatch.setattr(kernels, "_thread_pool", lambda n: splits.append(n) or real_pool(n))
+        monkeypatch.setattr(process, "_blas", (lambda n: sets.append(n), get_threads))
+        real_pool = process.thread_pool
+        monkeypatch.setattr(process, "thread_pool", lambda n: splits.append(n) or real_pool(n))
         scores = kernels.batched_matmul(q, k.swapaxes(-1, -2))
         merged, context_view = merged_heads(batch)
         kernels.batched_matmul(scores, v, out=context_view)
@@ -264,20 +256,20 @@ def test_single_threaded_blas_regions_nest_across_threads():
     """The first region to open sets one thread, the last to close restores the count, whatever
     the order and the threads they close in."""
     import threading
-    control = kernels.blas_thread_control()
+    control = process.blas_thread_control()
     if not control:
         pytest.skip("no OpenBLAS found")
     set_threads, get_threads = control
     saved = get_threads()
     set_threads(3)
     try:
-        outer = kernels.single_threaded_blas()
+        outer = process.single_threaded_blas()
         outer.__enter__()
         assert get_threads() == 1
         opened, release = threading.Event(), threading.Event()
 
         def other():
-            with kernels.single_threaded_blas():
+            with process.single_threaded_blas():
                 opened.set()
                 release.wait(10)
 

@@ -4,15 +4,15 @@ file never reuses."""
 import numpy as np
 import pytest
 
-from minitinybert.batches import TaskBatches
-from minitinybert.config import BertConfig
-from minitinybert.datafiles import load_split
+from minitinybert.data.batches import TaskBatches
+from minitinybert.engine.config import BertConfig
+from minitinybert.data.task_files import load_split
 from minitinybert.distill import LossWeights, prediction_step
-from minitinybert.logits_cache import teacher_logits
-from minitinybert.model import Bert
-from minitinybert.tasks import get_task
-from minitinybert.teacher import resolve_teacher
-from minitinybert.tokenizer import Tokenizer
+from minitinybert.distill.logits_cache import teacher_logits
+from minitinybert.engine.model import Bert
+from minitinybert.data.tasks import get_task
+from minitinybert.engine.teacher import resolve_teacher
+from minitinybert.data.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_the_pass_in_two_threads_gives_the_one_thread_logits(tok, tmp_path):
 
 
 def test_the_evaluator_on_two_threads_gives_the_one_thread_metrics(tok, tmp_path, monkeypatch):
-    import minitinybert.distill as distill
+    import minitinybert.distill.steps as distill
     examples = write_sst2(tmp_path / "data", TEXTS * 13)         # 130 examples: three batches of 64
     model = small(tok, 2, 16, 2, seed=3)
     threads = []

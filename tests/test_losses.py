@@ -5,8 +5,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minitinybert import loss_kernels, losses
-from gradcheck import assert_grad_close, numeric_grad
+from minitinybert.engine import loss_kernels
+
+from minitinybert.engine import losses
+from tests.gradcheck import assert_grad_close, numeric_grad
 
 seeds = st.integers(0, 2**31 - 1)
 small = st.integers(1, 4)

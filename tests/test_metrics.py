@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from minitinybert.metrics import evaluate, rankdata
-from minitinybert.tasks import DataError
+from minitinybert.data.metrics import evaluate, rankdata
+from minitinybert.data.tasks import DataError
 
 
 def test_classification_metrics_by_hand():

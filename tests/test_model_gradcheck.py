@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minitinybert.config import BertConfig
-from minitinybert.model import Bert
-from gradcheck import assert_grad_close, check_directional, numeric_grad
+from minitinybert.engine.config import BertConfig
+from minitinybert.engine.model import Bert
+from tests.gradcheck import assert_grad_close, check_directional, numeric_grad
 
 
 def tiny_config(**kw):
@@ -78,7 +78,7 @@ def test_full_model_gradients(use_kernels, num_labels, batch, dropout):
 
 def test_wrong_backward_is_caught(monkeypatch):
     """The check has teeth: a GELU derivative off by a little makes it fail."""
-    from minitinybert import ops
+    from minitinybert.engine import ops
     cfg = tiny_config(num_labels=2)
     model = Bert(cfg, dtype=np.float64, seed=0, use_kernels=False)
     original = ops.bias_gelu_backward

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minitinybert.corpus import StreamedFiles
+from minitinybert.data.corpus import StreamedFiles
 from minitinybert.distill import main
-from tiny_world import build_world, sentences
+from tests.tiny_world import build_world, sentences
 
 ROOT = Path(__file__).resolve().parent.parent
 MPIEXEC = shutil.which("mpiexec")

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from minitinybert.optim import AdamW, clip_grad_norm, decay_mask, linear_schedule
-from minitinybert.params import ParamSet
+from minitinybert.engine.optim import AdamW, clip_grad_norm, decay_mask, linear_schedule
+from minitinybert.engine.params import ParamSet
 
 SHAPES = {"dense.weight": (3, 4), "dense.bias": (3,), "LayerNorm.weight": (4,), "emb.weight": (5, 2)}
 

@@ -4,12 +4,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minitinybert.config import BertConfig
+from minitinybert.engine.config import BertConfig
 from minitinybert.distill import LossWeights, finetune_step, intermediate_step, layer_mapping, prediction_step
-from minitinybert.model import Bert
-from minitinybert.parallel import DataParallel, Rows, rows_of, shard_rows
-from minitinybert.tokenizer import Batch
-from minitinybert.world import Shards
+from minitinybert.engine.model import Bert
+from minitinybert.data.shards import Rows, Shards, rows_of, shard_rows
+from minitinybert.training.parallel import DataParallel
+from minitinybert.data.tokenizer import Batch
 
 TEACHER = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
                      intermediate_size=24, max_position_embeddings=32, num_labels=2)
@@ -146,7 +146,7 @@ def test_a_job_launched_without_mpi4py_is_refused(monkeypatch):
     refused with a clear message. Without a launcher, one process, and MPI is not even imported."""
     import sys
 
-    from minitinybert import world
+    from minitinybert.training import world
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(world, "_world", None)

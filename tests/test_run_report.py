@@ -1,16 +1,13 @@
-"""tools/run_report.py: stage minutes from the files a run leaves, padding and best dev from its logs;
-tools/compare_evals.py: several runs' evaluations side by side."""
+"""tools/reports/run_report.py: stage minutes from the files a run leaves, padding and best dev from its
+logs; tools/reports/compare_evals.py: several runs' evaluations side by side."""
 import json
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import run_report  # noqa: E402
+from tools.reports import compare_evals, run_report
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc).timestamp()
 
@@ -132,7 +129,6 @@ def test_several_runs_make_one_table_with_the_papers_ratio(tmp_path, capsys):
 
 
 def test_compare_evals_gives_best_last_mean_and_their_mean(tmp_path, capsys):
-    import compare_evals
     write_log(tmp_path / "a", [(10, 10)] * 4, [0.80, 0.90, 0.85, 0.86], ended_minute=1)
     write_log(tmp_path / "b", [(10, 10)] * 2, [0.70, 0.88], ended_minute=1)
     a = compare_evals.summarise(tmp_path / "a", last=3)
@@ -147,7 +143,6 @@ def test_compare_evals_gives_best_last_mean_and_their_mean(tmp_path, capsys):
 
 
 def test_records_of_another_kind_are_neither_steps_nor_evaluations(tmp_path):
-    import compare_evals
     write_log(tmp_path / "a", [(10, 12)] * 3, [0.80, 0.90], ended_minute=1)
     with open(tmp_path / "a" / "log.jsonl", "a") as log:
         log.write(json.dumps({"step": 200, "ema_accuracy": 0.91}) + "\n")

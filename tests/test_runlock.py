@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from minitinybert import runlock
-from minitinybert.runlock import RunLock, RunLockError
+from minitinybert.training import runlock
+from minitinybert.training.runlock import RunLock, RunLockError
 
 ROOT = Path(__file__).resolve().parent.parent
-HOLD = "import sys, time; from minitinybert.runlock import RunLock; RunLock(sys.argv[1]).__enter__(); " \
+HOLD = "import sys, time; from minitinybert.training.runlock import RunLock; RunLock(sys.argv[1]).__enter__(); " \
        "print('held', flush=True); time.sleep(120)"
 
 
@@ -69,7 +69,7 @@ def no_flock(monkeypatch):
 
 def _record(directory, **fields):
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": "python -m minitinybert.distill all",
-              "started": "2024-01-01T00:00:00+00:00", "process_start": runlock._process_start(os.getpid())}
+              "started": "2024-01-01T00:00:00+00:00", "process_start": runlock.process_start_time(os.getpid())}
     (directory / "run.lock").write_text(json.dumps({**holder, **fields}))
 
 

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minitinybert import runtime
-from minitinybert.config import BertConfig
+from minitinybert.engine.config import BertConfig
 from minitinybert.export import export_model, export_runtime, quantize_rows
-from minitinybert.model import Bert
-from minitinybert.weights import save_checkpoint
+from minitinybert.engine.model import Bert
+from minitinybert.engine.weights import save_checkpoint
 
 RUNTIME_PY = Path(runtime.__file__)
 WORDS = ["the", "an", "movie", "film", "good", "bad", "great", "dull", "plot", "actor", "is", "was", "not",
@@ -281,8 +281,8 @@ def test_numpy_and_numba_kernels_agree(tmp_path):
 
 @pytest.mark.slow
 def test_real_teacher_embeddings_equal_engine(tmp_path):
-    from minitinybert.teacher import resolve_teacher
-    from minitinybert.weights import load_model
+    from minitinybert.engine.teacher import resolve_teacher
+    from minitinybert.engine.weights import load_model
 
     teacher_dir = resolve_teacher(None)
     model = load_model(teacher_dir)
@@ -346,7 +346,7 @@ def test_export_cli_table(tmp_path):
                      "--dtypes", "float32,float16,int8", "--quantize-embeddings"]) == 0
     rows = [line.split() for line in buf.getvalue().splitlines()[2:]]
     assert [r[0] for r in rows] == ["float32", "float16", "int8"]
-    from minitinybert.metrics import evaluate
+    from minitinybert.data.metrics import evaluate
     expected = evaluate("sst2", runtime.load(tmp_path / "out2" / "runtime-float32.safetensors").logits(TEXTS),
                         np.arange(len(TEXTS)) % 2)["main"]
     assert abs(float(rows[0][3]) - expected) < 1e-4 and float(rows[0][4]) == 0.0

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minitinybert import runtime
-from minitinybert.config import BertConfig
+from minitinybert.engine.config import BertConfig
 from minitinybert.export import export_model
-from minitinybert.model import Bert
+from minitinybert.engine.model import Bert
 from minitinybert.runtime import RuntimeModelError
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghij") + ["##" + c for c in "abcdefghij"]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from minitinybert import runtime
-from minitinybert.config import BertConfig
+from minitinybert.engine.config import BertConfig
 from minitinybert.export import export_model
-from minitinybert.model import Bert
+from minitinybert.engine.model import Bert
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz.,!?é") + \
         ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] + ["good", "bad", "movie", "the", "was", "cafe"]

@@ -15,7 +15,7 @@ from tokenizers.implementations import BertWordPieceTokenizer  # noqa: E402
 
 @functools.lru_cache(maxsize=None)
 def vocab_path() -> str:
-    from minitinybert.teacher import resolve_teacher
+    from minitinybert.engine.teacher import resolve_teacher
     return str(resolve_teacher(None) / "vocab.txt")
 
 

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from minitinybert.config import ConfigError
+from minitinybert.engine.config import ConfigError
 from minitinybert.distill import layer_mapping, main
-from minitinybert.model import Bert
-from minitinybert.subclone import hidden_importance, kept_layers, resolve_mode, subclone_weights
-from minitinybert.tokenizer import Batch
-from minitinybert.weights import load_model
-from tiny_world import STUDENT, TEACHER, build_world
+from minitinybert.engine.model import Bert
+from minitinybert.distill.subclone import hidden_importance, kept_layers, resolve_mode, subclone_weights
+from minitinybert.data.tokenizer import Batch
+from minitinybert.engine.weights import load_model
+from tests.tiny_world import STUDENT, TEACHER, build_world
 
 
 def samples(seed=0, n=2, B=3, T=7):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from minitinybert import tasks
-from minitinybert.tasks import DataError, Examples, get_task
+from minitinybert.data import tasks
+from minitinybert.data.tasks import DataError, Examples, get_task
 
 
 def test_get_task_aliases():

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minitinybert.teacher import resolve_teacher
-from minitinybert.weights import load_model
+from minitinybert.engine.teacher import resolve_teacher
+from minitinybert.engine.weights import load_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "teacher_reference.npz"
 
@@ -25,12 +25,12 @@ def reference():
 @pytest.mark.parametrize("use_kernels", [True, False])
 @pytest.mark.parametrize("name", ["single", "pair"])
 def test_hidden_states_match_transformers(teacher, reference, name, use_kernels):
-    teacher.ops = __import__("minitinybert.kernels" if use_kernels else "minitinybert.ops", fromlist=["x"])
+    teacher.ops = __import__("minitinybert.engine.kernels" if use_kernels else "minitinybert.engine.ops", fromlist=["x"])
     try:
         out = teacher.forward(reference[f"{name}_input_ids"], reference[f"{name}_token_type_ids"],
                               reference[f"{name}_attention_mask"])
     finally:
-        teacher.ops = __import__("minitinybert.kernels", fromlist=["x"])
+        teacher.ops = __import__("minitinybert.engine.kernels", fromlist=["x"])
     mask = reference[f"{name}_attention_mask"].astype(bool)
     expected = reference[f"{name}_hidden"]
     assert len(out.hidden_states) == expected.shape[0]

@@ -5,8 +5,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from minitinybert import teacher
-from minitinybert.tokenizer import Tokenizer, TokenizerError
+from minitinybert.engine import teacher
+from minitinybert.data.tokenizer import Tokenizer, TokenizerError
 
 SENTENCES = [
     "Hello, world! This movie was un-believably GOOD.",

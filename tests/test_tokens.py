@@ -7,11 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minitinybert.distill import main
-from minitinybert.tasks import DataError, Examples, get_task
-from minitinybert.teacher import resolve_teacher
-from minitinybert.tokenizer import Tokenizer
-from minitinybert.tokens import examples_dataset, token_table, tokenize_in_memory
-from test_distill import cli, world  # noqa: F401  (the tiny world, a fixture)
+from minitinybert.data.tasks import DataError, Examples, get_task
+from minitinybert.engine.teacher import resolve_teacher
+from minitinybert.data.tokenizer import Tokenizer
+from minitinybert.data.token_cache import examples_dataset, token_table, tokenize_in_memory
+from tests.test_distill import cli, world  # noqa: F401  (the tiny world, a fixture)
 
 WORDS = ["the", "film", "was", "un", "##believably", "good", "!", "naïve", "café", "[MASK]", "émigré", "x" * 30,
          "don't", "\"quoted\"", "42", "日本"]
@@ -115,7 +115,7 @@ def test_examples_as_a_dataset():
 
 
 def test_a_table_refuses_what_it_does_not_hold(tok):
-    from minitinybert.batches import TaskBatches
+    from minitinybert.data.batches import TaskBatches
     examples = sst2_like(5)
     table = tokenize_in_memory(examples, tok, 16)
     with pytest.raises(DataError, match="at least one example"):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from minitinybert.config import BertConfig, ConfigError
-from minitinybert.model import Bert
-from minitinybert.weights import WeightsError, export_tensors, load_model, save_checkpoint
+from minitinybert.engine.config import BertConfig, ConfigError
+from minitinybert.engine.model import Bert
+from minitinybert.engine.weights import WeightsError, export_tensors, load_model, save_checkpoint
 
 SMALL = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                    intermediate_size=12, max_position_embeddings=16, type_vocab_size=2)
@@ -179,17 +179,16 @@ def test_save_checkpoint_never_leaves_a_partial_directory(tmp_path, monkeypatch,
     model = Bert(SMALL, seed=0)
     target = save_checkpoint(model, tmp_path / "ckpt")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
-    import minitinybert.weights as weights
-    real = weights._write_all
+    real = os.write
 
-    def fail_half_way(fd, data):
+    def fail_half_way(fd, data):              # every file of a checkpoint is written through os.write
         data = memoryview(data).cast("B")
         if len(data) > 1000:
             real(fd, data[: len(data) // 2])
             raise failure
-        real(fd, data)
+        return real(fd, data)
 
-    monkeypatch.setattr(weights, "_write_all", fail_half_way)
+    monkeypatch.setattr(os, "write", fail_half_way)
     with pytest.raises(type(failure)) as info:
         save_checkpoint(Bert(SMALL, seed=1), target)
     if isinstance(failure, OSError):
@@ -201,7 +200,7 @@ def test_save_checkpoint_never_leaves_a_partial_directory(tmp_path, monkeypatch,
 def test_checkpoint_files_are_what_safetensors_writes():
     """Tensors go to the disk straight from their arrays, in the bytes safetensors itself writes."""
     from safetensors.numpy import save
-    import minitinybert.weights as weights
+    import minitinybert.engine.weights as weights
     tensors = export_tensors(Bert(SMALL.replace(num_labels=3), seed=0))
     tensors["empty"] = np.zeros((0, 4), np.float32)
     assert b"".join(bytes(memoryview(p).cast("B")) for p in weights.safetensors_pieces(tensors)) == \
@@ -212,7 +211,7 @@ def test_metadata_is_written_in_one_order(tmp_path):
     """safetensors orders several metadata keys afresh in every call; the files here must not
     depend on it (the teacher-logits cache of two identical runs once differed in its header)."""
     from safetensors import safe_open
-    import minitinybert.weights as weights
+    import minitinybert.engine.weights as weights
     tensors = {"logits": np.arange(6, dtype=np.float32).reshape(3, 2)}
     metadata = {"version": "1", "key": "abc", "cache_format": "logits", "examples": "3"}
     written = {b"".join(bytes(memoryview(p).cast("B")) for p in weights.safetensors_pieces(tensors, metadata))
@@ -229,7 +228,7 @@ def test_a_swap_cut_short_is_undone_or_recovered(tmp_path, monkeypatch):
     """Replacing a checkpoint renames it aside, then the new one into place. A failure of the second
     rename puts the old one back; a kill between the two leaves <name>.old, which recover_checkpoint
     restores (and it clears unfinished .part copies)."""
-    import minitinybert.weights as weights
+    import minitinybert.engine.weights as weights
     target = save_checkpoint(Bert(SMALL, seed=0), tmp_path / "last")
     before = (target / "model.safetensors").read_bytes()
     real_replace = os.replace

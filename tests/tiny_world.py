@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitinybert.config import BertConfig
-from minitinybert.model import Bert
-from minitinybert.weights import save_checkpoint
+from minitinybert.engine.config import BertConfig
+from minitinybert.engine.model import Bert
+from minitinybert.engine.weights import save_checkpoint
 
 WORDS = ("the a film movie was is good bad great awful fun dull plot actors story , . ! and not very "
          "funny boring loved hated it this").split()

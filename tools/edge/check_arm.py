@@ -3,7 +3,7 @@ BLAS) for arm64 and armhf, run under qemu-user-static, give the labels, scores, 
 embeddings that x86-64 gives, for a float32 and an int8 file (tinybert4 shape, real vocabulary).
 
     apt-get update && apt-get install -y mmdebstrap qemu-user-static     # once; needs root
-    python3 tools/edge/check_arm.py [--roots /var/tmp/minitinybert-edge] [--arch arm64,armhf] [--blas openblas]
+    python3 -m tools.edge.check_arm [--roots /var/tmp/minitinybert-edge] [--arch arm64,armhf] [--blas openblas]
 
 Each root is built once with `mmdebstrap --variant=extract` (packages unpacked, no maintainer
 script run: the libblas.so.3 / liblapack.so.3 alternative links are made here by hand) from the
@@ -60,12 +60,11 @@ def build_root(arch: str, root: Path, mirror: str, suite: str, blas: str) -> Non
 def make_models(directory: Path) -> dict:
     """float32 and int8 (quantized embeddings too) files of a random tinybert4 with 3 labels, its
     head sharpened and centred on TEXTS so that the labels vary and the scores differ clearly."""
-    sys.path.insert(0, str(REPO))
     from minitinybert import runtime
-    from minitinybert.config import preset
+    from minitinybert.engine.config import preset
     from minitinybert.export import export_model
-    from minitinybert.model import Bert
-    from minitinybert.teacher import resolve_teacher
+    from minitinybert.engine.model import Bert
+    from minitinybert.engine.teacher import resolve_teacher
 
     vocab = resolve_teacher(None, log=lambda *a: None) / "vocab.txt"
     tokens = [line.rstrip("\r\n") for line in open(vocab, encoding="utf-8")]

@@ -2,7 +2,9 @@
 
     python3 probe.py RUNTIME_PY MODEL TEXTS_JSON
 
-Standard library and NumPy only (this is what runs inside the Debian arm64 / armhf roots)."""
+Standard library and NumPy only (this is what runs inside the Debian arm64 / armhf roots). A script
+run by its path, not a module: the roots hold runtime.py and this file, not the package, which is
+why runtime.py is loaded from the path given."""
 import json
 import platform
 import sys
