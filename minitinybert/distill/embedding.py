@@ -1,0 +1,382 @@
+"""The embedding stage: a student whose sentence embedding is the teacher's, distilled on the general corpus.
+
+    python -m minitinybert.distill.embedding [general's options] [--embed-steps N] [--embed-objective cosine|mse]
+    mpiexec -n K python -m minitinybert.distill.embedding ...       # data-parallel, as the other stages
+
+The teacher's sentence embedding is its own pipeline, read from the sentence-transformers files it
+ships (engine/pooling.py: modules.json, 1_Pooling/config.json, Normalize, sentence_bert_config.json):
+for all-MiniLM-L6-v2, the mean of the last hidden states over real tokens, L2-normalised. The
+student's is the same pooling of its own last hidden states, mapped to the teacher's width by
+TinyBERT's last projection (fit_denses.M, which the general stage trained to map the student's last
+hidden states onto the teacher's: a linear map commutes with the mean, so it starts as a fit of the
+pooled vector too), then normalised. The objective (engine/losses.py): the cosine distance
+(default) or the MSE of the two embeddings, weighted by --w-sentence, alone (--embed-layers 0,
+default) or added to TinyBERT's layer losses (embedding output, hidden states, attention scores,
+weighted by --w-embedding/--w-hidden/--w-attention) times --embed-layers.
+
+The student starts from the general student (--general-student, else the one `general`/`all` made
+for these settings in runs/general/), else from the teacher's weights cut to the student's size
+(subclone.py) when there is none. Sequences: the corpus packed into --embed-seq-len tokens, one
+segment. The run resumes exactly (--resume) and runs under mpiexec like the general stage (the
+training loop, parallel.py). At the end, zero-shot STS-B dev Spearman of cosine for teacher and
+student (--sts-file, default <data>/glue/STS-B/dev.tsv) is printed and written to <out>/summary.json;
+the student is in <out>/final with `embedding.json` (pooling, normalisation, maximum length, which
+projection), which export.py carries into the runtime file and the sentence-transformers folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import subclone
+from .general import SUBCLONE_SAMPLES, checkpoint_of, describe, general_plan, read_record
+from .recipe import layer_mapping
+from .sources import corpus_dir
+from ..data.corpus import CorpusBatcher
+from ..data.sts import read_similarity_file, similarity_scores
+from ..data.task_files import DATA_ENV, data_root
+from ..data.tokenizer import Tokenizer
+from ..engine import loss_kernels, losses
+from ..engine.config import ConfigError
+from ..engine.model import Bert
+from ..engine.pooling import SentenceConfig, embed_backward, embed_forward, ensure_sentence_files
+from ..engine.teacher import resolve_teacher
+from ..engine.weights import load_model, save_checkpoint, write_file
+from ..training.loop import LoopConfig, StepResult, TrainingError, train
+from ..training.parallel import DataParallel
+from ..training.world import get_world
+
+EMBEDDING_FILE = "embedding.json"
+OBJECTIVES = ("cosine", "mse")
+DEFAULTS = {"embed_objective": "cosine", "embed_steps": 1000, "embed_lr": 2e-4, "embed_seq_len": 64,
+            "w_sentence": 1.0, "embed_layers": 0.0, "sts_file": None, "eval_limit": None, "embed_eval_every": 250}
+
+
+# --- the sentence embedding of a model ---------------------------------------------------------------
+
+def projection_names(config) -> tuple[str, str] | None:
+    """The student's projection to the teacher's width, applied to its pooled embedding: TinyBERT's last
+    fit_dense (None without projections)."""
+    if not config.fit_size:
+        return None
+    prefix = "fit_dense" if config.fit_shared else f"fit_denses.{config.num_hidden_layers}"
+    return prefix + ".weight", prefix + ".bias"
+
+
+def read_embedding_config(directory) -> tuple[SentenceConfig, str | None] | None:
+    """(SentenceConfig, projection prefix or None) of a checkpoint this stage wrote (embedding.json), or
+    of a sentence-transformers folder (no projection); None when the directory says neither."""
+    directory = Path(directory)
+    file = directory / EMBEDDING_FILE
+    if file.is_file():
+        raw = json.loads(file.read_text(encoding="utf-8"))
+        return (SentenceConfig(raw.get("pooling", "mean"), bool(raw.get("normalize", True)), raw.get("max_seq_length")),
+                raw.get("projection"))
+    found = ensure_sentence_files(directory)
+    return None if found is None else (found, None)
+
+
+def model_projection(model: Bert, prefix: str | None):
+    if not prefix:
+        return None
+    return model.params[prefix + ".weight"], model.params[prefix + ".bias"]
+
+
+def embed_texts(model: Bert, tokenizer: Tokenizer, texts: list[str], sentence: SentenceConfig, projection=None,
+                batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
+    """(N, D) sentence embeddings by the training engine (eval mode), texts sorted by length into batches."""
+    limit = min(max_length or sentence.max_seq_length or 128, model.config.max_position_embeddings)
+    lengths = tokenizer.lengths(texts, max_length=limit)
+    order = np.argsort(lengths, kind="stable")
+    out = None
+    for start in range(0, len(texts), batch_size):
+        rows = order[start:start + batch_size]
+        batch = tokenizer.encode([texts[i] for i in rows], max_length=limit)
+        width = int(batch.attention_mask.sum(axis=1).max())
+        ids, types, mask = (a[:, :width] for a in (batch.input_ids, batch.token_type_ids, batch.attention_mask))
+        hidden = model.forward(ids, types, mask).hidden_states[-1]
+        vectors = embed_forward(hidden, mask, sentence, projection)[0]
+        if out is None:
+            out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[rows] = vectors
+    return out
+
+
+# --- one step ----------------------------------------------------------------------------------------
+
+@dataclass
+class EmbeddingWeights:
+    sentence: float = 1.0
+    embedding: float = 0.0     # TinyBERT's layer losses, already multiplied by --embed-layers
+    hidden: float = 0.0
+    attention: float = 0.0
+
+
+def embedding_step(teacher: Bert, student: Bert, batch, rng, mapping: list[int], w: EmbeddingWeights,
+                   objective: str, teacher_sentence: SentenceConfig, student_sentence: SentenceConfig,
+                   grads=None, share: float = 1.0) -> StepResult:
+    """The sentence-embedding loss (and TinyBERT's layer losses when weighted); gradients into `grads`
+    scaled by `share`, as distill's intermediate_step."""
+    mask = batch.attention_mask
+    t_out = teacher.forward(batch.input_ids, batch.token_type_ids, mask)
+    s_out = student.forward(batch.input_ids, batch.token_type_ids, mask, rng=rng, keep_cache=True)
+    P, cfg = student.params, student.config
+    names = projection_names(cfg)
+    t_emb = embed_forward(t_out.hidden_states[-1], mask, teacher_sentence)[0]
+    projection = (P[names[0]], P[names[1]]) if names else None
+    s_emb, cache = embed_forward(s_out.hidden_states[-1], mask, student_sentence, projection)
+    forward, backward = ((losses.embedding_cosine_forward, losses.embedding_cosine_backward) if objective == "cosine"
+                         else (losses.embedding_mse_forward, losses.embedding_mse_backward))
+    loss, loss_cache = forward(s_emb, t_emb)
+    dh_last, dproj = embed_backward(cache, backward(loss_cache, w.sentence * share))
+    L = cfg.num_hidden_layers
+    dhidden, dscores, extra = {L: dh_last}, {}, []
+    if dproj is not None:
+        extra.append((names[0], dproj[0]))
+        extra.append((names[1], dproj[1]))
+    terms = {"loss_sentence": loss}
+    total = w.sentence * loss
+    for m, g in enumerate(mapping):              # TinyBERT's layer losses, as intermediate_step
+        weight = w.embedding if m == 0 else w.hidden
+        if weight == 0:
+            continue
+        prefix = "fit_dense" if cfg.fit_shared else f"fit_denses.{m}"
+        value, c = losses.projected_mse_forward(s_out.hidden_states[m], P[prefix + ".weight"], P[prefix + ".bias"],
+                                                t_out.hidden_states[g])
+        dh, dW, db = losses.projected_mse_backward(c, P[prefix + ".weight"], weight * share)
+        dhidden[m] = dhidden[m] + dh if m in dhidden else dh
+        extra += [(prefix + ".weight", dW), (prefix + ".bias", db)]
+        key = "loss_embedding" if m == 0 else "loss_hidden"
+        terms[key] = terms.get(key, 0.0) + value
+        total += weight * value
+    if w.attention:
+        terms["loss_attention"] = 0.0
+        for m in range(1, len(mapping)):
+            value, c = loss_kernels.attention_mse_forward(s_out.attention_scores[m - 1],
+                                                          t_out.attention_scores[mapping[m] - 1], overwrite=True)
+            dscores[m - 1] = loss_kernels.attention_mse_backward(c, w.attention * share)
+            terms["loss_attention"] += value
+        total += w.attention * terms["loss_attention"]
+    grads = student.backward(s_out, dhidden=dhidden, dscores=dscores, grads=grads)
+    for name, g in extra:                        # after backward, which zeroes the buffer
+        grads[name][...] += g
+    B, T = batch.input_ids.shape
+    return StepResult({"loss": total, **terms}, B, int(mask.sum()), B * T)
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+def _option(config, name):
+    value = getattr(config, name, None)
+    return DEFAULTS.get(name) if value is None else value
+
+
+def sts_file(config) -> Path | None:
+    """--sts-file, else <data>/glue/STS-B/dev.tsv when there; None: no evaluation."""
+    if _option(config, "sts_file"):
+        return Path(config.sts_file)
+    if config.data or os.environ.get(DATA_ENV):
+        path = data_root(config.data) / "glue" / "STS-B" / "dev.tsv"
+        return path if path.is_file() else None
+    return None
+
+
+def starting_student(config, teacher: Bert, teacher_dir: Path, log) -> tuple[Bert, list[int], str]:
+    """(student, layer mapping, where it came from): the general student, else a subclone of the teacher."""
+    if getattr(config, "general_student", None):
+        path = checkpoint_of(config.general_student)
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(f"general student not found at {path}")
+        plan = None
+    else:
+        plan = general_plan(config, log)
+        path = plan.directory / "final"
+    if (path / "model.safetensors").exists():
+        student = load_model(path)
+        record = read_record(path)
+        how = f"the general student in {path}" + (f" ({describe(record)})" if record else "")
+        mapping = layer_mapping(student.config.num_hidden_layers, teacher.config.num_hidden_layers,
+                                    config.mapping)
+        return student, mapping, how
+    if plan.init != "subclone":
+        raise ConfigError(f"no general student in {path} and the student cannot be cut from the teacher "
+                          f"({plan.init_reason}): run `python -m minitinybert.distill general` first")
+    student = Bert(plan.student_config, seed=config.seed)
+    samples = CorpusBatcher(corpus_dir(config), plan.tokenizer, seq_len=config.general_seq_len, batch_size=8,
+                            seed=config.seed, streaming=config.corpus_streaming, column=config.corpus_column,
+                            segments=config.general_segments)
+    try:
+        batches = [next(samples) for _ in range(SUBCLONE_SAMPLES)]
+    finally:
+        samples.close()
+    student.params.data[...] = subclone.subclone_weights(teacher, plan.student_config, plan.mapping, batches)
+    return student, plan.mapping, f"the teacher's weights cut to {config.student} (subclone.py; no general " \
+                                  f"student in {plan.directory})"
+
+
+def run_embedding(config, log=print) -> Path | None:
+    """The embedding stage (see the module's docstring); returns <out>/final, or None when stopped early."""
+    world = get_world()
+    objective = _option(config, "embed_objective")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--embed-objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    with world.root_first():
+        teacher_dir = resolve_teacher(config.teacher)
+        teacher_sentence = world.root_call(ensure_sentence_files, teacher_dir)
+    teacher_sentence = teacher_sentence or SentenceConfig("mean", True, None)
+    teacher = load_model(teacher_dir, log=log)
+    tokenizer = Tokenizer.from_dir(teacher_dir)
+    out = Path(config.out)
+    continuing = config.resume and world.root_call((out / "last").exists)
+    student, mapping, how = starting_student(config, teacher, teacher_dir, log)
+    if student.config.vocab_size != teacher.config.vocab_size:
+        raise ConfigError("teacher and student vocabularies differ")
+    names = projection_names(student.config)
+    width_s, width_t = student.config.hidden_size, teacher.config.hidden_size
+    if names is None and width_s != width_t:
+        raise ConfigError(f"the student ({width_s}) and the teacher ({width_t}) differ in width and the student has "
+                          f"no projection (fit_dense) to map its embedding")
+    student_sentence = SentenceConfig(teacher_sentence.pooling, teacher_sentence.normalize,
+                                      teacher_sentence.max_seq_length)
+    layers = float(_option(config, "embed_layers"))
+    w = EmbeddingWeights(float(_option(config, "w_sentence")), layers * config.w_embedding, layers * config.w_hidden,
+                         layers * config.w_attention)
+    if w.attention and student.config.num_attention_heads != teacher.config.num_attention_heads:
+        raise ConfigError("the attention loss needs as many heads in the student as in the teacher: --w-attention 0")
+    log(f"[embedding] teacher {teacher_dir}: {teacher_sentence.pooling} pooling"
+        f"{', normalised' if teacher_sentence.normalize else ''}, max_seq_length {teacher_sentence.max_seq_length}")
+    log(f"[embedding] student from {'its last checkpoint (--resume)' if continuing else how}; objective: {objective} "
+        f"x {w.sentence:g}" + (f" + layer losses x {layers:g}" if layers else " alone")
+        + (f"; its embedding through {names[0].rsplit('.', 1)[0]} to width {width_t}" if names else ""))
+    runner = DataParallel(student, config.workers, world)
+    corpus = CorpusBatcher(corpus_dir(config), tokenizer, seq_len=int(_option(config, "embed_seq_len")),
+                           batch_size=config.batch_size, seed=config.seed, shards=runner.shards,
+                           streaming=config.corpus_streaming, column=config.corpus_column, segments=1)
+    sts = sts_file(config)
+    limit = _option(config, "eval_limit")
+    pairs = world.root_call(read_similarity_file, sts, limit) if sts else None
+    prefix = names[0].rsplit(".", 1)[0] if names else None
+
+    def score(model, sentence, projection):
+        return similarity_scores(lambda texts: embed_texts(model, tokenizer, texts, sentence, projection), pairs)
+
+    evaluate = (lambda: score(student, student_sentence, model_projection(student, prefix))) if pairs else None
+    steps = int(_option(config, "embed_steps"))
+    loop = LoopConfig(total_steps=steps, lr=float(_option(config, "embed_lr")), warmup=config.warmup,
+                      weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+                      save_every=config.save_every, eval_every=int(_option(config, "embed_eval_every")),
+                      stop_after=config.stop_after, seed=config.seed)
+    started = time.time()
+    state = train("embedding", student, out, loop, corpus,
+                  lambda batch, rng: runner(lambda b, r, **k: embedding_step(
+                      teacher, student, b, r, mapping, w, objective, teacher_sentence, student_sentence, **k),
+                      batch, rng),
+                  evaluate=evaluate, vocab_from=teacher_dir, resume=config.resume, log=log, world=runner.world)
+    runner.close()
+    if not state.done:
+        return None
+    final = out / "final"
+    if not world.is_root:
+        return final
+    record = {**student_sentence.to_dict(), "projection": prefix, "objective": objective, "steps": state.step,
+              "teacher": str(teacher_dir), "start": how}
+    save_checkpoint(student, final, vocab_from=teacher_dir,
+                    extra_files={EMBEDDING_FILE: json.dumps(record, indent=1) + "\n"})
+    summary = {"stage": "embedding", "final": str(final), "objective": objective, "steps": state.step,
+               "start": how, "minutes_in_steps": _minutes(out / "log.jsonl"),
+               "wall_minutes_this_run": round((time.time() - started) / 60, 2)}
+    if pairs is not None:
+        t0 = time.perf_counter()
+        summary["sts"] = {"file": pairs.source, "pairs": len(pairs),
+                          "teacher": score(teacher, teacher_sentence, None),
+                          "student": score(student, student_sentence, model_projection(student, prefix))}
+        t, s = summary["sts"]["teacher"]["spearman"], summary["sts"]["student"]["spearman"]
+        summary["sts"]["student_over_teacher"] = s / t if t else None
+        log(f"[embedding] zero-shot {Path(pairs.source).parent.name}/{Path(pairs.source).name} Spearman of cosine "
+            f"({len(pairs)} pairs): teacher {t:.4f}, student {s:.4f} ({100 * s / t:.1f}% of the teacher) "
+            f"[{time.perf_counter() - t0:.0f} s]")
+    write_file(out / "summary.json.part", (json.dumps(summary, indent=1) + "\n").encode())
+    os.replace(out / "summary.json.part", out / "summary.json")
+    log(f"[embedding] student ready in {final}; summary in {out / 'summary.json'}")
+    return final
+
+
+def _minutes(log_file: Path) -> float | None:
+    try:
+        rows = [json.loads(x) for x in log_file.read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return None
+    return round(sum(r.get("seconds", 0.0) for r in rows if "seconds" in r) / 60, 2)
+
+
+# --- command line (until distill's parser has an `embed` subcommand) -----------------------------------
+
+def add_options(parser) -> None:
+    """The embedding stage's own options."""
+    g = parser.add_argument_group("embedding stage")
+    g.add_argument("--embed-objective", choices=OBJECTIVES, default=DEFAULTS["embed_objective"],
+                   help="the sentence-embedding loss: cosine distance or MSE to the teacher's embedding (default "
+                        "cosine)")
+    g.add_argument("--embed-steps", type=int, default=DEFAULTS["embed_steps"])
+    g.add_argument("--embed-lr", type=float, default=DEFAULTS["embed_lr"])
+    g.add_argument("--embed-seq-len", type=int, default=DEFAULTS["embed_seq_len"],
+                   help="corpus sequences of this many tokens, one segment (default 64)")
+    g.add_argument("--w-sentence", type=float, default=DEFAULTS["w_sentence"],
+                   help="weight of the sentence-embedding loss (default 1)")
+    g.add_argument("--embed-layers", type=float, default=DEFAULTS["embed_layers"],
+                   help="TinyBERT's layer losses (weighted by --w-embedding/--w-hidden/--w-attention) times this, "
+                        "added to the sentence loss (default 0: the sentence loss alone)")
+    g.add_argument("--sts-file", default=None, help="similarity file the stage is scored on (default "
+                                                    "<data>/glue/STS-B/dev.tsv)")
+    g.add_argument("--eval-limit", type=int, default=None, help="score on the first N pairs only")
+    g.add_argument("--embed-eval-every", type=int, default=DEFAULTS["embed_eval_every"],
+                   help="score the student every N steps (0: at the end only)")
+
+
+def main(argv=None) -> int:
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from .cli import build_parser
+    from .config import RunConfig
+    from ..engine.process import tune_process
+    from ..engine.teacher import TeacherError
+    from ..engine.weights import WeightsError
+    from ..training.loop import describe_os_error
+    from ..training.runlock import RunLockError, writer_lock
+
+    tune_process()
+    own = argparse.ArgumentParser(add_help=False)
+    add_options(own)
+    if argv is None:
+        argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        own.print_help()
+        print("\nand the options of `python -m minitinybert.distill general`")
+        return 0
+    mine, rest = own.parse_known_args(argv)
+    run = RunConfig.from_namespace(build_parser().parse_args(["general", *rest]))
+    config = SimpleNamespace(**{**asdict(run), "command": "embed", "out": run.out or str(Path("runs") / "embedding"),
+                                **vars(mine)})
+    world = get_world()
+    try:
+        with writer_lock(config.out):
+            run_embedding(config)
+    except (TrainingError, WeightsError, ConfigError, TeacherError, RunLockError, FileNotFoundError, ValueError) as e:
+        return world.fail(str(e))
+    except OSError as e:
+        return world.fail(describe_os_error(e))
+    return 0
+
+
+if __name__ == "__main__":
+    from ..training.world import run_main as _run_main
+    sys.exit(_run_main(main))
