@@ -148,7 +148,7 @@ def test_last_evaluations_are_the_mean_and_range_of_the_last_five(tmp_path):
 
 def test_the_recipe_augments_whatever_distills_default_makes_of_the_budget(tmp_path):
     forced = ablate.Ablation("sst2", tmp_path, ["--intermediate-steps", "10"], "task").common
-    assert forced[forced.index("--n-aug") + 1] == str(ablate.AUGMENT_COPIES)
+    assert forced[forced.index("--n-aug") + 1] == str(distill.AUGMENT_COPIES)
     given = ablate.Ablation("sst2", tmp_path, ["--n-aug", "2"], "task").common
     assert given.count("--n-aug") == 1 and given[given.index("--n-aug") + 1] == "2"
     # a variant's own --n-aug 0 comes after the common flags, so it wins

@@ -52,14 +52,8 @@ from pathlib import Path
 
 from minitinybert import distill
 from minitinybert.data.tasks import get_task
+from minitinybert.distill import STAGE_DIRS
 from tools.reports.run_report import read_log
-
-# Where `python -m minitinybert.distill` writes each stage under --out (the run layout the README shows)
-STAGE_DIRS = {"teacher": "teacher", "general": "general", "intermediate": "task-intermediate",
-              "prediction": "task-prediction"}
-# TinyBERT's recipe augments the training set: distill's own copy count when a task stage passes
-# over the set often enough, given here for every budget
-AUGMENT_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -165,7 +159,7 @@ class Ablation:
         self.seeds = seeds or [self.base_seed]
         # the recipe augments, whatever distill's default makes of this budget (--n-aug given: as given)
         copies = [] if any(f == "--n-aug" or f.startswith("--n-aug=") for f in passthrough) else \
-            ["--n-aug", str(AUGMENT_COPIES)]
+            ["--n-aug", str(distill.AUGMENT_COPIES)]
         self.common = ["--task", task, *copies, *passthrough, "--resume"]
 
     def _check_settings(self) -> None:
