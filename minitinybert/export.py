@@ -46,6 +46,7 @@ from .engine.config import ConfigError
 from .data.hub import glue_dev_set
 from .data.task_files import read_tsv
 from .data.metrics import evaluate
+from .engine.pooling import SentenceConfig, read_model_sentence_config
 from .engine.process import tune_process
 from .runtime import FORMAT, RuntimeModelError
 from .data.tasks import DataError, get_task
@@ -164,10 +165,14 @@ def runtime_metadata(config, tokens: list[str], do_lower_case: bool, max_length:
 
 
 def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True, dtype: str = "float32",
-                 quantize_embeddings: bool = False, max_length: int = 128, keep_ids=None) -> Path:
+                 quantize_embeddings: bool = False, max_length: int = 128, keep_ids=None, sentence=None,
+                 projection: str | None = None) -> Path:
     """Write a `Bert` (with its vocabulary) as a runtime file. max_length is the default truncation
     length stored in the file (at most the model's max_position_embeddings: larger values are capped).
-    keep_ids (ascending old ids, see kept_piece_ids): write only these word pieces."""
+    keep_ids (ascending old ids, see kept_piece_ids): write only these word pieces. sentence (a
+    pooling.SentenceConfig): the sentence embedding's pooling and normalisation, into the metadata, and
+    projection, the name prefix of the linear map after pooling (an embedding student's last fit_dense),
+    written in float32 as embedding_projection.* for the runtime's embed()."""
     cfg = model.config
     if type(max_length) is int and max_length > cfg.max_position_embeddings:
         max_length = cfg.max_position_embeddings
@@ -181,7 +186,14 @@ def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True,
     if keep_ids is not None:
         state, cfg, tokens = prune_vocab(state, cfg, tokens, keep_ids)
     tensors = runtime_tensors(state, dtype, quantize_embeddings)
-    write_safetensors(out_path, tensors, runtime_metadata(cfg, tokens, do_lower_case, max_length, dtype))
+    metadata = runtime_metadata(cfg, tokens, do_lower_case, max_length, dtype)
+    if sentence is not None:
+        metadata.update(pooling="cls_token" if sentence.pooling == "cls" else sentence.pooling,
+                        normalize="true" if sentence.normalize else "false")
+    if projection:        # float32, first: the float32 group leads the file
+        tensors = [(f"embedding_projection.{x}", np.ascontiguousarray(state[f"{projection}.{x}"], np.float32))
+                   for x in ("weight", "bias")] + tensors
+    write_safetensors(out_path, tensors, metadata)
     return Path(out_path)
 
 
@@ -193,15 +205,69 @@ def checkpoint_vocab(checkpoint_dir, vocab_size: int) -> tuple[list[str], bool]:
 
 
 def export_runtime(checkpoint_dir, out_path, dtype: str = "float32", quantize_embeddings: bool = False,
-                   max_length: int = 128, keep_ids=None) -> Path:
-    """Checkpoint directory (config.json, model.safetensors, vocab.txt) -> runtime file at out_path."""
+                   max_length: int | None = None, keep_ids=None) -> Path:
+    """Checkpoint directory (config.json, model.safetensors, vocab.txt) -> runtime file at out_path.
+    A sentence-embedding model's pipeline (its sentence-transformers files, or the embedding.json of
+    distill's embedding stage) goes into the file: pooling, normalisation, projection, and its
+    max_seq_length as the default max_length (else 128)."""
     directory = Path(checkpoint_dir)
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     model = load_model(directory)
     tokens, lower = checkpoint_vocab(directory, model.config.vocab_size)
     lower = model.config.do_lower_case if lower is None else lower
-    return export_model(model, out_path, tokens, lower, dtype, quantize_embeddings, max_length, keep_ids)
+    sentence, projection = read_model_sentence_config(directory) or (None, None)
+    if max_length is None:
+        max_length = (sentence and sentence.max_seq_length) or 128
+    return export_model(model, out_path, tokens, lower, dtype, quantize_embeddings, max_length, keep_ids,
+                        sentence, projection)
+
+
+def write_st_folder(checkpoint_dir, out_dir) -> Path:
+    """A sentence-transformers folder of a checkpoint: Transformer (config.json, model.safetensors without
+    the training-only tensors, vocab.txt, tokenizer files), Pooling, Dense (the embedding projection, when
+    there is one) and Normalize modules, as its embedding.json or sentence-transformers files say."""
+    directory, out = Path(checkpoint_dir), Path(out_dir)
+    model = load_model(directory)
+    sentence, projection = read_model_sentence_config(directory) or (SentenceConfig(), None)
+    tokens, lower = checkpoint_vocab(directory, model.config.vocab_size)
+    lower = model.config.do_lower_case if lower is None else lower
+    state = model.state_dict()
+    files = {"config.json": json.dumps(model.config.replace(fit_size=0, fit_shared=False).to_dict(), indent=2),
+             "vocab.txt": "\n".join(tokens) + "\n",
+             "tokenizer_config.json": json.dumps({"do_lower_case": lower, "tokenizer_class": "BertTokenizer",
+                                                  "model_max_length": model.config.max_position_embeddings}),
+             "special_tokens_map.json": json.dumps({k: f"[{k[:-6].upper()}]" for k in
+                                                    ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")}),
+             "sentence_bert_config.json": json.dumps({"max_seq_length": sentence.max_seq_length or 128,
+                                                      "do_lower_case": False}),
+             "1_Pooling/config.json": json.dumps({"word_embedding_dimension": model.config.hidden_size,
+                                                  "pooling_mode_cls_token": sentence.pooling == "cls",
+                                                  "pooling_mode_mean_tokens": sentence.pooling == "mean",
+                                                  "pooling_mode_max_tokens": False,
+                                                  "pooling_mode_mean_sqrt_len_tokens": False}, indent=2)}
+    modules = [("Transformer", ""), ("Pooling", "1_Pooling")]
+    tensors = {"model.safetensors": [(n, np.ascontiguousarray(v, np.float32)) for n, v in state.items()
+                                     if n.startswith(("embeddings.", "encoder.", "pooler."))]}
+    if projection:
+        W = state[projection + ".weight"]
+        modules.append(("Dense", "2_Dense"))
+        files["2_Dense/config.json"] = json.dumps({"in_features": int(W.shape[1]), "out_features": int(W.shape[0]),
+                                                   "bias": True,
+                                                   "activation_function": "torch.nn.modules.linear.Identity"})
+        tensors["2_Dense/model.safetensors"] = [(f"linear.{x}", np.ascontiguousarray(state[f"{projection}.{x}"],
+                                                                                   np.float32)) for x in ("weight", "bias")]
+    if sentence.normalize:
+        modules.append(("Normalize", f"{len(modules)}_Normalize"))
+    files["modules.json"] = json.dumps([{"idx": i, "name": str(i), "path": path,
+                                         "type": f"sentence_transformers.models.{kind}"}
+                                        for i, (kind, path) in enumerate(modules)], indent=2)
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+    for name, items in tensors.items():
+        write_safetensors(out / name, items, {"format": "pt"})
+    return out
 
 
 # --- a smaller vocabulary: the word pieces some texts use ---------------------------------------
@@ -389,7 +455,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--dtypes", default="float32,float16,int8", help="comma-separated: float32,float16,int8")
     parser.add_argument("--quantize-embeddings", action="store_true", help="int8: quantize the embedding tables too")
-    parser.add_argument("--max-length", type=int, default=128, help="default truncation length stored in the file")
+    parser.add_argument("--max-length", type=int, default=None, help="default truncation length stored in the file "
+                        "(default: a sentence-embedding model's max_seq_length, else 128)")
+    parser.add_argument("--st-folder", metavar="DIR", help="also write a sentence-transformers folder of the checkpoint "
+                                                          "(Transformer, Pooling, Dense, Normalize modules)")
     parser.add_argument("--task", help="evaluate each file on this GLUE task's dev split (MNLI: matched; "
                                        "the tasks of distill --task)")
     parser.add_argument("--data", help="data directory (else $MINITINYBERT_DATA; neither: GLUE from the "
@@ -449,6 +518,13 @@ def main(argv=None) -> int:
     except ValueError as e:   # DataError and friends
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.st_folder:
+        try:
+            print(f"wrote the sentence-transformers folder {write_st_folder(args.checkpoint, args.st_folder)}",
+                  file=sys.stderr)
+        except (ExportError, WeightsError, ConfigError, OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     ref = next((r for r in rows if r["dtype"] == "float32"), None)
     for r in rows:
         r["ratio"] = r["size"] / ref["size"] if ref else None
