@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from minitinybert.engine.config import BertConfig
-from minitinybert.distill import (TASK_DEFAULTS, LossWeights, stage_steps, task_teacher_lr,
-                                  build_parser, intermediate_step, layer_mapping, main, prediction_step)
+from minitinybert.distill import (TASK_DEFAULTS, LossWeights, parse_config, stage_steps, task_teacher_lr,
+                                  intermediate_step, layer_mapping, main, prediction_step)
 from minitinybert.engine.model import Bert
 from minitinybert.engine.optim import AdamW
 from minitinybert.data.tasks import get_task
@@ -751,23 +751,23 @@ def test_a_shared_general_student_is_made_by_one_run_at_a_time(world, tmp_path, 
 def test_step_defaults_follow_the_task_and_yield_to_the_command_line():
     """Small tasks get their own defaults (SST-2's 2,000 teacher steps are 26 epochs of RTE);
     a given --<stage>-steps always wins, and tasks without an entry take SST-2's."""
-    args = build_parser().parse_args(["all"])
+    args = parse_config(["all"])
     for stage in ("teacher", "intermediate", "prediction"):
-        assert stage_steps(args, get_task("rte"), stage) == getattr(TASK_DEFAULTS["rte"], f"{stage}stage_steps")
-        assert stage_steps(args, get_task("qnli"), stage) == getattr(TASK_DEFAULTS["sst2"], f"{stage}stage_steps")
+        assert stage_steps(args, get_task("rte"), stage) == getattr(TASK_DEFAULTS["rte"], f"{stage}_steps")
+        assert stage_steps(args, get_task("qnli"), stage) == getattr(TASK_DEFAULTS["sst2"], f"{stage}_steps")
     assert TASK_DEFAULTS["rte"].teacher_steps < TASK_DEFAULTS["sst2"].teacher_steps
     assert (stage_steps(args, get_task("sst2"), "teacher"), stage_steps(args, get_task("sst2"), "intermediate"),
             stage_steps(args, get_task("sst2"), "prediction")) == (2000, 1500, 1000)      # the README's first command
-    args = build_parser().parse_args(["all", "--task", "rte", "--teacher-steps", "7"])
+    args = parse_config(["all", "--task", "rte", "--teacher-steps", "7"])
     assert stage_steps(args, get_task("rte"), "teacher") == 7
 
 
 def test_teacher_learning_rate_follows_the_task_and_yields_to_the_command_line():
-    args = build_parser().parse_args(["all"])
+    args = parse_config(["all"])
     assert task_teacher_lr(args, get_task("sst2")) == 5e-5
     assert task_teacher_lr(args, get_task("qnli")) == 5e-5      # large tasks: SST-2's
     assert task_teacher_lr(args, get_task("rte")) == TASK_DEFAULTS["rte"].teacher_lr == 1e-4
-    args = build_parser().parse_args(["all", "--task", "rte", "--teacher-lr", "3e-5"])
+    args = parse_config(["all", "--task", "rte", "--teacher-lr", "3e-5"])
     assert task_teacher_lr(args, get_task("rte")) == 3e-5
 
 

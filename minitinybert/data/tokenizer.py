@@ -19,6 +19,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from ..engine.files import write_atomic
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -125,7 +127,7 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "vocab.txt"
-        path.write_text("".join(t + "\n" for t in self.id_to_token), encoding="utf-8")
+        write_atomic(path, "".join(t + "\n" for t in self.id_to_token))
         return path
 
     def __len__(self) -> int:

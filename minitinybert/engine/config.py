@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import write_atomic
+
 
 class ConfigError(ValueError):
     """A config.json that cannot describe a BERT encoder."""
@@ -112,7 +114,7 @@ class BertConfig:
         return d
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def replace(self, **changes) -> "BertConfig":
         return dataclasses.replace(self, **changes).validate()

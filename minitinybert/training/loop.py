@@ -174,6 +174,22 @@ def _truncate_log(path: Path, step: int) -> None:
 
 # --- the loop --------------------------------------------------------------------------------------
 
+def _restore(stage: str, checkpoints: Checkpoints, optimizer: AdamW, cfg: LoopConfig, resume: bool, world: World,
+             log) -> LoopState:
+    """The state to start from (new, or a checkpoint's), read by rank 0 alone, with its model and
+    optimizer moments broadcast to every rank."""
+    def start() -> LoopState:        # rank 0 alone touches the directory
+        checkpoints.directory.mkdir(parents=True, exist_ok=True)
+        checkpoints.recover(log)
+        return _start_or_resume(stage, checkpoints, cfg, resume, log)
+
+    state = world.root_call(start)
+    for array in (checkpoints.model.params.data, optimizer.m, optimizer.v):     # rank 0's, on every rank
+        world.bcast_(array)
+    optimizer.step_count = world.bcast(optimizer.step_count)
+    return state
+
+
 def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStream,
           step_fn: Callable[[object, np.random.Generator], StepResult],
           evaluate: Callable[[], dict] | None = None,
@@ -191,16 +207,7 @@ def train(stage: str, model, directory: Path, cfg: LoopConfig, batches: BatchStr
     directory = Path(directory)
     optimizer = AdamW(model.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     checkpoints = Checkpoints(directory, model, optimizer, vocab_from)
-
-    def start() -> LoopState:        # rank 0 alone touches the directory
-        directory.mkdir(parents=True, exist_ok=True)
-        checkpoints.recover(log)
-        return _start_or_resume(stage, checkpoints, cfg, resume, log)
-
-    state = world.root_call(start)
-    for array in (model.params.data, optimizer.m, optimizer.v):     # rank 0's, on every rank
-        world.bcast_(array)
-    optimizer.step_count = world.bcast(optimizer.step_count)
+    state = _restore(stage, checkpoints, optimizer, cfg, resume, world, log)
     if state.done and state.step >= cfg.total_steps:
         log(f"[{stage}] already complete ({directory}, {state.step} steps); reusing it")
         return state
