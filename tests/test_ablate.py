@@ -50,7 +50,7 @@ def test_every_variant_in_the_table_and_a_second_run_reuses_them(world, tmp_path
         best = json.loads((out / name / "task-prediction" / "best" / "metrics.json").read_text())["main"]
         assert dev == f"{best:.4f}" == f"{result['dev']:.4f}", name
         assert ratio == f"{best / teacher:.1%}" and float(minutes) >= 0 and what
-        assert last == ablate._last_evaluations(out / name / "task-prediction"), name
+        assert last == ablate.last_evaluations(out / name / "task-prediction"), name
     # what each variant ran: the stages it has, and the general student it started from
     assert not (out / "no-intermediate" / "task-intermediate").exists()
     assert (out / "full" / "task-intermediate" / "final").exists()
@@ -140,10 +140,10 @@ def test_last_evaluations_are_the_mean_and_range_of_the_last_five(tmp_path):
         lines += [json.dumps({"stage": "prediction", "step": step * 10, "loss": 1.0}),
                   json.dumps({"stage": "prediction", "step": step * 10, "eval": {"main": score}})]
     (tmp_path / "log.jsonl").write_text("\n".join(lines) + '\n{"stage": "predic')    # a line cut by a kill
-    assert ablate._last_evaluations(tmp_path) == "0.6000 (0.4000–0.8000, 5)"
-    assert ablate._last_evaluations(tmp_path, n=2) == "0.6000 (0.4000–0.8000, 2)"
-    assert ablate._last_evaluations(tmp_path / "absent") == "–"
-    assert ablate._last_evaluations(tmp_path, tmp_path / "absent", tmp_path, n=1) == "0.4000 (0.4000–0.4000, 2)"
+    assert ablate.last_evaluations(tmp_path) == "0.6000 (0.4000–0.8000, 5)"
+    assert ablate.last_evaluations(tmp_path, n=2) == "0.6000 (0.4000–0.8000, 2)"
+    assert ablate.last_evaluations(tmp_path / "absent") == "–"
+    assert ablate.last_evaluations(tmp_path, tmp_path / "absent", tmp_path, n=1) == "0.4000 (0.4000–0.4000, 2)"
 
 
 def test_the_recipe_augments_whatever_distills_default_makes_of_the_budget(tmp_path):

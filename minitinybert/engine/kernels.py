@@ -132,32 +132,6 @@ def _erf_impl(x):
     return (lambda x: _erf32(x)) if _is_f32(x) else (lambda x: math.erf(x))
 
 
-def exp32(x):
-    """The float32 exp of the kernels, on an array (for tests)."""
-    return _map_exp32(np.ascontiguousarray(x, dtype=np.float32).reshape(-1)).reshape(np.shape(x))
-
-
-def erf32(x):
-    """The float32 erf of the kernels, on an array (for tests)."""
-    return _map_erf32(np.ascontiguousarray(x, dtype=np.float32).reshape(-1)).reshape(np.shape(x))
-
-
-@njit(cache=True, nogil=True)
-def _map_exp32(x):
-    out = np.empty_like(x)
-    for i in range(x.shape[0]):
-        out[i] = exp(x[i])
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _map_erf32(x):
-    out = np.empty_like(x)
-    for i in range(x.shape[0]):
-        out[i] = erf(x[i])
-    return out
-
-
 @njit(inline="always")
 def row_max(row):  # (S,) -> scalar. Eight running maxima: one would be a chain of dependent
     # compares that LLVM does not vectorise without "nnan" (measured: 1.06 ns an element against 0.29)

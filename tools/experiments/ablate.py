@@ -124,7 +124,7 @@ def _metric(stage_dir: Path) -> float:
     return float(json.loads((stage_dir / "best" / "metrics.json").read_text())["main"])
 
 
-def _last_evaluations(*stage_dirs: Path, n: int = 5) -> str:
+def last_evaluations(*stage_dirs: Path, n: int = 5) -> str:
     """Mean (min–max) of the last n dev evaluations of each stage given (one per seed), pooled: the best
     one is picked on the dev set it is scored on, so it leans optimistic by about this spread; with one
     seed, the only noise to read differences against."""
@@ -246,7 +246,7 @@ class Ablation:
                 missing = f"; {len(done)} of {len(self.seeds)} seeds" if len(done) < len(self.seeds) else ""
                 cell += f" ({each}{missing})"
             ratio = f"{dev / teacher_metric:.1%}" if teacher_metric else "n/a"
-            last = _last_evaluations(*(self.variant_dir(v, r["seed"]) / STAGE_DIRS["prediction"]
+            last = last_evaluations(*(self.variant_dir(v, r["seed"]) / STAGE_DIRS["prediction"]
                                        for r in done))
             minutes = sum(r["minutes"] for r in done) / len(done)
             lines.append(f"| {v.name} | {v.what} | {cell} | {ratio} | {last} | {minutes:.1f} |")

@@ -66,6 +66,10 @@ ALLOC_SLACK = 2 * 2 ** 20    # constant part of the bound (error messages, small
 AS_MARGIN = 512 * 2 ** 20    # address space beyond the warmed-up process (libFuzzer's own corpus too)
 MAX_LEN = {"reader": 32768, "load": 32768, "tokenizer": 2048}
 STATUS_EVERY = 20000
+# the safetensors format's dtypes as NumPy reads them (BF16 as raw 16-bit words): the fuzzer's own
+# table, so that the reader's arrays are checked against the format, not against the reader itself
+SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
+                      "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
 
 READER_DICT = ['"dtype"', '"shape"', '"data_offsets"', '"__metadata__"', '"F32"', '"F16"', '"F64"', '"BF16"',
                '"I8"', '"I16"', '"I32"', '"I64"', '"U8"', '"BOOL"', '"format"', '"minitinybert-runtime/1"',
@@ -136,7 +140,7 @@ class ReaderTarget:
         header_end = 8 + int.from_bytes(self.path.read_bytes()[:8], "little")
         spans = []
         for name, (dtype, arr, offset) in tensors.items():
-            if arr.dtype != np.dtype(runtime._DTYPES[dtype]) or arr.flags.writeable and offset is not None:
+            if arr.dtype != np.dtype(SAFETENSORS_DTYPES[dtype]) or arr.flags.writeable and offset is not None:
                 raise Failure(f"tensor {name!r}: dtype {arr.dtype} for {dtype}, writeable {arr.flags.writeable}")
             if offset is not None:
                 if not header_end <= offset <= offset + arr.nbytes <= size:
@@ -705,7 +709,7 @@ def parent_main(args):
               f"out-of-memory input is saved under {outdir}/ (crash-*, timeout-*, oom-*)", flush=True)
         return 1
     failures = result["failures"]
-    print(f"[fuzz] failures by kind:" if failures else "[fuzz] no failures", flush=True)
+    print("[fuzz] failures by kind:" if failures else "[fuzz] no failures", flush=True)
     for sig, (count, message, saved) in failures.items():
         print(f"  {count:8d} x {sig}: {message[:200]}\n           first input: {saved}", flush=True)
     coverage = (f"cov {cov['cov']} edges, ft {cov['ft']}, corpus {cov['corp']}" if cov else "no coverage (Hypothesis)")
