@@ -7,7 +7,9 @@ float32 in a temporary file first). Inputs come from the arguments, else from --
 stdin: one text per line, or a sentence pair as two tab-separated fields; blank lines are skipped.
 Output: {"text": ..., ["text_pair": ...,] "label": ..., "scores": {label: probability}} for a
 classifier, {"text": ..., "score": x} for a regression model, {"text": ..., "embedding": [...]}
-for a model without a head. Inputs longer than max_length tokens are truncated with a warning on
+for a model without a head (or with --embed): its sentence embedding as its metadata says (pooling,
+projection, normalisation; a checkpoint's from its embedding.json or sentence-transformers files).
+Inputs longer than max_length tokens are truncated with a warning on
 stderr. Errors (unreadable or corrupt model, no input) exit with status 2 and a message on stderr.
 """
 from __future__ import annotations
@@ -95,7 +97,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=None,
                         help="truncate inputs to this many tokens (default: the model's)")
-    parser.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="for models without a head")
+    parser.add_argument("--pooling", default=None, choices=("mean", "cls", "cls_token"),
+                        help="embeddings: the pooling (default: the model's, from its metadata)")
+    parser.add_argument("--embed", action="store_true",
+                        help="sentence embeddings as the model's metadata says (pooling, projection, normalisation), "
+                             "also from a model with a task head")
     args = parser.parse_intermixed_args(argv)
 
     tmp_dirs: list = []
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
         inputs, numbers, unit = read_inputs(args)
         if not inputs:
             raise InferError("no input: give texts as arguments, with --file, or on stdin")
-        if model.num_labels:
+        if model.num_labels and not args.embed:
             results, truncated = model.predict(inputs, batch_size=args.batch_size, max_length=args.max_length,
                                                return_truncated=True)
         else:

@@ -785,6 +785,8 @@ class RuntimeModel:
         self.config = dict(cfg, num_labels=n, layer_norm_eps=float(eps), problem_type=problem)
         self.labels, self.num_labels, self.problem_type, self.dtype = labels, n, problem, meta.get("dtype", "")
         self.do_lower_case, self.max_length = lower == "true", max_length
+        self.pooling, self.normalize = meta.get("pooling", "mean"), meta.get("normalize", "true") == "true"
+        need(self.pooling in ("mean", "cls", "cls_token"), f"pooling {self.pooling!r} is not mean, cls or cls_token")
         return tokens
 
     def _build(self, tensors):
@@ -844,6 +846,8 @@ class RuntimeModel:
                 ln2=(vec(p + "output.LayerNorm.weight", C), vec(p + "output.LayerNorm.bias", C))))
         self._pooler = dense("pooler.dense.", C, C)
         self._classifier = dense("classifier.", self.num_labels, C) if self.num_labels else None
+        proj = tensors.get("embedding_projection.weight")     # a Dense after pooling (distilled embedding models)
+        self._projection = dense("embedding_projection.", proj[1].shape[0] if proj[1].ndim else 0, C) if proj else None
 
     @property
     def kernels(self) -> str:
@@ -1010,7 +1014,8 @@ class RuntimeModel:
             chunk = order[start:start + batch_size]
             batch = self._pad([encoded[i] for i in chunk])
             out = self.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                               hidden=want == "mean")
+                               hidden=want in ("mean", "first"))
+            out["first"] = out["hidden"][:, 0] if want == "first" else None
             if want == "mean":
                 m = batch["attention_mask"].astype(_F32)[:, :, None]
                 out["mean"] = (out["hidden"] * m).sum(axis=1) / m.sum(axis=1)
@@ -1037,12 +1042,17 @@ class RuntimeModel:
                    for row in z]
         return (out, truncated) if return_truncated else out
 
-    def embed(self, inputs, pooling="mean", batch_size=32, max_length=None, normalize=True) -> np.ndarray:
-        """(N, hidden) sentence embeddings, L2-normalised unless normalize=False. pooling: "mean"
-        (mean of the last hidden states over real tokens) or "cls" (the pooler output, tanh(W h_CLS + b))."""
-        _need(pooling in ("mean", "cls", "pooler"), f"pooling must be 'mean' or 'cls', got {pooling!r}")
-        vectors = self._run(inputs, batch_size, max_length, "mean" if pooling == "mean" else "pooled")[0]
-        if normalize:
+    def embed(self, inputs, pooling=None, batch_size=32, max_length=None, normalize=None) -> np.ndarray:
+        """(N, D) sentence embeddings as the file's metadata says (pooling, projection, normalize; default mean, L2),
+        unless given: pooling "mean" (of the last hidden states over real tokens), "cls_token" (the [CLS] state)
+        or "cls" (the pooler output, tanh(W h_CLS + b)); normalize False: no L2 normalisation."""
+        pooling = pooling or self.pooling
+        want = {"mean": "mean", "cls_token": "first", "cls": "pooled", "pooler": "pooled"}.get(pooling)
+        _need(want, f"pooling must be 'mean', 'cls' or 'cls_token', got {pooling!r}")
+        vectors = self._run(inputs, batch_size, max_length, want)[0]
+        if self._projection is not None and pooling == self.pooling:
+            vectors = vectors @ self._projection.weight.T + self._projection.bias
+        if self.normalize if normalize is None else normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), _F32(1e-12))
         return vectors
 
@@ -1067,7 +1077,8 @@ def main(argv=None) -> int:
     parser.add_argument("texts", nargs="*", help="texts to classify (or embed)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=None)
-    parser.add_argument("--pooling", default="mean", choices=("mean", "cls"), help="embedding models' pooling")
+    parser.add_argument("--pooling", choices=("mean", "cls", "cls_token"), help="embedding pooling (default: the file's)")
+    parser.add_argument("--embed", action="store_true", help="sentence embeddings, also from a model with a task head")
     args = parser.parse_intermixed_args(argv)
     try:
         try:
@@ -1079,7 +1090,7 @@ def main(argv=None) -> int:
             raise RuntimeModelError("no input texts (give them as arguments or on stdin)")
         model = load(args.model, kernels="auto" if len(inputs) >= 64 else "numpy")
         options = dict(batch_size=args.batch_size, max_length=args.max_length)
-        results = model.predict(inputs, **options) if model.num_labels else [
+        results = model.predict(inputs, **options) if model.num_labels and not args.embed else [
             {"embedding": [round(float(v), 6) for v in row]} for row in model.embed(inputs, args.pooling, **options)]
     except RuntimeModelError as e:
         print(f"error: {e}", file=sys.stderr)

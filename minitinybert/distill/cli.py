@@ -2,6 +2,7 @@
 
     python -m minitinybert.distill all                 # teacher fine-tuning, general, task distillation
     python -m minitinybert.distill finetune-teacher | general | task | summary   [--help for each]
+    python -m minitinybert.distill embed               # a sentence-embedding student (embedding.py)
     mpiexec -n K python -m minitinybert.distill ...     # the same run, data-parallel over K processes
 
 The flags become one frozen RunConfig (config.py) that the stages (stages.py) read. The stages,
@@ -27,13 +28,14 @@ from ..training.runlock import RunLockError, writer_lock
 from ..training.world import describe, get_world, run_main
 from . import subclone
 from .config import RunConfig
+from .embedding import add_options as _embedding_options, embedding_config, run_embedding
 from .general import run_general
 from .recipe import AUGMENT_COPIES, AUGMENT_FROM_PASSES, default_help
 from .sources import CANDIDATE_SOURCES, default_out
 from .stages import run_all, run_finetune_teacher, run_task, summarize
 
 COMMANDS = {"finetune-teacher": run_finetune_teacher, "general": run_general, "task": run_task, "all": run_all,
-            "summary": summarize}
+            "summary": summarize, "embed": run_embedding}
 
 
 def _int_list(text: str) -> list[int]:
@@ -208,12 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("task", parents=[common], help="task-specific distillation (intermediate, then prediction)")
     sub.add_parser("all", parents=[common], help="the whole pipeline, then a teacher/student summary")
     sub.add_parser("summary", parents=[common], help="compare the fine-tuned teacher and the final student")
+    _embedding_options(sub.add_parser("embed", parents=[common], help="a sentence-embedding student from the "
+                                      "general one (embedding.py; not part of all)"))
     return parser
 
 
 def parse_config(argv=None) -> RunConfig:
     """The run configuration the command line `argv` asks for, its output directory filled in."""
-    config = RunConfig.from_namespace(build_parser().parse_args(argv))
+    namespace = build_parser().parse_args(argv)
+    config = RunConfig.from_namespace(namespace)
+    if config.command == "embed":
+        return embedding_config(config, namespace)
     return config if config.out is not None else config.replace(out=default_out(config))
 
 

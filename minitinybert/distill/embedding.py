@@ -1,7 +1,7 @@
 """The embedding stage: a student whose sentence embedding is the teacher's, distilled on the general corpus.
 
-    python -m minitinybert.distill.embedding [general's options] [--embed-steps N] [--embed-objective cosine|mse]
-    mpiexec -n K python -m minitinybert.distill.embedding ...       # data-parallel, as the other stages
+    python -m minitinybert.distill embed [general's options] [--embed-steps N] [--embed-objective cosine|mse]
+    mpiexec -n K python -m minitinybert.distill embed ...       # data-parallel, as the other stages
 
 The teacher's sentence embedding is its own pipeline, read from the sentence-transformers files it
 ships (engine/pooling.py: modules.json, 1_Pooling/config.json, Normalize, sentence_bert_config.json):
@@ -25,7 +25,6 @@ projection), which export.py carries into the runtime file and the sentence-tran
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -306,7 +305,37 @@ def _minutes(log_file: Path) -> float | None:
     return round(sum(r.get("seconds", 0.0) for r in rows if "seconds" in r) / 60, 2)
 
 
-# --- command line (until distill's parser has an `embed` subcommand) -----------------------------------
+# --- command line: `python -m minitinybert.distill embed` (cli.py), or this module ---------------------
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """The embedding stage's settings: its own options, and every other one from the run's RunConfig."""
+    run: object                               # distill.config.RunConfig
+    embed_objective: str = DEFAULTS["embed_objective"]
+    embed_steps: int = DEFAULTS["embed_steps"]
+    embed_lr: float = DEFAULTS["embed_lr"]
+    embed_seq_len: int = DEFAULTS["embed_seq_len"]
+    w_sentence: float = DEFAULTS["w_sentence"]
+    embed_layers: float = DEFAULTS["embed_layers"]
+    sts_file: str | None = None
+    eval_limit: int | None = None
+    embed_eval_every: int = DEFAULTS["embed_eval_every"]
+
+    def __getattr__(self, name):              # teacher, out, batch_size, ...: the RunConfig's
+        if name == "run":
+            raise AttributeError(name)
+        return getattr(self.run, name)
+
+
+def embedding_config(run, namespace) -> EmbeddingConfig:
+    """The stage's configuration from the run's and the parsed flags; --out defaults to runs/embedding."""
+    from dataclasses import fields
+    if getattr(namespace, "out", None) is None:
+        run = run.replace(out=str(Path("runs") / "embedding"))
+    own = {f.name: getattr(namespace, f.name) for f in fields(EmbeddingConfig) if f.name != "run"
+           and getattr(namespace, f.name, None) is not None}
+    return EmbeddingConfig(run, **own)
+
 
 def add_options(parser) -> None:
     """The embedding stage's own options."""
@@ -331,40 +360,9 @@ def add_options(parser) -> None:
 
 
 def main(argv=None) -> int:
-    from dataclasses import asdict
-    from types import SimpleNamespace
-
-    from .cli import build_parser
-    from .config import RunConfig
-    from ..engine.process import tune_process
-    from ..engine.teacher import TeacherError
-    from ..engine.weights import WeightsError
-    from ..training.loop import describe_os_error
-    from ..training.runlock import RunLockError, writer_lock
-
-    tune_process()
-    own = argparse.ArgumentParser(add_help=False)
-    add_options(own)
-    if argv is None:
-        argv = sys.argv[1:]
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
-        own.print_help()
-        print("\nand the options of `python -m minitinybert.distill general`")
-        return 0
-    mine, rest = own.parse_known_args(argv)
-    run = RunConfig.from_namespace(build_parser().parse_args(["general", *rest]))
-    config = SimpleNamespace(**{**asdict(run), "command": "embed", "out": run.out or str(Path("runs") / "embedding"),
-                                **vars(mine)})
-    world = get_world()
-    try:
-        with writer_lock(config.out):
-            run_embedding(config)
-    except (TrainingError, WeightsError, ConfigError, TeacherError, RunLockError, FileNotFoundError, ValueError) as e:
-        return world.fail(str(e))
-    except OSError as e:
-        return world.fail(describe_os_error(e))
-    return 0
+    """`python -m minitinybert.distill.embedding ARGS` = `python -m minitinybert.distill embed ARGS`."""
+    from .cli import main as distill_main
+    return distill_main(["embed", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
