@@ -8,26 +8,23 @@
 
     python runtime.py MODEL "text" ["text2" ...]     # JSON lines on stdout (stdin when no text)
 
-Optional, same results to float rounding: Numba (GELU, layer norm, softmax and int8 product
-kernels; imported at the first forward pass: ~0.3 s, ~110 MB of LLVM; script mode skips it under
-64 texts); kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off. A forward pass runs on
-sub-batches of ~CHUNK_TOKENS tokens in buffers reused across layers and calls (bounded memory).
-threads=None leaves BLAS's threads as the environment sets them; threads=N gives BLAS N threads for
-a batch of one sub-batch (a sentence: measured faster than splitting its products ourselves), and
-shares the sub-batches of a larger batch among N threads of the runtime's own over single-threaded
-BLAS (OpenBLAS's threads stall when other processes hold the cores).
+Optional, same results to float rounding: Numba (GELU, layer norm, softmax, and a block product for up to
+KERNEL_MAX_TOKENS tokens on weights packed at load, int8 read as int8), imported in a thread at the first forward pass
+(~2 s and ~110 MB of LLVM; NumPy's kernels answer meanwhile); kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off,
+"numba" waits for it. A forward pass runs on sub-batches of ~CHUNK_TOKENS tokens in buffers reused across calls.
+threads=None leaves BLAS's threads as the environment sets them; threads=N gives BLAS N threads for one sub-batch and
+shares a larger batch's sub-batches among N threads of ours over single-threaded BLAS (OpenBLAS's threads stall when
+other processes hold the cores).
 
-File format "minitinybert-runtime/1" (in full in the README, "Runtime model file"): safetensors with
-Hugging Face BERT tensor names and "__metadata__" format, config (JSON), labels, vocab, do_lower_case,
-max_length, dtype; F32, F16 (F64, BF16 converted at load), or I8 2-D weights with an F32
-"<name>_scale" per row: w = q * scale. Back-to-back query, key, value weights are used as one (3C, C).
+File format "minitinybert-runtime/1" (in full in the README, "Runtime model file"): safetensors with Hugging Face
+BERT tensor names and "__metadata__" format, config (JSON), labels, vocab, do_lower_case, max_length, dtype; F32, F16
+(F64, BF16 converted at load), or I8 2-D weights with an F32 "<name>_scale" per row: w = q * scale. Back-to-back
+query, key, value weights are used as one (3C, C).
 
-Numerics: float32, as the training engine (post-LN, exact erf GELU, -10000 key mask, tanh pooler);
-predict(), logits(), embed(pooling="cls") run the last layer for the [CLS] positions only. float32
-weights are used from the memory map, float16 linear weights upcast at load, embedding tables kept
-as stored. int8 weights stay int8: with Numba, products of up to INT8_KERNEL_MAX_TOKENS tokens read
-them as int8 in the kernel (the batch-1 fast path); larger ones, and all without Numba, cast the
-weight into a reused float32 buffer for BLAS (NumPy has no int8 product).
+Numerics: float32, as the training engine (post-LN, exact erf GELU, -10000 key mask, tanh pooler); predict(),
+logits(), embed(pooling="cls") run the last layer for the [CLS] positions only. float32 weights are used from the
+memory map, float16 linear weights upcast at load, embedding tables kept as stored; int8 weights stay int8 (cast in
+blocks into a reused float32 buffer for BLAS past KERNEL_MAX_TOKENS tokens or without Numba).
 """
 from __future__ import annotations
 
@@ -196,54 +193,44 @@ def _check_entry(path, name, info, data_size):
 # punctuation or Unicode P*). Hexadecimal code point ranges.
 
 _OTHER_RANGES = """
-    1-8 B-C E-1F 7F-9F AD 600-605 61C 6DD 70F 180E 200B-200F 202A-202E 2060-2064 2066-206F
-    E000-F8FF FEFF FFF9-FFFB 110BD 1BCA0-1BCA3 1D173-1D17A E0001 E0020-E007F F0000-FFFFD
-    100000-10FFFD
+    1-8 B-C E-1F 7F-9F AD 600-605 61C 6DD 70F 180E 200B-200F 202A-202E 2060-2064 2066-206F E000-F8FF FEFF FFF9-FFFB
+    110BD 1BCA0-1BCA3 1D173-1D17A E0001 E0020-E007F F0000-FFFFD 100000-10FFFD
 """
 _MN_RANGES = """
-    300-33F 342 345-36F 483-487 591-5BD 5BF 5C1-5C2 5C4-5C5 5C7 610-61A 64B-65F 670 6D6-6DC
-    6DF-6E4 6E7-6E8 6EA-6ED 711 730-74A 7A6-7B0 7EB-7F3 816-819 81B-823 825-827 829-82D 859-85B
-    8E3-902 93A 93C 941-948 94D 951-957 962-963 981 9BC 9C1-9C4 9CD 9E2-9E3 A01-A02 A3C A41-A42
-    A47-A48 A4B-A4D A51 A70-A71 A75 A81-A82 ABC AC1-AC5 AC7-AC8 ACD AE2-AE3 B01 B3C B3F B41-B44
-    B4D B56 B62-B63 B82 BC0 BCD C00 C3E-C40 C46-C47 C4A-C4D C55-C56 C62-C63 C81 CBC CBF CC6
-    CCC-CCD CE2-CE3 D01 D41-D44 D4D D62-D63 DCA DD2-DD4 DD6 E31 E34-E3A E47-E4E EB1 EB4-EB9
-    EBB-EBC EC8-ECD F18-F19 F35 F37 F39 F71-F72 F74 F77 F79-F7E F80 F82-F84 F86-F87 F8D-F92
-    F94-F97 F99-F9C F9E-FA1 FA3-FA6 FA8-FAB FAD-FB8 FBA-FBC FC6 102D-1030 1032-1037 1039-103A
-    103D-103E 1058-1059 105E-1060 1071-1074 1082 1085-1086 108D 109D 135D-135F 1712-1714
-    1732-1734 1752-1753 1772-1773 17B4-17B5 17B7-17BD 17C6 17C9-17D3 17DD 180B-180D 18A9
-    1920-1922 1927-1928 1932 1939-193B 1A17-1A18 1A1B 1A56 1A58-1A5E 1A60 1A62 1A65-1A6C
-    1A73-1A7C 1A7F 1AB0-1ABD 1B00-1B03 1B34 1B36-1B3A 1B3C 1B42 1B6B-1B73 1B80-1B81 1BA2-1BA5
-    1BA8-1BA9 1BAB-1BAD 1BE6 1BE8-1BE9 1BED 1BEF-1BF1 1C2C-1C33 1C36-1C37 1CD0-1CD2 1CD4-1CE0
-    1CE2-1CE8 1CED 1CF4 1CF8-1CF9 1DC0-1DF5 1DFC-1DFF 20D0-20DC 20E1 20E5-20F0 2CEF-2CF1 2D7F
-    2DE0-2DFF 302A-302D 3099-309A A66F A674-A67D A69E-A69F A6F0-A6F1 A802 A806 A80B A825-A826
-    A8C4 A8E0-A8F1 A926-A92D A947-A951 A980-A982 A9B3 A9B6-A9B9 A9BC A9E5 AA29-AA2E AA31-AA32
-    AA35-AA36 AA43 AA4C AA7C AAB0 AAB2-AAB4 AAB7-AAB8 AABE-AABF AAC1 AAEC-AAED AAF6 ABE5 ABE8
-    ABED FB1E FE00-FE0F FE20-FE2F 101FD 102E0 10376-1037A 10A01-10A03 10A05-10A06 10A0C-10A0F
-    10A38-10A3A 10A3F 10AE5-10AE6 11001 11038-11046 1107F-11081 110B3-110B6 110B9-110BA
-    11100-11102 11127-1112B 1112D 11130-11134 11173 11180-11181 111B6-111BE 111CA-111CC
-    1122F-11231 11234 11236-11237 112DF 112E3-112EA 11300-11301 1133C 11340 11366-1136C
-    11370-11374 114B3-114B8 114BA 114BF-114C0 114C2-114C3 115B2-115B5 115BC-115BD 115BF-115C0
-    115DC-115DD 11633-1163A 1163D 1163F-11640 116AB 116AD 116B0-116B5 116B7 1171D-1171F
-    11722-11725 11727-1172B 16AF0-16AF4 16B30-16B36 16F8F-16F92 1BC9D-1BC9E 1D167-1D169
-    1D17B-1D182 1D185-1D18B 1D1AA-1D1AD 1D242-1D244 1DA00-1DA36 1DA3B-1DA6C 1DA75 1DA84
-    1DA9B-1DA9F 1DAA1-1DAAF 1E8D0-1E8D6 E0100-E01EF
+    300-33F 342 345-36F 483-487 591-5BD 5BF 5C1-5C2 5C4-5C5 5C7 610-61A 64B-65F 670 6D6-6DC 6DF-6E4 6E7-6E8 6EA-6ED 711
+    730-74A 7A6-7B0 7EB-7F3 816-819 81B-823 825-827 829-82D 859-85B 8E3-902 93A 93C 941-948 94D 951-957 962-963 981 9BC
+    9C1-9C4 9CD 9E2-9E3 A01-A02 A3C A41-A42 A47-A48 A4B-A4D A51 A70-A71 A75 A81-A82 ABC AC1-AC5 AC7-AC8 ACD AE2-AE3 B01
+    B3C B3F B41-B44 B4D B56 B62-B63 B82 BC0 BCD C00 C3E-C40 C46-C47 C4A-C4D C55-C56 C62-C63 C81 CBC CBF CC6 CCC-CCD
+    CE2-CE3 D01 D41-D44 D4D D62-D63 DCA DD2-DD4 DD6 E31 E34-E3A E47-E4E EB1 EB4-EB9 EBB-EBC EC8-ECD F18-F19 F35 F37 F39
+    F71-F72 F74 F77 F79-F7E F80 F82-F84 F86-F87 F8D-F92 F94-F97 F99-F9C F9E-FA1 FA3-FA6 FA8-FAB FAD-FB8 FBA-FBC FC6
+    102D-1030 1032-1037 1039-103A 103D-103E 1058-1059 105E-1060 1071-1074 1082 1085-1086 108D 109D 135D-135F 1712-1714
+    1732-1734 1752-1753 1772-1773 17B4-17B5 17B7-17BD 17C6 17C9-17D3 17DD 180B-180D 18A9 1920-1922 1927-1928 1932
+    1939-193B 1A17-1A18 1A1B 1A56 1A58-1A5E 1A60 1A62 1A65-1A6C 1A73-1A7C 1A7F 1AB0-1ABD 1B00-1B03 1B34 1B36-1B3A 1B3C
+    1B42 1B6B-1B73 1B80-1B81 1BA2-1BA5 1BA8-1BA9 1BAB-1BAD 1BE6 1BE8-1BE9 1BED 1BEF-1BF1 1C2C-1C33 1C36-1C37 1CD0-1CD2
+    1CD4-1CE0 1CE2-1CE8 1CED 1CF4 1CF8-1CF9 1DC0-1DF5 1DFC-1DFF 20D0-20DC 20E1 20E5-20F0 2CEF-2CF1 2D7F 2DE0-2DFF
+    302A-302D 3099-309A A66F A674-A67D A69E-A69F A6F0-A6F1 A802 A806 A80B A825-A826 A8C4 A8E0-A8F1 A926-A92D A947-A951
+    A980-A982 A9B3 A9B6-A9B9 A9BC A9E5 AA29-AA2E AA31-AA32 AA35-AA36 AA43 AA4C AA7C AAB0 AAB2-AAB4 AAB7-AAB8 AABE-AABF
+    AAC1 AAEC-AAED AAF6 ABE5 ABE8 ABED FB1E FE00-FE0F FE20-FE2F 101FD 102E0 10376-1037A 10A01-10A03 10A05-10A06
+    10A0C-10A0F 10A38-10A3A 10A3F 10AE5-10AE6 11001 11038-11046 1107F-11081 110B3-110B6 110B9-110BA 11100-11102
+    11127-1112B 1112D 11130-11134 11173 11180-11181 111B6-111BE 111CA-111CC 1122F-11231 11234 11236-11237 112DF
+    112E3-112EA 11300-11301 1133C 11340 11366-1136C 11370-11374 114B3-114B8 114BA 114BF-114C0 114C2-114C3 115B2-115B5
+    115BC-115BD 115BF-115C0 115DC-115DD 11633-1163A 1163D 1163F-11640 116AB 116AD 116B0-116B5 116B7 1171D-1171F
+    11722-11725 11727-1172B 16AF0-16AF4 16B30-16B36 16F8F-16F92 1BC9D-1BC9E 1D167-1D169 1D17B-1D182 1D185-1D18B
+    1D1AA-1D1AD 1D242-1D244 1DA00-1DA36 1DA3B-1DA6C 1DA75 1DA84 1DA9B-1DA9F 1DAA1-1DAAF 1E8D0-1E8D6 E0100-E01EF
 """
 _PUNCT_RANGES = """
-    21-2F 3A-40 5B-60 7B-7E A1 A7 AB B6-B7 BB BF 37E 387 55A-55F 589-58A 5BE 5C0 5C3 5C6
-    5F3-5F4 609-60A 60C-60D 61B 61E-61F 66A-66D 6D4 700-70D 7F7-7F9 830-83E 85E 964-965 970 AF0
-    DF4 E4F E5A-E5B F04-F12 F14 F3A-F3D F85 FD0-FD4 FD9-FDA 104A-104F 10FB 1360-1368 1400
-    166D-166E 169B-169C 16EB-16ED 1735-1736 17D4-17D6 17D8-17DA 1800-180A 1944-1945 1A1E-1A1F
-    1AA0-1AA6 1AA8-1AAD 1B5A-1B60 1BFC-1BFF 1C3B-1C3F 1C7E-1C7F 1CC0-1CC7 1CD3 2010-2027
-    2030-2043 2045-2051 2053-205E 207D-207E 208D-208E 2308-230B 2329-232A 2768-2775 27C5-27C6
-    27E6-27EF 2983-2998 29D8-29DB 29FC-29FD 2CF9-2CFC 2CFE-2CFF 2D70 2E00-2E2E 2E30-2E42
-    3001-3003 3008-3011 3014-301F 3030 303D 30A0 30FB A4FE-A4FF A60D-A60F A673 A67E A6F2-A6F7
-    A874-A877 A8CE-A8CF A8F8-A8FA A8FC A92E-A92F A95F A9C1-A9CD A9DE-A9DF AA5C-AA5F AADE-AADF
-    AAF0-AAF1 ABEB FD3E-FD3F FE10-FE19 FE30-FE52 FE54-FE61 FE63 FE68 FE6A-FE6B FF01-FF03
-    FF05-FF0A FF0C-FF0F FF1A-FF1B FF1F-FF20 FF3B-FF3D FF3F FF5B FF5D FF5F-FF65 10100-10102
-    1039F 103D0 1056F 10857 1091F 1093F 10A50-10A58 10A7F 10AF0-10AF6 10B39-10B3F 10B99-10B9C
-    11047-1104D 110BB-110BC 110BE-110C1 11140-11143 11174-11175 111C5-111C9 111CD 111DB
-    111DD-111DF 11238-1123D 112A9 114C6 115C1-115D7 11641-11643 1173C-1173E 12470-12474
-    16A6E-16A6F 16AF5 16B37-16B3B 16B44 1BC9F 1DA87-1DA8B
+    21-2F 3A-40 5B-60 7B-7E A1 A7 AB B6-B7 BB BF 37E 387 55A-55F 589-58A 5BE 5C0 5C3 5C6 5F3-5F4 609-60A 60C-60D 61B
+    61E-61F 66A-66D 6D4 700-70D 7F7-7F9 830-83E 85E 964-965 970 AF0 DF4 E4F E5A-E5B F04-F12 F14 F3A-F3D F85 FD0-FD4
+    FD9-FDA 104A-104F 10FB 1360-1368 1400 166D-166E 169B-169C 16EB-16ED 1735-1736 17D4-17D6 17D8-17DA 1800-180A
+    1944-1945 1A1E-1A1F 1AA0-1AA6 1AA8-1AAD 1B5A-1B60 1BFC-1BFF 1C3B-1C3F 1C7E-1C7F 1CC0-1CC7 1CD3 2010-2027 2030-2043
+    2045-2051 2053-205E 207D-207E 208D-208E 2308-230B 2329-232A 2768-2775 27C5-27C6 27E6-27EF 2983-2998 29D8-29DB
+    29FC-29FD 2CF9-2CFC 2CFE-2CFF 2D70 2E00-2E2E 2E30-2E42 3001-3003 3008-3011 3014-301F 3030 303D 30A0 30FB A4FE-A4FF
+    A60D-A60F A673 A67E A6F2-A6F7 A874-A877 A8CE-A8CF A8F8-A8FA A8FC A92E-A92F A95F A9C1-A9CD A9DE-A9DF AA5C-AA5F
+    AADE-AADF AAF0-AAF1 ABEB FD3E-FD3F FE10-FE19 FE30-FE52 FE54-FE61 FE63 FE68 FE6A-FE6B FF01-FF03 FF05-FF0A FF0C-FF0F
+    FF1A-FF1B FF1F-FF20 FF3B-FF3D FF3F FF5B FF5D FF5F-FF65 10100-10102 1039F 103D0 1056F 10857 1091F 1093F 10A50-10A58
+    10A7F 10AF0-10AF6 10B39-10B3F 10B99-10B9C 11047-1104D 110BB-110BC 110BE-110C1 11140-11143 11174-11175 111C5-111C9
+    111CD 111DB 111DD-111DF 11238-1123D 112A9 114C6 115C1-115D7 11641-11643 1173C-1173E 12470-12474 16A6E-16A6F 16AF5
+    16B37-16B3B 16B44 1BC9F 1DA87-1DA8B
 """
 # BertNormalizer's Chinese character blocks (spaced out as words of their own)
 _CJK_RANGES = "4E00-9FFF 3400-4DBF 20000-2A6DF 2A700-2B73F 2B740-2B81F 2B920-2CEAF F900-FAFF 2F800-2FA1F"
@@ -602,26 +589,71 @@ def _nb_softmax(scores, mask_bias, use_mask, scale):
                 row *= np.float32(1.0) / row.sum()
 
 
-def _nb_int8_matmul(q, scale, xt, out):
-    """out (O, N) <- (q * scale[:, None]) @ xt.T, int8 read and converted in registers, 2 rows x 4 tokens."""
-    (O, I), N = q.shape, xt.shape[0]
-    for o in range(0, O, 2):
-        o1 = min(o + 1, O - 1)
-        q0, q1 = q[o], q[o1]
-        for n in range(0, N, 4):
-            x0, x1, x2, x3 = xt[n], xt[min(n + 1, N - 1)], xt[min(n + 2, N - 1)], xt[min(n + 3, N - 1)]
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
-            for i in range(I):
-                w, v = np.float32(q0[i]), np.float32(q1[i])
-                a0, a1, a2, a3 = a0 + w * x0[i], a1 + w * x1[i], a2 + w * x2[i], a3 + w * x3[i]
-                b0, b1, b2, b3 = b0 + v * x0[i], b1 + v * x1[i], b2 + v * x2[i], b3 + v * x3[i]
-            for k, a, b in ((0, a0, b0), (1, a1, b1), (2, a2, b2), (3, a3, b3)):
-                if n + k < N:
-                    out[o, n + k], out[o1, n + k] = a * scale[o], b * scale[o1]
+def _nb_block_product(w, xt, scale, out):
+    """out (O, N) <- scale[:, None] * (w @ xt.T)[:O, :N]: w (>= O, I) float32 or int8 (converted in registers), xt
+    (>= N, I) tokens (I: a multiple of 16, zero-padded, for no scalar tail); 4 rows x 4 tokens (then 1) a block."""
+    (O, N), I, z = out.shape, w.shape[1], np.float32(0.0)
+    for o in range(0, O, 4):
+        w0, w1, w2, w3 = w[o], w[min(o + 1, O - 1)], w[min(o + 2, O - 1)], w[min(o + 3, O - 1)]
+        n = 0
+        while n < N:
+            x0, m = xt[n], 4 if n + 4 <= N else 1
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = z
+            if m == 4:                            # 16 accumulators: 8 loads for 16 FMAs
+                x1, x2, x3 = xt[n + 1], xt[n + 2], xt[n + 3]
+                for i in range(I):
+                    u0, u1, u2, u3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
+                    v0, v1, v2, v3 = x0[i], x1[i], x2[i], x3[i]
+                    a00, a01, a02, a03 = a00 + u0 * v0, a01 + u0 * v1, a02 + u0 * v2, a03 + u0 * v3
+                    a10, a11, a12, a13 = a10 + u1 * v0, a11 + u1 * v1, a12 + u1 * v2, a13 + u1 * v3
+                    a20, a21, a22, a23 = a20 + u2 * v0, a21 + u2 * v1, a22 + u2 * v2, a23 + u2 * v3
+                    a30, a31, a32, a33 = a30 + u3 * v0, a31 + u3 * v1, a32 + u3 * v2, a33 + u3 * v3
+            else:                                 # one token (a matrix-vector product)
+                for i in range(I):
+                    a00, a10 = a00 + np.float32(w0[i]) * x0[i], a10 + np.float32(w1[i]) * x0[i]
+                    a20, a30 = a20 + np.float32(w2[i]) * x0[i], a30 + np.float32(w3[i]) * x0[i]
+            for r, b in enumerate(((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23),
+                                   (a30, a31, a32, a33))):
+                if o + r < O:
+                    for k in range(m):
+                        out[o + r, n + k] = b[k] * scale[o + r]
+            n += m
+
+
+def _block_input(x, ws):
+    """x (I, N) as the block kernel reads it, (N, I up to a multiple of 16) zero-padded; None past KERNEL_MAX_TOKENS."""
+    if x.shape[1] <= KERNEL_MAX_TOKENS:         # (past that, BLAS wins: measured)
+        xt = ws("block_x", (x.shape[1], -(-x.shape[0] // 16) * 16))
+        xt[:, x.shape[0]:] = 0.0
+        return np.copyto(xt[:, :x.shape[0]], x.T) or xt
+
+
+_NUMBA, _NUMBA_LOCK, _NUMBA_THREAD = [], threading.Lock(), []   # Numba's kernels, once per process ([None]:
+                                                                 # it cannot), and the thread loading them
+
+
+def _numba_kernels():
+    """(GELU, layer norm, softmax, block product) compiled by Numba, or None if it cannot compile them."""
+    with _NUMBA_LOCK:
+        for cache in (True, False) if not _NUMBA else ():   # a stale or foreign disk cache must not break us
+            try:
+                import numba
+                fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
+                fns = (fast(_nb_bias_gelu), numba.njit(cache=cache, nogil=True, error_model="numpy")(_nb_add_layernorm),
+                       fast(_nb_softmax), fast(_nb_block_product))
+                x, v, o = np.ones((2, 16), _F32), np.ones(2, _F32), np.empty((2, 2), _F32)   # compile (or load) now
+                fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12), fns[3](x, x, v, o), fns[3](x.astype(np.int8), x, v, o)
+                fns[2](np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
+                _NUMBA.append(fns)
+                break
+            except Exception:  # noqa: BLE001
+                continue
+        return (_NUMBA or _NUMBA.append(None) or _NUMBA)[0]
 
 
 class _Kernels:
-    """The steps of a layer besides float32 products: NumPy by default, Numba twins when enabled."""
+    """The steps of a layer besides BLAS's products: NumPy by default, Numba twins when enabled (block_product: the
+    products of up to KERNEL_MAX_TOKENS tokens, on float32 or int8 weights packed at load)."""
 
     def __init__(self):
         self.name, self.int8_input, self.int8_matmul = "numpy", (lambda x, ws: None), _np_int8_matmul
@@ -629,38 +661,24 @@ class _Kernels:
 
     def use_numba(self) -> bool:
         """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
-        for cache in (True, False):   # a stale or foreign on-disk cache must not break us: recompile
-            try:
-                import numba
-                fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
-                gelu, softmax, int8 = fast(_nb_bias_gelu), fast(_nb_softmax), fast(_nb_int8_matmul)
-                addln = numba.njit(cache=cache, nogil=True, error_model="numpy")(_nb_add_layernorm)
-                x, v = np.ones((2, 3), _F32), np.ones(2, _F32)       # compile (or load) now, for these types
-                gelu(x, v)
-                addln(x, x.copy(), v, v, v, 1e-12)
-                softmax(np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
-                int8(np.ones((2, 3), np.int8), v, x, x)
-                break
-            except Exception:  # noqa: BLE001
-                continue
-        else:
+        if (fns := _numba_kernels()) is None:
             return False
+        gelu, addln, softmax, self.block_product = fns
         no_mask = np.zeros((1, 0), _F32)
-
-        def int8_input(x, ws):                   # the kernel streams token rows: x^T, once per product
-            if x.shape[1] > INT8_KERNEL_MAX_TOKENS:    # past that, BLAS on the cast weight wins (measured)
-                return None
-            xt = ws("int8_xt", x.shape[::-1])
-            np.copyto(xt, x.T)
-            return xt
-
-        self.name, self.add_layernorm, self.int8_input = "numba", addln, int8_input
+        self.name, self.add_layernorm, self.int8_input = "numba", addln, _block_input
         self.bias_gelu = lambda h, bias, ws: gelu(h, bias)
         self.softmax = lambda s, mask_bias, scale: softmax(s, no_mask if mask_bias is None else mask_bias,
                                                            mask_bias is not None, scale)
         self.int8_matmul = lambda q, s, x, out, ws, xt: _np_int8_matmul(q, s, x, out, ws) if xt is None \
-            else int8(q, s, xt, out)
+            else self.block_product(q, xt, s, out)
         return True
+
+
+def kernel_set(name: str):
+    """The kernels a forward pass runs, "numpy" or "numba" (None if Numba cannot compile them), for tests and tools:
+    bias_gelu, add_layernorm, softmax, int8_matmul; Numba's block_product(w, int8_input(x, ws), scale, out)."""
+    kernels = _Kernels()
+    return kernels if name == "numpy" or kernels.use_numba() else None
 
 
 _BLAS_SETTERS = []
@@ -687,7 +705,8 @@ def set_blas_threads(n: int) -> bool:
 
 # === the model ====================================================================================
 
-INT8_KERNEL_MAX_TOKENS = 32     # int8 products of at most this many tokens run the int8 kernel (measured)
+KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # with Numba, products of at most this many tokens run the
+                                                 # block kernel (measured), float32 or int8
 CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
 
@@ -729,7 +748,7 @@ class RuntimeModel:
         tokens = self._parse_metadata(metadata)
         self.tokenizer = WordPieceTokenizer(tokens, self.do_lower_case, backend=tokenizer_backend)
         self._build(tensors)
-        self._kernel_choice, self._kernels, self.threads = kernels, None, threads
+        self._kernel_choice, self._kernels, self._loader, self.threads = kernels, None, None, threads
         self._workspaces, self._executor = [_workspace() for _ in range(threads or 1)], None
 
     # --- metadata and tensors -------------------------------------------------------------------
@@ -790,7 +809,7 @@ class RuntimeModel:
         return tokens
 
     def _build(self, tensors):
-        cfg, path = self.config, self.path
+        cfg, path, self._denses = self.config, self.path, []   # denses: linear layers
         C, F = cfg["hidden_size"], cfg["intermediate_size"]
 
         def get(name, shape, int8=False):
@@ -826,7 +845,9 @@ class RuntimeModel:
             else:
                 weight = weights[0] if len(names) == 1 else np.concatenate(weights)
             bias = np.concatenate([vec(f"{prefix}{x}bias", out_f) for x in parts])
-            return SimpleNamespace(weight=weight, bias=bias, scale=scales and np.concatenate(scales))
+            self._denses.append(SimpleNamespace(weight=weight, bias=bias, scale=scales and np.concatenate(scales),
+                                                packed=None))
+            return self._denses[-1]
 
         # embedding tables stay as stored (float16, int8): only the rows used are converted, the word table's
         tables = (("word", "vocab_size"), ("position", "max_position_embeddings"), ("token_type", "type_vocab_size"))
@@ -851,13 +872,32 @@ class RuntimeModel:
 
     @property
     def kernels(self) -> str:
-        """"numba" or "numpy" (settled at the first forward pass)."""
+        """"numba" or "numpy": what the forward passes use once Numba's kernels are loaded (waits for them)."""
+        with self._lock:
+            self._settle(wait=True)
+            return self._kernels.name
+
+    def _settle(self, wait=False):
+        """NumPy's kernels from the first forward pass; Numba's ("auto": loaded in a thread, so that a fresh process
+        does not wait ~2 s) from the first pass after they are loaded, the weights then packed for the block kernel."""
         if self._kernels is None:
-            k, choice = _Kernels(), self._kernel_choice
-            _need(choice == "numpy" or (choice == "auto" and not HAVE_NUMBA) or k.use_numba() or choice == "auto",
+            self._kernels, choice = _Kernels(), self._kernel_choice
+            if choice == "numba" or choice == "auto" and HAVE_NUMBA:
+                with _NUMBA_LOCK:                 # one loading thread per process
+                    if not _NUMBA_THREAD:
+                        _NUMBA_THREAD.append(threading.Thread(target=_numba_kernels, daemon=True))
+                        _NUMBA_THREAD[0].start()
+                self._loader = True
+        if self._loader is not None and (wait or self._kernel_choice == "numba" or _NUMBA):
+            self._loader = None
+            if (kernels := _Kernels()).use_numba():       # (waits for the thread)
+                for d in self._denses:             # our copy in the block kernel's layout: inputs zero-padded to 16
+                    d.packed = np.zeros((d.weight.shape[0], -(-d.weight.shape[1] // 16) * 16), d.weight.dtype)
+                    d.packed[:, :d.weight.shape[1]] = d.weight
+                    d.packed_scale = np.ones(d.weight.shape[0], _F32) if d.scale is None else d.scale
+                self._kernels = kernels
+            _need(kernels.name == "numba" or self._kernel_choice == "auto",
                   "Numba kernels were asked for but Numba cannot be imported")
-            self._kernels = k
-        return self._kernels.name
 
     # --- forward -------------------------------------------------------------------------------
 
@@ -894,7 +934,7 @@ class RuntimeModel:
                 out["logits"][r] = (logits + self._classifier.bias[:, None]).T
 
         with self._lock:
-            self.kernels                          # settled at the first forward pass
+            self._settle()                        # Numba's kernels once loaded
             threads = self.threads or 1
             rows = max(1, CHUNK_TOKENS // T)      # sub-batches: bounded memory
             if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
@@ -927,13 +967,17 @@ class RuntimeModel:
             helper.result()
 
     def _product(self, dense, x, out, ws, rows=None):
-        """out <- W[r0:r1] @ x, no bias: float32 W by BLAS, or int8 with row scales (a Numba kernel for
-        few tokens, else the weight cast in blocks for BLAS)."""
+        """out <- W[r0:r1] @ x, no bias: few tokens by Numba's block kernel on the weight packed at load (float32: from
+        2 tokens, BLAS's matrix-vector product is faster: measured); else float32 W by BLAS, int8 (row scales) by
+        BLAS on the weight cast in blocks."""
         r0, r1 = rows or (0, dense.weight.shape[0])
-        if dense.scale is None:
-            return np.matmul(dense.weight[r0:r1], x, out=out)
-        self._kernels.int8_matmul(dense.weight[r0:r1], dense.scale[r0:r1], x, out, ws,
-                                  self._kernels.int8_input(x, ws))
+        if dense.packed is not None and (x.shape[1] > 1 or dense.scale is not None) \
+                and (xt := self._kernels.int8_input(x, ws)) is not None:
+            self._kernels.block_product(dense.packed[r0:r1], xt, dense.packed_scale[r0:r1], out)
+        elif dense.scale is None:
+            np.matmul(dense.weight[r0:r1], x, out=out)
+        else:
+            _np_int8_matmul(dense.weight[r0:r1], dense.scale[r0:r1], x, out, ws)
         return out
 
     def _encode(self, ids, types, mask, ws, all_positions=True):
