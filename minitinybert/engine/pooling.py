@@ -3,7 +3,8 @@ backward by hand, and the sentence-transformers files that say which ones a mode
 
 A sentence-transformers model (all-MiniLM-L6-v2, the default teacher) is a list of modules in
 modules.json: Transformer (the BERT), Pooling (1_Pooling/config.json: mean over real tokens, or the
-[CLS] token), optionally Dense (a linear map) and Normalize (L2). sentence_bert_config.json holds
+[CLS] token), optionally Dense (a linear map; read here from the embedding.json of distill's
+embedding stage, which names it) and Normalize (L2). sentence_bert_config.json holds
 max_seq_length (256 for the teacher: longer inputs are cut there, not at BERT's 512).
 
 Derivations (h: hidden states (B, T, C), m: attention mask (B, T) of 0/1, n_b = max(sum_t m_bt, 1e-9)):
@@ -146,9 +147,10 @@ def read_sentence_config(directory) -> SentenceConfig | None:
         types = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SentenceConfigError(f"{modules_file}: not a sentence-transformers module list ({e})") from None
-    unknown = sorted(set(types) - {"Transformer", "Pooling", "Normalize", "Dense"})
+    unknown = sorted(set(types) - {"Transformer", "Pooling", "Normalize"})
     if unknown:
-        raise SentenceConfigError(f"{modules_file}: modules {', '.join(unknown)} are not supported")
+        raise SentenceConfigError(f"{modules_file}: modules {', '.join(unknown)} are not supported here (a Dense "
+                                  f"module: export the checkpoint whose embedding.json names the projection)")
     pooling = "mean"
     if "Pooling" in types:
         cfg_file = directory / types["Pooling"].get("path", "1_Pooling") / "config.json"

