@@ -42,13 +42,9 @@ import numpy as np
 
 __all__ = ["load", "RuntimeModel", "RuntimeModelError", "WordPieceTokenizer", "read_safetensors", "FORMAT", "main"]
 
-FORMAT = "minitinybert-runtime/1"
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-MAX_DIMS = 8
-MAX_DIM = 2 ** 31 - 1
-MASK_VALUE = -10000.0
-SPECIAL_TOKENS = ("[UNK]", "[SEP]", "[CLS]", "[PAD]", "[MASK]")
-MAX_WORD_CHARS = 100
+FORMAT, MASK_VALUE = "minitinybert-runtime/1", -10000.0
+MAX_HEADER_BYTES, MAX_DIMS, MAX_DIM = 100 * 1024 * 1024, 8, 2 ** 31 - 1
+SPECIAL_TOKENS, MAX_WORD_CHARS = ("[UNK]", "[SEP]", "[CLS]", "[PAD]", "[MASK]"), 100
 
 
 def _can_import(name: str) -> bool:
@@ -102,8 +98,8 @@ def read_safetensors(path):
         try:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
-                raise RuntimeModelError(f"{path}: not a model file: {size} bytes, shorter than the "
-                                        f"8-byte safetensors header length")
+                raise RuntimeModelError(f"{path}: not a model file: {size} bytes, shorter than the 8-byte safetensors "
+                                        f"header length")
             header_len = int.from_bytes(f.read(8), "little")
             if header_len > size - 8 or header_len > MAX_HEADER_BYTES:
                 raise RuntimeModelError(f"{path}: corrupt safetensors header: it claims {header_len} bytes, the "
@@ -124,8 +120,7 @@ def read_safetensors(path):
         metadata = header.pop("__metadata__", {})
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise RuntimeModelError(f"{path}: __metadata__ must map names to strings")
-        data_start = 8 + header_len
-        data_size = size - data_start
+        data_start, data_size = 8 + header_len, size - 8 - header_len
         entries = [(name,) + _check_entry(path, name, info, data_size) for name, info in header.items()]
         # The tensors must tile the data section exactly: sorted, no overlap, no gap.
         position = 0
@@ -146,9 +141,8 @@ def read_safetensors(path):
                 raise RuntimeModelError(f"cannot map model file {path}: {e}") from None
     tensors = {}
     for name, dtype, shape, begin, end in entries:
-        np_dtype = np.dtype(_DTYPES[dtype])
+        np_dtype, offset = np.dtype(_DTYPES[dtype]), data_start + begin
         count = (end - begin) // np_dtype.itemsize
-        offset = data_start + begin
         if count == 0:
             arr, offset = np.zeros(shape, dtype=np_dtype), None
         else:
@@ -187,10 +181,9 @@ def _check_entry(path, name, info, data_size):
 
 
 # === WordPiece tokenizer (equal to tokenizers' BertWordPieceTokenizer) ============================
-# Character classes as tokenizers' BertNormalizer and BertPreTokenizer see them (their Unicode
-# tables, not Python's, which are newer for some characters): "other" (Cc Cf Co Cs, dropped by
-# clean-up), "Mn" (non-spacing marks, dropped by accent stripping) and punctuation (ASCII
-# punctuation or Unicode P*). Hexadecimal code point ranges.
+# Character classes as tokenizers' BertNormalizer and BertPreTokenizer see them (their Unicode tables, not Python's,
+# which are newer for some characters): "other" (Cc Cf Co Cs, dropped by clean-up), "Mn" (non-spacing marks, dropped by
+# accent stripping) and punctuation (ASCII punctuation or Unicode P*). Hexadecimal code point ranges.
 
 _OTHER_RANGES = """
     1-8 B-C E-1F 7F-9F AD 600-605 61C 6DD 70F 180E 200B-200F 202A-202E 2060-2064 2066-206F E000-F8FF FEFF FFF9-FFFB
@@ -278,13 +271,12 @@ class _Patterns:
 class WordPieceTokenizer:
     """BERT WordPiece, id for id as tokenizers' BertWordPieceTokenizer(vocab, lowercase=...):
 
-    the vocabulary's special tokens ([UNK] [SEP] [CLS] [PAD] [MASK]) written in the text are kept
-    whole; clean-up drops NUL, U+FFFD and control/format characters and turns whitespace into
-    spaces; CJK ideographs become words of their own; with do_lower_case, NFD + removal of
-    non-spacing marks, then per-character lower-casing; split on whitespace and punctuation;
-    greedy longest-match-first WordPiece with "##" continuations, words over 100 characters ->
-    [UNK]. encode() adds [CLS] A [SEP] (B [SEP]) with token types 0/1 and truncates longest-first.
-    `backend`: "auto" or "python", the same (this is faster than `tokenizers`: tools/bench_runtime.py)."""
+    the vocabulary's special tokens ([UNK] [SEP] [CLS] [PAD] [MASK]) written in the text are kept whole; clean-up drops
+    NUL, U+FFFD and control/format characters and turns whitespace into spaces; CJK ideographs become words of their
+    own; with do_lower_case, NFD + removal of non-spacing marks, then per-character lower-casing; split on whitespace
+    and punctuation; greedy longest-match-first WordPiece with "##" continuations, words over 100 characters -> [UNK].
+    encode() adds [CLS] A [SEP] (B [SEP]) with token types 0/1 and truncates longest-first. `backend`: "auto" or
+    "python", the same (this is faster than `tokenizers`: tools/bench/runtime.py)."""
 
     # Lone surrogates (bytes decoded with surrogateescape, broken UTF-16) are not characters and
     # cannot reach Rust: both backends drop them first, as clean-up drops the other Cs characters.
@@ -515,8 +507,7 @@ def _np_softmax(scores, mask_bias, scale):
 
 
 def _np_int8_matmul(q, scale, x, out, ws, xt=None):
-    """out <- (q * scale[:, None]) @ x: NumPy has no int8 product, so blocks of ~64K weights are cast
-    into a small reused float32 buffer for BLAS."""
+    """out <- (q * scale[:, None]) @ x: NumPy has no int8 product: blocks of ~64K weights cast into a reused buffer."""
     for r in range(0, q.shape[0], step := max(1, 65536 // q.shape[1])):
         w = ws("int8_weight", q[r:r + step].shape)
         np.copyto(w, q[r:r + step], casting="unsafe")
@@ -591,33 +582,24 @@ def _nb_softmax(scores, mask_bias, use_mask, scale):
 
 def _nb_block_product(w, xt, scale, out):
     """out (O, N) <- scale[:, None] * (w @ xt.T)[:O, :N]: w (>= O, I) float32 or int8 (converted in registers), xt
-    (>= N, I) tokens (I: a multiple of 16, zero-padded, for no scalar tail); 4 rows x 4 tokens (then 1) a block."""
+    (>= N, I) tokens (I: a multiple of 16, zero-padded, for no scalar tail); blocks of 4 rows x 4 tokens."""
     (O, N), I, z = out.shape, w.shape[1], np.float32(0.0)
     for o in range(0, O, 4):
         w0, w1, w2, w3 = w[o], w[min(o + 1, O - 1)], w[min(o + 2, O - 1)], w[min(o + 3, O - 1)]
-        n = 0
-        while n < N:
-            x0, m = xt[n], 4 if n + 4 <= N else 1
+        for n in range(0, N, 4):                  # 16 accumulators: 8 loads for 16 FMAs
+            x0, x1, x2, x3 = xt[n], xt[min(n + 1, N - 1)], xt[min(n + 2, N - 1)], xt[min(n + 3, N - 1)]
             a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = z
-            if m == 4:                            # 16 accumulators: 8 loads for 16 FMAs
-                x1, x2, x3 = xt[n + 1], xt[n + 2], xt[n + 3]
-                for i in range(I):
-                    u0, u1, u2, u3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
-                    v0, v1, v2, v3 = x0[i], x1[i], x2[i], x3[i]
-                    a00, a01, a02, a03 = a00 + u0 * v0, a01 + u0 * v1, a02 + u0 * v2, a03 + u0 * v3
-                    a10, a11, a12, a13 = a10 + u1 * v0, a11 + u1 * v1, a12 + u1 * v2, a13 + u1 * v3
-                    a20, a21, a22, a23 = a20 + u2 * v0, a21 + u2 * v1, a22 + u2 * v2, a23 + u2 * v3
-                    a30, a31, a32, a33 = a30 + u3 * v0, a31 + u3 * v1, a32 + u3 * v2, a33 + u3 * v3
-            else:                                 # one token (a matrix-vector product)
-                for i in range(I):
-                    a00, a10 = a00 + np.float32(w0[i]) * x0[i], a10 + np.float32(w1[i]) * x0[i]
-                    a20, a30 = a20 + np.float32(w2[i]) * x0[i], a30 + np.float32(w3[i]) * x0[i]
+            for i in range(I):
+                u0, u1, u2, u3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
+                v0, v1, v2, v3 = x0[i], x1[i], x2[i], x3[i]
+                a00, a01, a02, a03 = a00 + u0 * v0, a01 + u0 * v1, a02 + u0 * v2, a03 + u0 * v3
+                a10, a11, a12, a13 = a10 + u1 * v0, a11 + u1 * v1, a12 + u1 * v2, a13 + u1 * v3
+                a20, a21, a22, a23 = a20 + u2 * v0, a21 + u2 * v1, a22 + u2 * v2, a23 + u2 * v3
+                a30, a31, a32, a33 = a30 + u3 * v0, a31 + u3 * v1, a32 + u3 * v2, a33 + u3 * v3
             for r, b in enumerate(((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23),
                                    (a30, a31, a32, a33))):
-                if o + r < O:
-                    for k in range(m):
-                        out[o + r, n + k] = b[k] * scale[o + r]
-            n += m
+                for k in range(min(4, N - n) if o + r < O else 0):
+                    out[o + r, n + k] = b[k] * scale[o + r]
 
 
 def _block_input(x, ws):
@@ -628,27 +610,7 @@ def _block_input(x, ws):
         return np.copyto(xt[:, :x.shape[0]], x.T) or xt
 
 
-_NUMBA, _NUMBA_LOCK, _NUMBA_THREAD = [], threading.Lock(), []   # Numba's kernels, once per process ([None]:
-                                                                 # it cannot), and the thread loading them
-
-
-def _numba_kernels():
-    """(GELU, layer norm, softmax, block product) compiled by Numba, or None if it cannot compile them."""
-    with _NUMBA_LOCK:
-        for cache in (True, False) if not _NUMBA else ():   # a stale or foreign disk cache must not break us
-            try:
-                import numba
-                fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
-                fns = (fast(_nb_bias_gelu), numba.njit(cache=cache, nogil=True, error_model="numpy")(_nb_add_layernorm),
-                       fast(_nb_softmax), fast(_nb_block_product))
-                x, v, o = np.ones((2, 16), _F32), np.ones(2, _F32), np.empty((2, 2), _F32)   # compile (or load) now
-                fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12), fns[3](x, x, v, o), fns[3](x.astype(np.int8), x, v, o)
-                fns[2](np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
-                _NUMBA.append(fns)
-                break
-            except Exception:  # noqa: BLE001
-                continue
-        return (_NUMBA or _NUMBA.append(None) or _NUMBA)[0]
+_NUMBA, _NUMBA_LOCK = [], threading.Lock()      # Numba's kernels, loaded once per process (or [None]: it cannot)
 
 
 class _Kernels:
@@ -660,10 +622,25 @@ class _Kernels:
         self.bias_gelu, self.add_layernorm, self.softmax = _np_bias_gelu, _np_add_layernorm, _np_softmax
 
     def use_numba(self) -> bool:
-        """Switch to the Numba kernels; False (staying on NumPy) if Numba cannot compile them."""
-        if (fns := _numba_kernels()) is None:
-            return False
-        gelu, addln, softmax, self.block_product = fns
+        """Switch to the Numba kernels (compiled or loaded from Numba's disk cache once per process, under a lock);
+        False (staying on NumPy) if Numba cannot compile them."""
+        with _NUMBA_LOCK:
+            for cache in (True, False) if not _NUMBA else ():   # a stale or foreign disk cache must not break us
+                try:
+                    import numba
+                    fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
+                    fns = (fast(_nb_bias_gelu), numba.njit(cache=cache, nogil=True, error_model="numpy")(
+                        _nb_add_layernorm), fast(_nb_softmax), fast(_nb_block_product))
+                    x, v, o = np.ones((2, 16), _F32), np.ones(2, _F32), np.empty((2, 2), _F32)   # compile (or load)
+                    fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12), fns[3](x, x, v, o)
+                    fns[2](np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
+                    _NUMBA.append(fns[3](x.astype(np.int8), x, v, o) or fns)
+                    break
+                except Exception:  # noqa: BLE001
+                    continue
+            if (_NUMBA or _NUMBA.append(None) or _NUMBA)[0] is None:
+                return False
+        gelu, addln, softmax, self.block_product = _NUMBA[0]
         no_mask = np.zeros((1, 0), _F32)
         self.name, self.add_layernorm, self.int8_input = "numba", addln, _block_input
         self.bias_gelu = lambda h, bias, ws: gelu(h, bias)
@@ -705,8 +682,7 @@ def set_blas_threads(n: int) -> bool:
 
 # === the model ====================================================================================
 
-KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # with Numba, products of at most this many tokens run the
-                                                 # block kernel (measured), float32 or int8
+KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # Numba's block product serves up to this many tokens (measured)
 CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
 
@@ -882,12 +858,9 @@ class RuntimeModel:
         does not wait ~2 s) from the first pass after they are loaded, the weights then packed for the block kernel."""
         if self._kernels is None:
             self._kernels, choice = _Kernels(), self._kernel_choice
-            if choice == "numba" or choice == "auto" and HAVE_NUMBA:
-                with _NUMBA_LOCK:                 # one loading thread per process
-                    if not _NUMBA_THREAD:
-                        _NUMBA_THREAD.append(threading.Thread(target=_numba_kernels, daemon=True))
-                        _NUMBA_THREAD[0].start()
-                self._loader = True
+            if choice == "numba" or choice == "auto" and HAVE_NUMBA:   # (loaded once per process: the thread of a
+                self._loader = threading.Thread(target=_Kernels().use_numba, daemon=True)   # later model finds them)
+                self._loader.start()
         if self._loader is not None and (wait or self._kernel_choice == "numba" or _NUMBA):
             self._loader = None
             if (kernels := _Kernels()).use_numba():       # (waits for the thread)
@@ -896,8 +869,8 @@ class RuntimeModel:
                     d.packed[:, :d.weight.shape[1]] = d.weight
                     d.packed_scale = np.ones(d.weight.shape[0], _F32) if d.scale is None else d.scale
                 self._kernels = kernels
-            _need(kernels.name == "numba" or self._kernel_choice == "auto",
-                  "Numba kernels were asked for but Numba cannot be imported")
+            _need(kernels.name == "numba" or self._kernel_choice == "auto", "Numba kernels were asked for but Numba "
+                  "cannot be imported")
 
     # --- forward -------------------------------------------------------------------------------
 
