@@ -73,7 +73,7 @@ def quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _is_linear_weight(name: str) -> bool:
     return name.endswith(".weight") and (name.startswith("encoder.") and not name.endswith("LayerNorm.weight")
-                                         or name == "pooler.dense.weight")
+                                         or name in ("pooler.dense.weight", "embedding_projection.weight"))
 
 
 def runtime_tensors(state: dict[str, np.ndarray], dtype: str = "float32",
@@ -83,7 +83,7 @@ def runtime_tensors(state: dict[str, np.ndarray], dtype: str = "float32",
         raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = []
     for name, value in state.items():
-        if not name.startswith(("embeddings.", "encoder.", "pooler.", "classifier.")):
+        if not name.startswith(("embeddings.", "encoder.", "pooler.", "classifier.", "embedding_projection.")):
             continue                                           # fit_dense*, cls.predictions.*
         value = np.ascontiguousarray(value, dtype=np.float32)
         is_embedding = name.startswith("embeddings.") and name.endswith("_embeddings.weight")
@@ -172,7 +172,8 @@ def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True,
     keep_ids (ascending old ids, see kept_piece_ids): write only these word pieces. sentence (a
     pooling.SentenceConfig): the sentence embedding's pooling and normalisation, into the metadata, and
     projection, the name prefix of the linear map after pooling (an embedding student's last fit_dense),
-    written in float32 as embedding_projection.* for the runtime's embed()."""
+    written as embedding_projection.* (as the encoder's linear weights: int8 in an int8 file) for the
+    runtime's embed()."""
     cfg = model.config
     if type(max_length) is int and max_length > cfg.max_position_embeddings:
         max_length = cfg.max_position_embeddings
@@ -185,15 +186,13 @@ def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True,
     state = model.state_dict()
     if keep_ids is not None:
         state, cfg, tokens = prune_vocab(state, cfg, tokens, keep_ids)
-    tensors = runtime_tensors(state, dtype, quantize_embeddings)
     metadata = runtime_metadata(cfg, tokens, do_lower_case, max_length, dtype)
     if sentence is not None:
         metadata.update(pooling="cls_token" if sentence.pooling == "cls" else sentence.pooling,
                         normalize="true" if sentence.normalize else "false")
-    if projection:        # float32, first: the float32 group leads the file
-        tensors = [(f"embedding_projection.{x}", np.ascontiguousarray(state[f"{projection}.{x}"], np.float32))
-                   for x in ("weight", "bias")] + tensors
-    write_safetensors(out_path, tensors, metadata)
+    if projection:        # the linear map after pooling: stored as the encoder's linear weights are
+        state = {**state, **{f"embedding_projection.{x}": state[f"{projection}.{x}"] for x in ("weight", "bias")}}
+    write_safetensors(out_path, runtime_tensors(state, dtype, quantize_embeddings), metadata)
     return Path(out_path)
 
 

@@ -1068,7 +1068,8 @@ class RuntimeModel:
         _need(want, f"pooling must be 'mean', 'cls' or 'cls_token', got {pooling!r}")
         vectors = self._run(inputs, batch_size, max_length, want)[0]
         if self._projection is not None and pooling == self.pooling:
-            vectors = vectors @ self._projection.weight.T + self._projection.bias
+            p = self._projection                         # int8: per-row scales, as every linear weight
+            vectors = vectors @ (p.weight if p.scale is None else p.weight * p.scale[:, None]).T + p.bias
         if self.normalize if normalize is None else normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), _F32(1e-12))
         return vectors

@@ -62,6 +62,7 @@ def test_int8_with_quantized_embeddings_stays_close(student, tmp_path):
     f32 = runtime.load(export_runtime(student, tmp_path / "f32.safetensors"))
     i8 = runtime.load(export_runtime(student, tmp_path / "i8.safetensors", "int8", quantize_embeddings=True))
     assert i8.dtype == "int8" and i8.pooling == "mean"
+    assert runtime.read_safetensors(tmp_path / "i8.safetensors")[1]["embedding_projection.weight"][0] == "I8"
     assert np.min(cosine_rows(i8.embed(TEXTS), f32.embed(TEXTS))) > 0.99
 
 
