@@ -682,7 +682,9 @@ def set_blas_threads(n: int) -> bool:
 
 # === the model ====================================================================================
 
-KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # Numba's block product serves up to this many tokens (measured)
+KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # Numba's block product serves up to this many tokens, and float32
+F32_KERNEL_MAX_TOKENS = 12      # 2 to this many on one thread (measured: BLAS's matrix-vector product at 1, its GEMM
+#                                 from 16 on one thread; on more, OpenBLAS's threads stall when others hold the cores)
 CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
 
@@ -940,11 +942,12 @@ class RuntimeModel:
             helper.result()
 
     def _product(self, dense, x, out, ws, rows=None):
-        """out <- W[r0:r1] @ x, no bias: few tokens by Numba's block kernel on the weight packed at load (float32: from
-        2 tokens, BLAS's matrix-vector product is faster: measured); else float32 W by BLAS, int8 (row scales) by
-        BLAS on the weight cast in blocks."""
+        """out <- W[r0:r1] @ x, no bias: few tokens by Numba's block kernel on the weight packed at load (float32: 2 to
+        F32_KERNEL_MAX_TOKENS, to KERNEL_MAX_TOKENS when BLAS would run threads); else float32 W by BLAS, int8 (row
+        scales) by BLAS on the weight cast in blocks."""
         r0, r1 = rows or (0, dense.weight.shape[0])
-        if dense.packed is not None and (x.shape[1] > 1 or dense.scale is not None) \
+        if dense.packed is not None and (dense.scale is not None or 1 < x.shape[1] <= F32_KERNEL_MAX_TOKENS or
+                                         1 < x.shape[1] and (self.threads or 1) > 1) \
                 and (xt := self._kernels.int8_input(x, ws)) is not None:
             self._kernels.block_product(dense.packed[r0:r1], xt, dense.packed_scale[r0:r1], out)
         elif dense.scale is None:
