@@ -1,7 +1,13 @@
 """The embedding stage (distill/embedding.py) on the tiny world: the whole objective's gradient against
 finite differences, a short run that lowers its loss and writes the zero-shot similarity summary, and a
 run stopped and resumed that ends on the same bytes as a straight one; the similarity-file reader."""
+import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +125,19 @@ def test_similarity_files(tmp_path):
     bad.write_text("a\tb\n")
     with pytest.raises(ValueError, match="two texts and a score"):
         read_similarity_file(bad)
+
+
+MPIEXEC = shutil.which("mpiexec")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or MPIEXEC is None, reason="needs mpi4py and mpiexec")
+def test_stage_under_mpiexec_equals_one_process_of_two_workers(world, tmp_path):
+    steps = ["--embed-steps", "4", "--embed-layers", "0.5"]
+    assert main(args(world, tmp_path / "threads", *steps, "--workers", "2")) == 0
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "minitinybert.distill", "embed",
+           *args(world, tmp_path / "mpi", *steps, "--workers", "1")]
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    a, b = (load_model(d / "final").params.data for d in (tmp_path / "threads", tmp_path / "mpi"))
+    np.testing.assert_array_equal(a, b)

@@ -218,7 +218,7 @@ def run_embedding(config, log=print) -> Path | None:
         raise ConfigError(f"--embed-objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     with world.root_first():
         teacher_dir = resolve_teacher(config.teacher)
-        teacher_sentence = world.root_call(ensure_sentence_files, teacher_dir)
+    teacher_sentence = world.root_call(ensure_sentence_files, teacher_dir)
     teacher_sentence = teacher_sentence or SentenceConfig("mean", True, None)
     teacher = load_model(teacher_dir, log=log)
     tokenizer = Tokenizer.from_dir(teacher_dir)
