@@ -9,19 +9,24 @@ import numpy as np
 import pytest
 
 from minitinybert import infer, runtime
+from minitinybert.data.sts import cosine_rows
 from minitinybert.data.tokenizer import Tokenizer
 from minitinybert.distill.embedding import embed_texts, model_projection
 from minitinybert.engine.model import Bert
-from minitinybert.engine.pooling import (EMBEDDING_FILE, SentenceConfig, SentenceConfigError,
-                                         read_model_sentence_config, read_sentence_config)
+from minitinybert.engine.pooling import (
+    EMBEDDING_FILE,
+    SentenceConfigError,
+    read_model_sentence_config,
+    read_sentence_config,
+)
 from minitinybert.engine.weights import save_checkpoint
 from minitinybert.export import export_runtime, write_st_folder
-from minitinybert.data.sts import cosine_rows
 from tests.tiny_world import STUDENT, build_world
 
 ROOT = Path(__file__).resolve().parent.parent
-TEXTS = ["the film was good", "a very boring plot , and bad actors", "fun !", "this story is not dull at all . "
-         "the actors loved it and the plot was great fun and the movie was very funny"]
+TEXTS = ["the film was good", "a very boring plot , and bad actors", "fun !",
+         ("this story is not dull at all . the actors loved it and the plot was great fun and the movie was very "
+          "funny")]
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,7 @@ import numpy as np
 
 from minitinybert import runtime
 
-WORDS = ("the quick brown fox jumps over a lazy dog while distant thunder rolls across the quiet valley "
-         "and children laugh in the old stone square").split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "distant", "thunder", "rolls", "across", "the", "quiet", "valley", "and", "children", "laugh", "in", "the", "old", "stone", "square"]
 
 TEXTS = {
     "plain": "A man is playing a guitar on the street.",
