@@ -8,13 +8,11 @@
 
     python runtime.py MODEL "text" ["text2" ...]     # JSON lines on stdout (stdin when no text)
 
-Optional, same results to float rounding: Numba (GELU, layer norm, softmax, and a block product for up to
-KERNEL_MAX_TOKENS tokens on weights packed at load, int8 read as int8), imported in a thread at the first forward pass
-(~2 s and ~110 MB of LLVM; NumPy's kernels answer meanwhile); kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off,
-"numba" waits for it. A forward pass runs on sub-batches of ~CHUNK_TOKENS tokens in buffers reused across calls.
-threads=None leaves BLAS's threads as the environment sets them; threads=N gives BLAS N threads for one sub-batch and
-shares a larger batch's sub-batches among N threads of ours over single-threaded BLAS (OpenBLAS's threads stall when
-other processes hold the cores).
+Optional, same results to float rounding: Numba (GELU, layer norm, softmax, a block product of few tokens on weights
+packed at load), imported in a thread at the first forward pass (~2 s, ~110 MB of LLVM; NumPy answers meanwhile);
+kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off, "numba" waits for it. Forward passes run on sub-batches of
+~CHUNK_TOKENS tokens in reused buffers. threads=None leaves BLAS's threads as the environment sets them; threads=N gives
+BLAS N threads for one sub-batch, and shares a larger batch's sub-batches among N threads over single-threaded BLAS.
 
 File format "minitinybert-runtime/1" (in full in the README, "Runtime model file"): safetensors with Hugging Face
 BERT tensor names and "__metadata__" format, config (JSON), labels, vocab, do_lower_case, max_length, dtype; F32, F16
@@ -405,8 +403,7 @@ class WordPieceTokenizer:
                 n1, n2 = n2, n1
             n2 = n1 if n1 > budget else max(n1, budget - n1)
             if n1 + n2 > budget:
-                n1 = budget // 2
-                n2 = n1 + budget % 2
+                n1, n2 = budget // 2, budget // 2 + budget % 2
             if swap:
                 n1, n2 = n2, n1
             a, b = a[:n1], b[:n2]
@@ -438,7 +435,6 @@ def _split_inputs(inputs):
         texts.append(_check_text(item[0]))
         pairs.append(_check_text(item[1]))
     return texts, pairs
-
 
 
 # === numerical kernels: NumPy, and Numba twins used when available (same results to float rounding) ===
@@ -602,30 +598,28 @@ def _nb_block_product(w, xt, scale, out):
                     out[o + r, n + k] = b[k] * scale[o + r]
 
 
-def _block_input(x, ws):
-    """x (I, N) as the block kernel reads it, (N, I up to a multiple of 16) zero-padded; None past KERNEL_MAX_TOKENS."""
-    if x.shape[1] <= KERNEL_MAX_TOKENS:         # (past that, BLAS wins: measured)
-        xt = ws("block_x", (x.shape[1], -(-x.shape[0] // 16) * 16))
-        xt[:, x.shape[0]:] = 0.0
-        return np.copyto(xt[:, :x.shape[0]], x.T) or xt
-
-
-_NUMBA, _NUMBA_LOCK = [], threading.Lock()      # Numba's kernels, loaded once per process (or [None]: it cannot)
-
-
 class _Kernels:
     """The steps of a layer besides BLAS's products: NumPy by default, Numba twins when enabled (block_product: the
     products of up to KERNEL_MAX_TOKENS tokens, on float32 or int8 weights packed at load)."""
+    numba, lock = [], threading.Lock()          # Numba's kernels, loaded once per process (or [None]: it cannot)
+
+    @staticmethod
+    def block_input(x, ws):
+        """x (I, N) as the block kernel reads it, (N, I up to a multiple of 16) zero-padded; None past KERNEL_MAX_TOKENS
+        (BLAS wins there: measured)."""
+        if x.shape[1] <= KERNEL_MAX_TOKENS:
+            xt = ws("block_x", (x.shape[1], -(-x.shape[0] // 16) * 16))
+            xt[:, x.shape[0]:] = 0.0
+            return np.copyto(xt[:, :x.shape[0]], x.T) or xt
 
     def __init__(self):
         self.name, self.int8_input, self.int8_matmul = "numpy", (lambda x, ws: None), _np_int8_matmul
         self.bias_gelu, self.add_layernorm, self.softmax = _np_bias_gelu, _np_add_layernorm, _np_softmax
 
     def use_numba(self) -> bool:
-        """Switch to the Numba kernels (compiled or loaded from Numba's disk cache once per process, under a lock);
-        False (staying on NumPy) if Numba cannot compile them."""
-        with _NUMBA_LOCK:
-            for cache in (True, False) if not _NUMBA else ():   # a stale or foreign disk cache must not break us
+        """Switch to the Numba kernels (compiled or cache-loaded once per process); False if Numba cannot build them."""
+        with _Kernels.lock:
+            for cache in (True, False) if not _Kernels.numba else ():   # a stale disk cache must not break us
                 try:
                     import numba
                     fast = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath=True)
@@ -634,28 +628,25 @@ class _Kernels:
                     x, v, o = np.ones((2, 16), _F32), np.ones(2, _F32), np.empty((2, 2), _F32)   # compile (or load)
                     fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12), fns[3](x, x, v, o)
                     fns[2](np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
-                    _NUMBA.append(fns[3](x.astype(np.int8), x, v, o) or fns)
+                    _Kernels.numba.append(fns[3](x.astype(np.int8), x, v, o) or fns)
                     break
                 except Exception:  # noqa: BLE001
                     continue
-            if (_NUMBA or _NUMBA.append(None) or _NUMBA)[0] is None:
+            if (_Kernels.numba or _Kernels.numba.append(None) or _Kernels.numba)[0] is None:
                 return False
-        gelu, addln, softmax, self.block_product = _NUMBA[0]
+        gelu, addln, softmax, self.block_product = _Kernels.numba[0]
         no_mask = np.zeros((1, 0), _F32)
-        self.name, self.add_layernorm, self.int8_input = "numba", addln, _block_input
-        self.bias_gelu = lambda h, bias, ws: gelu(h, bias)
-        self.softmax = lambda s, mask_bias, scale: softmax(s, no_mask if mask_bias is None else mask_bias,
-                                                           mask_bias is not None, scale)
+        self.name, self.add_layernorm, self.int8_input = "numba", addln, self.block_input
+        self.bias_gelu, self.softmax = (lambda h, bias, ws: gelu(h, bias)), (lambda s, mask_bias, scale: softmax(
+            s, no_mask if mask_bias is None else mask_bias, mask_bias is not None, scale))
         self.int8_matmul = lambda q, s, x, out, ws, xt: _np_int8_matmul(q, s, x, out, ws) if xt is None \
             else self.block_product(q, xt, s, out)
         return True
 
 
 def kernel_set(name: str):
-    """The kernels a forward pass runs, "numpy" or "numba" (None if Numba cannot compile them), for tests and tools:
-    bias_gelu, add_layernorm, softmax, int8_matmul; Numba's block_product(w, int8_input(x, ws), scale, out)."""
-    kernels = _Kernels()
-    return kernels if name == "numpy" or kernels.use_numba() else None
+    """The kernels forward passes run, "numpy" or "numba" (None if Numba cannot build them), for tests and tools."""
+    return kernels if (kernels := _Kernels()) and (name == "numpy" or kernels.use_numba()) else None
 
 
 _BLAS_SETTERS = []
@@ -682,9 +673,8 @@ def set_blas_threads(n: int) -> bool:
 
 # === the model ====================================================================================
 
-KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # Numba's block product serves up to this many tokens, and float32
-F32_KERNEL_MAX_TOKENS = 12      # 2 to this many on one thread (measured: BLAS's matrix-vector product at 1, its GEMM
-#                                 from 16 on one thread; on more, OpenBLAS's threads stall when others hold the cores)
+KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # Numba's block product serves up to this many tokens; float32 2 to
+F32_KERNEL_MAX_TOKENS = 12      # this many on one thread; BLAS wins at 1 and from 16 (on more, its threads stall)
 CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
 
@@ -823,9 +813,8 @@ class RuntimeModel:
             else:
                 weight = weights[0] if len(names) == 1 else np.concatenate(weights)
             bias = np.concatenate([vec(f"{prefix}{x}bias", out_f) for x in parts])
-            self._denses.append(SimpleNamespace(weight=weight, bias=bias, scale=scales and np.concatenate(scales),
-                                                packed=None))
-            return self._denses[-1]
+            return self._denses.append(SimpleNamespace(weight=weight, bias=bias, packed=None,
+                                                       scale=scales and np.concatenate(scales))) or self._denses[-1]
 
         # embedding tables stay as stored (float16, int8): only the rows used are converted, the word table's
         tables = (("word", "vocab_size"), ("position", "max_position_embeddings"), ("token_type", "type_vocab_size"))
@@ -860,15 +849,14 @@ class RuntimeModel:
         does not wait ~2 s) from the first pass after they are loaded, the weights then packed for the block kernel."""
         if self._kernels is None:
             self._kernels, choice = _Kernels(), self._kernel_choice
-            if choice == "numba" or choice == "auto" and HAVE_NUMBA:   # (loaded once per process: the thread of a
-                self._loader = threading.Thread(target=_Kernels().use_numba, daemon=True)   # later model finds them)
+            if choice == "numba" or choice == "auto" and HAVE_NUMBA:   # (loaded once per process: a later model's
+                self._loader = threading.Thread(target=_Kernels().use_numba, daemon=True)   # thread finds them)
                 self._loader.start()
-        if self._loader is not None and (wait or self._kernel_choice == "numba" or _NUMBA):
+        if self._loader is not None and (wait or self._kernel_choice == "numba" or _Kernels.numba):
             self._loader = None
             if (kernels := _Kernels()).use_numba():       # (waits for the thread)
                 for d in self._denses:             # our copy in the block kernel's layout: inputs zero-padded to 16
-                    d.packed = np.zeros((d.weight.shape[0], -(-d.weight.shape[1] // 16) * 16), d.weight.dtype)
-                    d.packed[:, :d.weight.shape[1]] = d.weight
+                    d.packed = np.pad(d.weight, ((0, 0), (0, -d.weight.shape[1] % 16)))
                     d.packed_scale = np.ones(d.weight.shape[0], _F32) if d.scale is None else d.scale
                 self._kernels = kernels
             _need(kernels.name == "numba" or self._kernel_choice == "auto", "Numba kernels were asked for but Numba "
@@ -915,8 +903,9 @@ class RuntimeModel:
             if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
                 rows = min(rows, -(-B // threads))
             chunks = [(b, min(b + rows, B)) for b in range(0, B, rows)]
-            if self.threads:                      # one sub-batch: BLAS's threads split its products (1.2-1.7x
-                set_blas_threads(threads if len(chunks) == 1 else 1)   # ours at batch 1); several: ours share them
+            if self.threads:                      # one sub-batch: BLAS's threads split its products (1.2-1.7x ours
+                set_blas_threads(threads if len(chunks) == 1 and not self._loader else 1)   # at batch 1; not while
+                #                                 Numba loads in a thread of ours); several: ours share them
             if threads == 1 or len(chunks) == 1:
                 for chunk in chunks:
                     run(chunk, self._workspaces[0])
@@ -938,17 +927,14 @@ class RuntimeModel:
 
         helpers = [self._executor.submit(work, ws) for ws in self._workspaces[1:count]]
         work(self._workspaces[0])
-        for helper in helpers:
-            helper.result()
+        [helper.result() for helper in helpers]
 
     def _product(self, dense, x, out, ws, rows=None):
-        """out <- W[r0:r1] @ x, no bias: few tokens by Numba's block kernel on the weight packed at load (float32: 2 to
-        F32_KERNEL_MAX_TOKENS, to KERNEL_MAX_TOKENS when BLAS would run threads); else float32 W by BLAS, int8 (row
-        scales) by BLAS on the weight cast in blocks."""
-        r0, r1 = rows or (0, dense.weight.shape[0])
-        if dense.packed is not None and (dense.scale is not None or 1 < x.shape[1] <= F32_KERNEL_MAX_TOKENS or
-                                         1 < x.shape[1] and (self.threads or 1) > 1) \
-                and (xt := self._kernels.int8_input(x, ws)) is not None:
+        """out <- W[r0:r1] @ x, no bias: Numba's block kernel on the weight packed at load (float32 from 2 tokens: see
+        F32_KERNEL_MAX_TOKENS); else float32 W by BLAS, int8 (row scales) by BLAS on the weight cast in blocks."""
+        r0, r1, n = *(rows or (0, dense.weight.shape[0])), x.shape[1]
+        if dense.packed is not None and (dense.scale is not None or 1 < n <= F32_KERNEL_MAX_TOKENS or n > 1 and (
+                self.threads or 1) > 1) and (xt := self._kernels.int8_input(x, ws)) is not None:
             self._kernels.block_product(dense.packed[r0:r1], xt, dense.packed_scale[r0:r1], out)
         elif dense.scale is None:
             np.matmul(dense.weight[r0:r1], x, out=out)
@@ -977,8 +963,7 @@ class RuntimeModel:
         C, H, F, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"], cfg["layer_norm_eps"]
         D, N, Tq = C // H, B * T, 1 if cls_only else T
         if cls_only:
-            x_q = ws("x_cls", (C, B))
-            np.copyto(x_q, x[:, ::T])
+            np.copyto(x_q := ws("x_cls", (C, B)), x[:, ::T])
             q = product(layer.qkv, x_q, ws("q", (C, B)), ws, rows=(0, C))
             kv = product(layer.qkv, x, ws("kv", (2 * C, N)), ws, rows=(C, 3 * C))
             q += layer.qkv.bias[:C, None]
@@ -995,8 +980,7 @@ class RuntimeModel:
         np.matmul(v_heads, scores.swapaxes(-1, -2), out=ctx.reshape(H, D, B, Tq).transpose(2, 0, 1, 3))
         a = product(layer.attn_out, ctx, ws("attn", ctx.shape), ws)
         K.add_layernorm(a, x_q, layer.attn_out.bias, *layer.ln1, eps)
-        h = ws("ffn", (F, a.shape[1]))
-        product(layer.inter, a, h, ws)
+        h = product(layer.inter, a, ws("ffn", (F, a.shape[1])), ws)
         K.bias_gelu(h, layer.inter.bias, ws)
         y = product(layer.out, h, ws(out_name, a.shape), ws)
         K.add_layernorm(y, a, layer.out.bias, *layer.ln2, eps)
