@@ -24,9 +24,14 @@ all alike; "latency" is the median over rounds of each run's median, "p10" the 1
 all iterations of all rounds (less sensitive to other processes' load). Latency is the model
 alone on token ids (tokenization excluded: ORT takes ids). Start-up is measured inside a fresh
 process: import (runtime.py + NumPy / onnxruntime) + load; "first" adds the first 1x32 forward
-pass (for runtime.py with Numba: importing Numba and loading its cached kernels); "cli" is the
-wall time of `python runtime.py MODEL "text"` as a whole. Before timing, the transformers model
-(same weights) is checked against the engine, and ORT and runtime.py against it.
+pass (runtime.py answers on NumPy while Numba loads in a thread of its own); "Numba ready" is when
+its kernels serve (latency runs wait for it before timing); "cli" is the wall time of
+`python runtime.py MODEL "text"` as a whole. Before timing, the transformers model (same weights)
+is checked against the engine, and ORT and runtime.py against it. Each thread count's table ends
+with the achieved GFLOP/s (2 per multiply-add of the products and attention a pass computes) and
+weight GB/s (every linear weight read once a pass) at p10, beside the machine's peak measured in
+the same rounds (a 2048^3 float32 product by OpenBLAS; a 256 MB read; int8: 4x the float32 rate,
+VNNI's multiply-adds per instruction, derived). --runtime measures another runtime.py (a copy).
 """
 from __future__ import annotations
 
@@ -194,9 +199,9 @@ def spawn(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cli_seconds(model: Path, threads: int) -> float:
+def cli_seconds(model: Path, threads: int, runtime_py=RUNTIME_PY) -> float:
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(RUNTIME_PY), str(model), "a short text to classify"],
+    proc = subprocess.run([sys.executable, str(runtime_py), str(model), "a short text to classify"],
                           capture_output=True, text=True, env=thread_env(threads), timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
@@ -205,7 +210,7 @@ def cli_seconds(model: Path, threads: int) -> float:
 
 # --- preparation: weights, runtime files, ONNX, agreement checks --------------------------------------
 
-def prepare(workdir: Path, log=print) -> dict:
+def prepare(workdir: Path, log=print, runtime_py=None) -> dict:
     import numpy as np
     import torch
     from transformers import BertConfig as HFConfig
@@ -273,7 +278,7 @@ def prepare(workdir: Path, log=print) -> dict:
         log(f"check: {name:<16} vs transformers max |diff| {np.abs(got - ref).max():.2e}")
         if name == "ort-f32":
             assert np.abs(got - ref).max() < 1e-4
-    rt = _import_runtime()
+    rt = _import_runtime(runtime_py)
     for name in ("runtime-f32", "runtime-int8", "runtime-int8-emb"):
         out = rt.load(files[name]).forward(ids, types, mask)["logits"]
         log(f"check: {name:<16} vs transformers max |diff| {np.abs(out - ref).max():.2e}")
@@ -330,7 +335,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
 
-    files = prepare(Path(args.workdir))
+    files = prepare(Path(args.workdir), runtime_py=args.runtime)
     for name, opts in RUNTIME_VARIANTS.items():
         files[name] = files[opts["file"]]
     args.shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
@@ -374,7 +379,7 @@ def bench_threads(files: dict, engines: list, threads: int, args) -> dict:
             spec = dict(engine=kind(engine), path=files[engine], shape=[1, 32], threads=threads, mode="startup",
                         runtime=args.runtime)
             startup[engine].append(spawn(spec))
-        cli.append(cli_seconds(Path(files["runtime-f32"]), threads))
+        cli.append(cli_seconds(Path(files["runtime-f32"]), threads, args.runtime))
         print(f"threads={threads}: round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     print(f"\ntinybert4 (L4 H312 A12 FFN1200 V30522, 2 labels), threads={threads}, {args.rounds} rounds, "
