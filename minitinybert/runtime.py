@@ -95,9 +95,7 @@ def read_safetensors(path):
     with f:
         try:
             size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise RuntimeModelError(f"{path}: not a model file: {size} bytes, shorter than the 8-byte safetensors "
-                                        f"header length")
+            _need(size >= 8, f"{path}: not a model file: {size} bytes, shorter than the 8-byte safetensors header")
             header_len = int.from_bytes(f.read(8), "little")
             if header_len > size - 8 or header_len > MAX_HEADER_BYTES:
                 raise RuntimeModelError(f"{path}: corrupt safetensors header: it claims {header_len} bytes, the "
@@ -105,16 +103,14 @@ def read_safetensors(path):
             raw = f.read(header_len)
         except OSError as e:
             raise RuntimeModelError(f"cannot read model file {path}: {e}") from None
-        if len(raw) != header_len:
-            raise RuntimeModelError(f"{path}: truncated header")
+        _need(len(raw) == header_len, f"{path}: truncated header")
         try:
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
         except RuntimeModelError as e:
             raise RuntimeModelError(f"{path}: corrupt safetensors header: {e}") from None
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise RuntimeModelError(f"{path}: corrupt safetensors header (not JSON: {str(e)[:200]})") from None
-        if not isinstance(header, dict):
-            raise RuntimeModelError(f"{path}: corrupt safetensors header (not a JSON object)")
+        _need(isinstance(header, dict), f"{path}: corrupt safetensors header (not a JSON object)")
         metadata = header.pop("__metadata__", {})
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise RuntimeModelError(f"{path}: __metadata__ must map names to strings")
@@ -128,9 +124,8 @@ def read_safetensors(path):
                 raise RuntimeModelError(f"{path}: tensor {name!r} at bytes [{begin}, {end}) {what} "
                                         f"(previous tensors end at {position})")
             position = end
-        if position != data_size:
-            raise RuntimeModelError(f"{path}: the tensors cover {position} data bytes, the file holds "
-                                    f"{data_size} (truncated, or trailing bytes)")
+        _need(position == data_size, f"{path}: the tensors cover {position} data bytes, the file holds {data_size} "
+              f"(truncated, or trailing bytes)")
         mm = None
         if data_size:
             try:
@@ -152,29 +147,23 @@ def read_safetensors(path):
 
 
 def _check_entry(path, name, info, data_size):
-    if not isinstance(info, dict):
-        raise RuntimeModelError(f"{path}: header entry {name!r} is not an object")
+    _need(isinstance(info, dict), f"{path}: header entry {name!r} is not an object")
     dtype = info.get("dtype")
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise RuntimeModelError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+    _need(isinstance(dtype, str) and dtype in _DTYPES, f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
     shape = info.get("shape")
-    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-            or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)):
-        raise RuntimeModelError(f"{path}: tensor {name!r} has an invalid shape {str(shape)[:100]} "
-                                f"(a list of at most {MAX_DIMS} integers in [0, {MAX_DIM}])")
+    ok = isinstance(shape, list) and len(shape) <= MAX_DIMS and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)
+    _need(ok, f"{path}: tensor {name!r} has an invalid shape {str(shape)[:100]} (a list of at most {MAX_DIMS} integers "
+          f"in [0, {MAX_DIM}])")
     offsets = info.get("data_offsets")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)):
         raise RuntimeModelError(f"{path}: tensor {name!r} has invalid data_offsets {str(offsets)[:100]}")
     begin, end = offsets
-    if not 0 <= begin <= end <= data_size:
-        raise RuntimeModelError(f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] outside the "
-                                f"{data_size} data bytes of the file (truncated or corrupt)")
-    if math.prod(d for d in shape if d) > 2 ** 48:
-        raise RuntimeModelError(f"{path}: tensor {name!r} has an absurd shape {shape}")
+    _need(0 <= begin <= end <= data_size, f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] outside the "
+          f"{data_size} data bytes of the file (truncated or corrupt)")
+    _need(math.prod(d for d in shape if d) <= 2 ** 48, f"{path}: tensor {name!r} has an absurd shape {shape}")
     expected = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize   # Python ints: no overflow
-    if expected != end - begin:
-        raise RuntimeModelError(f"{path}: tensor {name!r} of shape {shape} and dtype {dtype} needs "
-                                f"{expected} bytes, its data_offsets span {end - begin}")
+    _need(expected == end - begin, f"{path}: tensor {name!r} of shape {shape} and dtype {dtype} needs {expected} "
+          f"bytes, its data_offsets span {end - begin}")
     return dtype, tuple(shape), begin, end
 
 
@@ -260,8 +249,7 @@ class _Patterns:
                     cls.cjk = re.compile("[" + _char_class(_CJK_RANGES) + "]")
                     cls.mn = re.compile("[" + _char_class(_MN_RANGES) + "]")
                     cls.word = re.compile(f"[{punct}]|[^ {punct}]+")
-                    cls.ascii_clean = {c: None for c in range(32) if chr(c) not in "\t\n\r"}
-                    cls.ascii_clean.update({9: " ", 10: " ", 13: " ", 127: None})
+                    cls.ascii_clean = {**dict.fromkeys(range(32)), 9: " ", 10: " ", 13: " ", 127: None}
                     cls.ready = True
         return cls
 
@@ -281,8 +269,7 @@ class WordPieceTokenizer:
     _SURROGATES = re.compile("[\ud800-\udfff]")
 
     def __init__(self, tokens, do_lower_case=True, backend="auto"):
-        tokens = list(tokens)
-        self.vocab = {}
+        tokens, self.vocab = list(tokens), {}
         for index, token in enumerate(tokens):
             if token in self.vocab:
                 raise RuntimeModelError(f"vocabulary token {token!r} appears twice (ids "
@@ -290,8 +277,7 @@ class WordPieceTokenizer:
             self.vocab[token] = index
         self.id_to_token = tokens
         missing = [t for t in ("[UNK]", "[CLS]", "[SEP]") if t not in self.vocab]
-        if missing:
-            raise RuntimeModelError(f"the vocabulary lacks the special token(s) {', '.join(missing)}")
+        _need(not missing, f"the vocabulary lacks the special token(s) {', '.join(missing)}")
         self.do_lower_case = bool(do_lower_case)
         self.unk_id, self.cls_id, self.sep_id = (self.vocab[t] for t in ("[UNK]", "[CLS]", "[SEP]"))
         self.pad_id = self.vocab.get("[PAD]", 0)
@@ -422,8 +408,7 @@ def _split_inputs(inputs):
     if isinstance(inputs, (str, tuple)):
         inputs = [inputs]
     inputs = list(inputs)
-    if not inputs:
-        raise RuntimeModelError("no inputs: give at least one text")
+    _need(inputs, "no inputs: give at least one text")
     is_pair = [not isinstance(x, str) for x in inputs]
     if not any(is_pair):
         return inputs, None
