@@ -454,7 +454,7 @@ def limits(summary: dict, engines: list, shapes: list, threads: int, peaks: list
     summary[f"threads={threads} peak"] = dict(gflops=gflops, read_gbs=read)
     print(f"achieved at p10: GFLOP/s (% of peak) | weight GB/s (% of peak); peak {gflops:.0f} GFLOP/s float32 "
           f"(2048^3 sgemm), {4 * gflops:.0f} GOP/s int8 (4x: VNNI), {read:.1f} GB/s read (256 MB sum)")
-    head = f"{'':<24}" + "".join(f"{f'{b}x{t}':>18}" for b, t in shapes)
+    head = f"{'':<24}" + "".join(f"{f'{b}x{t}':>22}" for b, t in shapes)
     print(head)
     print("-" * len(head))
     for engine in engines:
@@ -467,7 +467,7 @@ def limits(summary: dict, engines: list, shapes: list, threads: int, peaks: list
             rate, gbs = pass_flops(engine, b, t) / m["p10_ms"] / 1e6, WEIGHTS * (1 if int8 else 4) / m["p10_ms"] / 1e6
             m.update(gflops=rate, weight_gbs=gbs)
             cell = f"{rate:.0f} ({100 * rate / gflops / (4 if int8 else 1):.0f}%) | {gbs:.1f} ({100 * gbs / read:.0f}%)"
-            row += f"{cell:>18}"
+            row += f"{cell:>22}"
         print(row)
     print()
 
