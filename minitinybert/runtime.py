@@ -664,7 +664,7 @@ CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about th
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
 
 
-def _workspace():
+def workspace():
     """ws(name, shape): float32 buffers reused across layers and calls (growing as needed); one per thread."""
     buffers = {}
 
@@ -702,7 +702,7 @@ class RuntimeModel:
         self.tokenizer = WordPieceTokenizer(tokens, self.do_lower_case, backend=tokenizer_backend)
         self._build(tensors)
         self._kernel_choice, self._kernels, self._loader, self.threads = kernels, None, None, threads
-        self._workspaces, self._executor = [_workspace() for _ in range(threads or 1)], None
+        self._workspaces, self._executor = [workspace() for _ in range(threads or 1)], None
 
     # --- metadata and tensors -------------------------------------------------------------------
 

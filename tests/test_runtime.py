@@ -189,15 +189,7 @@ def test_quantize_rows():
     np.testing.assert_allclose(q * scale[:, None], w, atol=float(scale.max()) / 2 + 1e-7)
 
 
-def _kernel_sets():
-    sets = [runtime._Kernels()]
-    numba_kernels = runtime._Kernels()
-    if numba_kernels.use_numba():
-        sets.append(numba_kernels)
-    return sets
-
-
-KERNEL_SETS = _kernel_sets()
+KERNEL_SETS = [k for k in (runtime.kernel_set("numpy"), runtime.kernel_set("numba")) if k is not None]
 
 
 @settings(max_examples=25, deadline=None)
@@ -215,7 +207,7 @@ def test_int8_product_equals_float32_product_of_the_dequantized_weight(out_f, in
     expected = (q.astype(np.float64) * scale[:, None].astype(np.float64)) @ x
     bound = (np.abs(q).astype(np.float64) * scale[:, None]) @ np.abs(x)      # sum |terms|: rounding scale
     for kernels in KERNEL_SETS:
-        ws = runtime._workspace()
+        ws = runtime.workspace()
         out = np.full((out_f, tokens), np.nan, np.float32)
         kernels.int8_matmul(q, scale, x, out, ws, kernels.int8_input(x, ws))
         assert np.all(np.abs(out - expected) <= 1e-5 * bound + 1e-30), kernels.name
@@ -245,7 +237,7 @@ def test_gelu_accuracy():
     ref = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])
     for kernels in KERNEL_SETS:
         h = x.astype(np.float32).reshape(2, -1).copy()                  # (features, tokens)
-        kernels.bias_gelu(h, np.zeros(2, np.float32), runtime._workspace())
+        kernels.bias_gelu(h, np.zeros(2, np.float32), runtime.workspace())
         assert np.all(np.abs(h.ravel() - ref) <= 1e-6 + 3e-7 * np.abs(ref)), kernels.name
 
 
