@@ -1,10 +1,10 @@
 """Run on the board (or under emulation): runtime.py's outputs for fixed texts, as one JSON line.
 
-    python3 probe.py RUNTIME_PY MODEL TEXTS_JSON
+    python3 probe.py RUNTIME_PY MODEL TEXTS_JSON [numpy|numba]
 
-Standard library and NumPy only (this is what runs inside the Debian arm64 / armhf roots). A script
-run by its path, not a module: the roots hold runtime.py and this file, not the package, which is
-why runtime.py is loaded from the path given."""
+Standard library and NumPy (and Numba for "numba") only: this is what runs inside the Debian arm64 /
+armhf roots. "numba" asks for the Numba kernels outright, so a Numba that cannot import or compile
+fails the probe instead of quietly falling back to NumPy."""
 import json
 import platform
 import sys
@@ -17,7 +17,8 @@ runtime = importlib.util.module_from_spec(spec)
 sys.modules["runtime"] = runtime
 spec.loader.exec_module(runtime)
 
-model = runtime.load(sys.argv[2])
+kernels = sys.argv[4] if len(sys.argv) > 4 else "numpy"
+model = runtime.load(sys.argv[2], kernels=kernels)
 texts = json.loads(open(sys.argv[3], encoding="utf-8").read())
 pairs = [(a, b) for a, b in zip(texts, texts[1:] + texts[:1])]
 batch = model.tokenize(texts)
@@ -26,12 +27,20 @@ try:                                   # the BLAS library actually loaded (the a
         blas = sorted({line.split()[-1] for line in f if "blas" in line.split()[-1].rsplit("/", 1)[-1]})
 except OSError:
     blas = []
+try:
+    import numba
+    numba_version = numba.__version__ if kernels == "numba" else None
+except ImportError:
+    numba_version = None
 print(json.dumps({
-    "machine": platform.machine(), "numpy": np.__version__, "kernels": model.kernels, "blas": blas,
+    "machine": platform.machine(), "numpy": np.__version__, "numba": numba_version, "blas": blas,
     "dtype": model.dtype,
     "ids": [row[row_mask.astype(bool)].tolist() for row, row_mask in zip(batch["input_ids"], batch["attention_mask"])],
     "predictions": model.predict(texts, batch_size=4),
+    # one text at a time: short products, the ones the Numba block kernels take (batch-1 fast path)
+    "single": model.predict(texts, batch_size=1),
     "pairs": model.predict(pairs, batch_size=4),
     "embed_mean": model.embed(texts, pooling="mean").tolist(),
     "embed_cls": model.embed(texts, pooling="cls").tolist(),
+    "kernels": model.kernels,          # settled at the first forward pass: read after them
 }))
