@@ -55,7 +55,7 @@ def _can_import(name: str) -> bool:
         return False
 
 
-HAVE_NUMBA = _can_import("numba")
+HAVE_NUMBA = _can_import("numba") and sys.maxsize > 2 ** 32   # 32-bit (armhf): its numba aborts at a first compile
 
 
 class RuntimeModelError(ValueError):
