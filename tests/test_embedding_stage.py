@@ -14,17 +14,18 @@ import pytest
 
 from minitinybert.data.sts import read_similarity_file, similarity_scores
 from minitinybert.data.tokenizer import Batch
-from minitinybert.distill.embedding import (
-    EmbeddingWeights,
-    embedding_step,
-    main,
-    read_embedding_config,
-)
+from minitinybert.distill import main as distill_main
+from minitinybert.distill.embedding import EmbeddingWeights, embedding_step, read_embedding_config
 from minitinybert.engine.model import Bert
 from minitinybert.engine.pooling import SentenceConfig
 from minitinybert.engine.weights import load_model
 from tests.gradcheck import assert_grad_close, numeric_directional
 from tests.tiny_world import STUDENT, TEACHER, build_world, sentences
+
+
+def main(argv) -> int:
+    """`python -m minitinybert.distill embed ARGV`."""
+    return distill_main(["embed", *argv])
 
 
 @pytest.fixture(scope="module")

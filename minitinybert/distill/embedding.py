@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,8 @@ from ..engine.pooling import (
     read_model_sentence_config,
 )
 from ..engine.teacher import resolve_teacher
-from ..engine.weights import load_model, save_checkpoint, write_file
+from ..engine.files import write_atomic
+from ..engine.weights import load_model, save_checkpoint
 from ..training.loop import LoopConfig, StepResult, train
 from ..training.parallel import DataParallel
 from ..training.world import get_world
@@ -304,8 +304,7 @@ def run_embedding(config, log=print) -> Path | None:
         log(f"[embedding] zero-shot {Path(pairs.source).parent.name}/{Path(pairs.source).name} Spearman of cosine "
             f"({len(pairs)} pairs): teacher {t:.4f}, student {s:.4f} ({100 * s / t:.1f}% of the teacher) "
             f"[{time.perf_counter() - t0:.0f} s]")
-    write_file(out / "summary.json.part", (json.dumps(summary, indent=1) + "\n").encode())
-    os.replace(out / "summary.json.part", out / "summary.json")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     log(f"[embedding] student ready in {final}; summary in {out / 'summary.json'}")
     return final
 
@@ -318,7 +317,7 @@ def _minutes(log_file: Path) -> float | None:
     return round(sum(r.get("seconds", 0.0) for r in rows if "seconds" in r) / 60, 2)
 
 
-# --- command line: `python -m minitinybert.distill embed` (cli.py), or this module ---------------------
+# --- command line: `python -m minitinybert.distill embed` (cli.py) -------------------------------------
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
@@ -370,14 +369,3 @@ def add_options(parser) -> None:
     g.add_argument("--eval-limit", type=int, default=None, help="score on the first N pairs only")
     g.add_argument("--embed-eval-every", type=int, default=DEFAULTS["embed_eval_every"],
                    help="score the student every N steps (0: at the end only)")
-
-
-def main(argv=None) -> int:
-    """`python -m minitinybert.distill.embedding ARGS` = `python -m minitinybert.distill embed ARGS`."""
-    from .cli import main as distill_main
-    return distill_main(["embed", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    from ..training.world import run_main as _run_main
-    sys.exit(_run_main(main))

