@@ -265,10 +265,12 @@ def test_modules_stay_small_enough_to_read(tmp_path):
 
 
 def flag_mismatches(parser) -> list[str]:
-    """Flags of `distill all` without a RunConfig field (or the reverse), and flags whose default differs."""
+    """Flags of any `distill` command without a RunConfig field (or the reverse), and flags whose
+    default differs from the field's."""
     from minitinybert.distill import RunConfig
-    [all_parser] = [p for name, p in parser._subparsers._group_actions[0].choices.items() if name == "all"]
-    flags = {a.dest: a.default for a in all_parser._actions if a.dest != "help"}
+    flags = {}
+    for command in parser._subparsers._group_actions[0].choices.values():
+        flags.update({a.dest: a.default for a in command._actions if a.dest != "help"})
     defaults = {name: getattr(RunConfig(), name) for name in RunConfig.__dataclass_fields__ if name != "command"}
     return sorted(set(flags) ^ set(defaults)) + sorted(k for k in flags if k in defaults and flags[k] != defaults[k])
 
@@ -281,10 +283,11 @@ def test_the_run_configuration_has_a_field_for_every_flag_with_its_default():
     config = parse_config(["task", "--task", "rte", "--mapping", "2,4", "--general-steps", "7"])
     assert (config.command, config.task, config.mapping, config.general_steps, config.out) == \
         ("task", "rte", (2, 4), 7, str(Path("runs") / "rte"))
+    assert parse_config(["embed", "--embed-steps", "5"]).embed_steps == 5
     parser = build_parser()                                           # the control: one of each fault
-    [all_parser] = [p for name, p in parser._subparsers._group_actions[0].choices.items() if name == "all"]
-    all_parser.add_argument("--planted", default=3)
-    next(a for a in all_parser._actions if a.dest == "seed").default = 9
+    commands = parser._subparsers._group_actions[0].choices
+    commands["embed"].add_argument("--planted", default=3)
+    next(a for a in commands["all"]._actions if a.dest == "seed").default = 9
     assert flag_mismatches(parser) == ["planted", "seed"]
 
 

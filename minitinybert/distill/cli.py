@@ -28,7 +28,8 @@ from ..training.runlock import RunLockError, writer_lock
 from ..training.world import describe, get_world, run_main
 from . import subclone
 from .config import RunConfig
-from .embedding import add_options as _embedding_options, embedding_config, run_embedding
+from . import embedding
+from .embedding import run_embedding
 from .general import run_general
 from .recipe import AUGMENT_COPIES, AUGMENT_FROM_PASSES, default_help
 from .sources import CANDIDATE_SOURCES, default_out
@@ -195,6 +196,27 @@ def _checkpoint_options(g) -> None:
                    help="stop with a checkpoint after N steps of this run (split long runs; --resume continues)")
 
 
+def _embedding_options(g) -> None:
+    """The embedding stage's own options (`embed`; defaults: RunConfig's, the measured run's)."""
+    g.add_argument("--embed-objective", choices=embedding.OBJECTIVES, default=RunConfig.embed_objective,
+                   help="the sentence-embedding loss: cosine distance or MSE to the teacher's embedding (default "
+                        "cosine)")
+    g.add_argument("--embed-steps", type=int, default=RunConfig.embed_steps)
+    g.add_argument("--embed-lr", type=float, default=RunConfig.embed_lr)
+    g.add_argument("--embed-seq-len", type=int, default=RunConfig.embed_seq_len,
+                   help="corpus sequences of this many tokens, one segment (default 64)")
+    g.add_argument("--w-sentence", type=float, default=RunConfig.w_sentence,
+                   help="weight of the sentence-embedding loss (default 1)")
+    g.add_argument("--embed-layers", type=float, default=RunConfig.embed_layers,
+                   help="TinyBERT's layer losses (weighted by --w-embedding/--w-hidden/--w-attention) times this, "
+                        "added to the sentence loss (default 0: the sentence loss alone)")
+    g.add_argument("--sts-file", default=None, help="similarity file the stage is scored on (default "
+                                                    "<data>/glue/STS-B/dev.tsv)")
+    g.add_argument("--eval-limit", type=int, default=None, help="score on the first N pairs only")
+    g.add_argument("--embed-eval-every", type=int, default=RunConfig.embed_eval_every,
+                   help="score the student every N steps (0: at the end only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _data_options(common.add_argument_group("data and models"))
@@ -210,17 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("task", parents=[common], help="task-specific distillation (intermediate, then prediction)")
     sub.add_parser("all", parents=[common], help="the whole pipeline, then a teacher/student summary")
     sub.add_parser("summary", parents=[common], help="compare the fine-tuned teacher and the final student")
-    _embedding_options(sub.add_parser("embed", parents=[common], help="a sentence-embedding student from the "
-                                      "general one (embedding.py; not part of all)"))
+    embed = sub.add_parser("embed", parents=[common], help="a sentence-embedding student from the general one "
+                                                          "(embedding.py; not part of all)")
+    _embedding_options(embed.add_argument_group("embedding stage"))
     return parser
 
 
 def parse_config(argv=None) -> RunConfig:
     """The run configuration the command line `argv` asks for, its output directory filled in."""
-    namespace = build_parser().parse_args(argv)
-    config = RunConfig.from_namespace(namespace)
-    if config.command == "embed":
-        return embedding_config(config, namespace)
+    config = RunConfig.from_namespace(build_parser().parse_args(argv))
     return config if config.out is not None else config.replace(out=default_out(config))
 
 

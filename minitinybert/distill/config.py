@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 
 @dataclass(frozen=True)
 class RunConfig:
-    command: str = "all"                   # finetune-teacher, general, task, all, summary
+    command: str = "all"                   # finetune-teacher, general, task, all, summary, embed
     # data and models
     task: str | None = None
     data: str | None = None
@@ -81,6 +81,16 @@ class RunConfig:
     augment_limit: int | None = None
     candidates: str = "auto"
     augment_cache: str | None = None
+    # the embedding stage (`embed`; defaults: the measured run of docs/embeddings.md)
+    embed_objective: str = "cosine"        # cosine or mse
+    embed_steps: int = 1200
+    embed_lr: float = 3e-4
+    embed_seq_len: int = 64
+    w_sentence: float = 1.0
+    embed_layers: float = 0.0
+    sts_file: str | None = None
+    eval_limit: int | None = None
+    embed_eval_every: int = 300
     # checkpoints
     resume: bool = False
     save_every: int = 100

@@ -62,13 +62,11 @@ from .general import (
     general_plan,
     read_record,
 )
+from .config import RunConfig
 from .recipe import layer_mapping
 from .sources import corpus_dir
 
 OBJECTIVES = ("cosine", "mse")
-# The defaults are the measured run's (docs/embeddings.md): 1,200 steps of batch 32 x 64 tokens at 3e-4.
-DEFAULTS = {"embed_objective": "cosine", "embed_steps": 1200, "embed_lr": 3e-4, "embed_seq_len": 64,
-            "w_sentence": 1.0, "embed_layers": 0.0, "sts_file": None, "eval_limit": None, "embed_eval_every": 300}
 
 
 # --- the sentence embedding of a model ---------------------------------------------------------------
@@ -176,8 +174,9 @@ def embedding_step(teacher: Bert, student: Bert, batch, rng, mapping: list[int],
 # --- the stage ---------------------------------------------------------------------------------------
 
 def _option(config, name):
+    """config's setting `name`, else RunConfig's default (a config made before the stage's options)."""
     value = getattr(config, name, None)
-    return DEFAULTS.get(name) if value is None else value
+    return getattr(RunConfig, name) if value is None else value
 
 
 def sts_file(config) -> Path | None:
@@ -315,57 +314,3 @@ def _minutes(log_file: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return round(sum(r.get("seconds", 0.0) for r in rows if "seconds" in r) / 60, 2)
-
-
-# --- command line: `python -m minitinybert.distill embed` (cli.py) -------------------------------------
-
-@dataclass(frozen=True)
-class EmbeddingConfig:
-    """The embedding stage's settings: its own options, and every other one from the run's RunConfig."""
-    run: object                               # distill.config.RunConfig
-    embed_objective: str = DEFAULTS["embed_objective"]
-    embed_steps: int = DEFAULTS["embed_steps"]
-    embed_lr: float = DEFAULTS["embed_lr"]
-    embed_seq_len: int = DEFAULTS["embed_seq_len"]
-    w_sentence: float = DEFAULTS["w_sentence"]
-    embed_layers: float = DEFAULTS["embed_layers"]
-    sts_file: str | None = None
-    eval_limit: int | None = None
-    embed_eval_every: int = DEFAULTS["embed_eval_every"]
-
-    def __getattr__(self, name):              # teacher, out, batch_size, ...: the RunConfig's
-        if name == "run":
-            raise AttributeError(name)
-        return getattr(self.run, name)
-
-
-def embedding_config(run, namespace) -> EmbeddingConfig:
-    """The stage's configuration from the run's and the parsed flags; --out defaults to runs/embedding."""
-    from dataclasses import fields
-    if getattr(namespace, "out", None) is None:
-        run = run.replace(out=str(Path("runs") / "embedding"))
-    own = {f.name: getattr(namespace, f.name) for f in fields(EmbeddingConfig) if f.name != "run"
-           and getattr(namespace, f.name, None) is not None}
-    return EmbeddingConfig(run, **own)
-
-
-def add_options(parser) -> None:
-    """The embedding stage's own options."""
-    g = parser.add_argument_group("embedding stage")
-    g.add_argument("--embed-objective", choices=OBJECTIVES, default=DEFAULTS["embed_objective"],
-                   help="the sentence-embedding loss: cosine distance or MSE to the teacher's embedding (default "
-                        "cosine)")
-    g.add_argument("--embed-steps", type=int, default=DEFAULTS["embed_steps"])
-    g.add_argument("--embed-lr", type=float, default=DEFAULTS["embed_lr"])
-    g.add_argument("--embed-seq-len", type=int, default=DEFAULTS["embed_seq_len"],
-                   help="corpus sequences of this many tokens, one segment (default 64)")
-    g.add_argument("--w-sentence", type=float, default=DEFAULTS["w_sentence"],
-                   help="weight of the sentence-embedding loss (default 1)")
-    g.add_argument("--embed-layers", type=float, default=DEFAULTS["embed_layers"],
-                   help="TinyBERT's layer losses (weighted by --w-embedding/--w-hidden/--w-attention) times this, "
-                        "added to the sentence loss (default 0: the sentence loss alone)")
-    g.add_argument("--sts-file", default=None, help="similarity file the stage is scored on (default "
-                                                    "<data>/glue/STS-B/dev.tsv)")
-    g.add_argument("--eval-limit", type=int, default=None, help="score on the first N pairs only")
-    g.add_argument("--embed-eval-every", type=int, default=DEFAULTS["embed_eval_every"],
-                   help="score the student every N steps (0: at the end only)")

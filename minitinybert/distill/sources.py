@@ -25,7 +25,9 @@ DEFAULT_TASK = "sst2"
 
 
 def default_out(config) -> str:
-    """runs/<task>, or runs/<name> for local data and --dataset."""
+    """runs/<task>, or runs/<name> for local data and --dataset; runs/embedding for `embed`."""
+    if config.command == "embed":
+        return str(Path("runs") / "embedding")
     if config.name or is_own_task(config):
         name = config.name or (dataset_name(config.train_file) if config.train_file
                                else hub_name(config.dataset, config.config))
