@@ -32,25 +32,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
-from dataclasses import replace
 import sys
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import runtime
-from .engine.files import atomic_path
-from .engine.config import ConfigError
 from .data.hub import glue_dev_set
-from .data.task_files import read_tsv
 from .data.metrics import evaluate
+from .data.task_files import read_tsv
+from .data.tasks import DataError, get_task
+from .engine.config import ConfigError
+from .engine.files import atomic_path
 from .engine.pooling import SentenceConfig, read_model_sentence_config
 from .engine.process import tune_process
-from .runtime import FORMAT, RuntimeModelError
-from .data.tasks import DataError, get_task
 from .engine.weights import WeightsError, load_model
+from .runtime import FORMAT, RuntimeModelError
 
 DTYPES = ("float32", "float16", "int8")
 _SAFETENSORS_DTYPE = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8"}

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from . import runtime
 from .engine.config import ConfigError
-from .export import export_runtime
 from .engine.process import tune_process
 from .engine.weights import WeightsError
+from .export import export_runtime
 
 
 class InferError(Exception):

@@ -551,10 +551,10 @@ def main(argv=None) -> int:
     import sys
     import time
 
-    from .task_files import load_split
-    from .tasks import get_task
     from ..engine.teacher import TeacherError, resolve_teacher
     from ..engine.weights import WeightsError, load_model
+    from .task_files import load_split
+    from .tasks import get_task
 
     parser = argparse.ArgumentParser(prog="python -m minitinybert.data.augment", description=main.__doc__)
     parser.add_argument("--task", default="sst2")

@@ -24,8 +24,8 @@ import numpy as np
 from ..engine.process import single_threaded_blas
 from ..engine.progress import progress_bar
 from .tasks import DataError, Examples
-from .tokenizer import Batch, Tokenizer
 from .token_cache import TokenTable, tokenize_in_memory
+from .tokenizer import Batch, Tokenizer
 
 DEFAULT_WINDOW = 100     # batches per sorting window: the SST-2 ratio is 1.02 from about 50 on
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .task_files import (DATA_ENV, label_name, map_labels, root_cause, labels_in_values, load_split,
-                        own_task)
+from .task_files import DATA_ENV, label_name, labels_in_values, load_split, map_labels, own_task, root_cause
 from .tasks import GLUE_HUB_ID, GLUE_ON_HUB, DataError, Examples, TaskSpec, get_task
 
 TEXT_COLUMNS = ("sentence", "text")      # tried in turn when no text column is named

@@ -17,15 +17,16 @@ from .cli import build_parser, main, parse_config
 from .config import RunConfig
 from .general import general_plan, general_student_dir, run_general
 from .models import new_student
-from .recipe import (AUGMENT_COPIES, AUGMENT_FROM_PASSES, STAGE_DIRS, TASK_DEFAULTS, LossWeights, layer_mapping, stage_dir, stage_steps,
-                     task_max_length, task_teacher_lr)
+from .recipe import (AUGMENT_COPIES, AUGMENT_FROM_PASSES, STAGE_DIRS, TASK_DEFAULTS, LossWeights, layer_mapping,
+                     stage_dir, stage_steps, task_max_length, task_teacher_lr)
 from .sources import augment_copies, common_setup, load_dev_sets, task_loader
 from .stage_runner import train_stage
 from .stages import run_all, run_finetune_teacher, run_task, summarize
 from .steps import finetune_step, intermediate_step, make_evaluator, prediction_step
 
-__all__ = ["AUGMENT_COPIES", "AUGMENT_FROM_PASSES", "RunConfig", "build_parser", "main", "parse_config", "general_plan", "general_student_dir", "run_general",
-           "new_student", "STAGE_DIRS", "TASK_DEFAULTS", "LossWeights", "layer_mapping", "stage_dir", "stage_steps",
-           "task_max_length", "task_teacher_lr", "augment_copies", "common_setup", "load_dev_sets", "task_loader",
-           "train_stage", "run_all", "run_finetune_teacher", "run_task", "summarize", "finetune_step",
-           "intermediate_step", "make_evaluator", "prediction_step"]
+__all__ = ["AUGMENT_COPIES", "AUGMENT_FROM_PASSES", "STAGE_DIRS", "TASK_DEFAULTS", "LossWeights", "RunConfig",
+           "augment_copies", "build_parser", "common_setup", "finetune_step", "general_plan", "general_student_dir",
+           "intermediate_step", "layer_mapping", "load_dev_sets", "main", "make_evaluator", "new_student",
+           "parse_config", "prediction_step", "run_all", "run_finetune_teacher", "run_general", "run_task",
+           "stage_dir", "stage_steps", "summarize", "task_loader", "task_max_length", "task_teacher_lr",
+           "train_stage"]

@@ -26,9 +26,8 @@ from ..engine.weights import WeightsError
 from ..training.loop import TrainingError, describe_os_error
 from ..training.runlock import RunLockError, writer_lock
 from ..training.world import describe, get_world, run_main
-from . import subclone
+from . import embedding, subclone
 from .config import RunConfig
-from . import embedding
 from .embedding import run_embedding
 from .general import run_general
 from .recipe import AUGMENT_COPIES, AUGMENT_FROM_PASSES, default_help

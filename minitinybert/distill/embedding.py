@@ -39,30 +39,18 @@ from ..data.task_files import DATA_ENV, data_root
 from ..data.tokenizer import Tokenizer
 from ..engine import loss_kernels, losses
 from ..engine.config import ConfigError
-from ..engine.model import Bert
-from ..engine.pooling import (
-    EMBEDDING_FILE,
-    SentenceConfig,
-    embed_backward,
-    embed_forward,
-    ensure_sentence_files,
-    read_model_sentence_config,
-)
-from ..engine.teacher import resolve_teacher
 from ..engine.files import write_atomic
+from ..engine.model import Bert
+from ..engine.pooling import (EMBEDDING_FILE, SentenceConfig, embed_backward, embed_forward, ensure_sentence_files,
+                              read_model_sentence_config)
+from ..engine.teacher import resolve_teacher
 from ..engine.weights import load_model, save_checkpoint
 from ..training.loop import LoopConfig, StepResult, train
 from ..training.parallel import DataParallel
 from ..training.world import get_world
 from . import subclone
-from .general import (
-    SUBCLONE_SAMPLES,
-    checkpoint_of,
-    describe,
-    general_plan,
-    read_record,
-)
 from .config import RunConfig
+from .general import SUBCLONE_SAMPLES, checkpoint_of, describe, general_plan, read_record
 from .recipe import layer_mapping
 from .sources import corpus_dir
 
@@ -71,7 +59,7 @@ OBJECTIVES = ("cosine", "mse")
 
 # --- the sentence embedding of a model ---------------------------------------------------------------
 
-def projection_names(config) -> tuple[str, str] | None:
+def projection_names(config: RunConfig) -> tuple[str, str] | None:
     """The student's projection to the teacher's width, applied to its pooled embedding: TinyBERT's last
     fit_dense (None without projections)."""
     if not config.fit_size:
@@ -173,13 +161,13 @@ def embedding_step(teacher: Bert, student: Bert, batch, rng, mapping: list[int],
 
 # --- the stage ---------------------------------------------------------------------------------------
 
-def _option(config, name):
+def _option(config: RunConfig, name):
     """config's setting `name`, else RunConfig's default (a config made before the stage's options)."""
     value = getattr(config, name, None)
     return getattr(RunConfig, name) if value is None else value
 
 
-def sts_file(config) -> Path | None:
+def sts_file(config: RunConfig) -> Path | None:
     """--sts-file, else <data>/glue/STS-B/dev.tsv when there; None: no evaluation."""
     if _option(config, "sts_file"):
         return Path(config.sts_file)
@@ -189,7 +177,7 @@ def sts_file(config) -> Path | None:
     return None
 
 
-def starting_student(config, teacher: Bert, teacher_dir: Path, log) -> tuple[Bert, list[int], str]:
+def starting_student(config: RunConfig, teacher: Bert, teacher_dir: Path, log) -> tuple[Bert, list[int], str]:
     """(student, layer mapping, where it came from): the general student, else a subclone of the teacher."""
     if getattr(config, "general_student", None):
         path = checkpoint_of(config.general_student)
@@ -222,7 +210,7 @@ def starting_student(config, teacher: Bert, teacher_dir: Path, log) -> tuple[Ber
     return student, plan.mapping, how
 
 
-def run_embedding(config, log=print) -> Path | None:
+def run_embedding(config: RunConfig, log=print) -> Path | None:
     """The embedding stage (see the module's docstring); returns <out>/final, or None when stopped early."""
     world = get_world()
     objective = _option(config, "embed_objective")

@@ -35,6 +35,7 @@ from ..training.parallel import DataParallel
 from ..training.runlock import writer_lock
 from ..training.world import get_world
 from . import subclone
+from .config import RunConfig
 from .recipe import check_pair, describe_mapping, layer_mapping, loss_weights, student_config
 from .sources import corpus_dir
 from .stage_runner import train_stage
@@ -138,7 +139,7 @@ def describe(record: dict) -> str:
 # --- the general stage ------------------------------------------------------------------------------
 
 
-def run_general(config, log=print) -> Path | None:
+def run_general(config: RunConfig, log=print) -> Path | None:
     """General distillation: a student (cut from the teacher's weights, or from random init:
     --student-init) learns the teacher's embedding output, hidden states and attention scores on the
     general corpus. A finished run of the same recipe (py) with at least --general-steps
@@ -150,7 +151,7 @@ def run_general(config, log=print) -> Path | None:
         return _run_general(config, plan, log)
 
 
-def _run_general(config, plan, log) -> Path | None:
+def _run_general(config: RunConfig, plan, log) -> Path | None:
     world = get_world()
     found = world.root_call(read_record, plan.directory)       # rank 0 reads, every rank decides alike
     if found is not None and found["fingerprint"] != plan.fingerprint:
@@ -209,7 +210,7 @@ def _run_general(config, plan, log) -> Path | None:
 
 SUBCLONE_SAMPLES = 2      # batches of the general corpus the teacher's hidden dimensions are ranked on
 
-def _subclone(config, plan, teacher: Bert) -> np.ndarray:
+def _subclone(config: RunConfig, plan, teacher: Bert) -> np.ndarray:
     """The student's weights taken from the teacher's (subclone.py), ranked on batches of its own
     corpus reader (the training batches are not consumed)."""
     samples = CorpusBatcher(corpus_dir(config), plan.tokenizer, seq_len=config.general_seq_len, batch_size=8,
@@ -235,7 +236,7 @@ class GeneralPlan:
     init_reason: str = ""
 
 
-def general_plan(config, log=print) -> GeneralPlan:
+def general_plan(config: RunConfig, log=print) -> GeneralPlan:
     """The general student this command's settings make: its recipe, and the directory it lives in
     (--general-dir, else <parent of --out>/general/<student>-<fingerprint>)."""
     with get_world().root_first():      # one download, then the others find it
@@ -266,7 +267,7 @@ def general_plan(config, log=print) -> GeneralPlan:
                        init, why)
 
 
-def general_student_dir(config, log=print) -> Path | None:
+def general_student_dir(config: RunConfig, log=print) -> Path | None:
     """The general student the task stage starts from: --general-student (a checkpoint, or a general
     run directory holding final/), else the one general_plan finds for these settings; None for
     --general-student scratch (a student from BERT's init)."""
@@ -285,6 +286,6 @@ def general_student_dir(config, log=print) -> Path | None:
     return path
 
 
-def is_scratch(config) -> bool:
+def is_scratch(config: RunConfig) -> bool:
     """--general-student scratch: no general student, BERT's init."""
     return config.general_student == "scratch"

@@ -24,8 +24,8 @@ import numpy as np
 
 from ..data.batches import predict_logits
 from ..data.tasks import Examples
-from ..data.tokenizer import Tokenizer
 from ..data.token_cache import TokenTable
+from ..data.tokenizer import Tokenizer
 from ..engine.weights import write_safetensors_atomic
 
 CACHE_FORMAT = "minitinybert-teacher-logits"

@@ -11,6 +11,7 @@ from ..engine.files import sha256_of
 from ..engine.model import Bert
 from ..engine.weights import checkpoint_file, load_model
 from . import general
+from .config import RunConfig
 from .recipe import labels_of, stage_dir, student_config, with_labels
 
 
@@ -33,19 +34,19 @@ def teacher_from_another_task(init_dir, teacher_dir: Path, tokenizer: Tokenizer,
     return start
 
 
-def new_student(args, teacher_config: BertConfig, log=print, num_labels: int = 0) -> Bert:
+def new_student(config: RunConfig, teacher_config: BertConfig, log=print, num_labels: int = 0) -> Bert:
     """A student from scratch (BERT's seeded init, --general-student scratch), with TinyBERT's
     projections to the teacher's width."""
-    config = student_config(args, teacher_config).replace(num_labels=num_labels)
-    student = Bert(config, seed=args.seed)
-    log(f"student {args.student} from scratch: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+    config = student_config(config, teacher_config).replace(num_labels=num_labels)
+    student = Bert(config, seed=config.seed)
+    log(f"student {config.student} from scratch: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{student.num_parameters / 1e6:.1f}M parameters (with projections)")
     return student
 
 
-def task_teacher_and_student(args, task, general_ckpt: Path, teacher_dir: Path, log) -> tuple[Bert, Bert]:
+def task_teacher_and_student(config: RunConfig, task, general_ckpt: Path, teacher_dir: Path, log) -> tuple[Bert, Bert]:
     """The fine-tuned teacher and the general student (its task head added), checked to fit the task."""
-    teacher_ckpt = Path(args.finetuned_teacher) if args.finetuned_teacher else stage_dir(args, "teacher") / "best"
+    teacher_ckpt = Path(config.finetuned_teacher) if config.finetuned_teacher else stage_dir(config, "teacher") / "best"
     scratch = general_ckpt is None
     if not teacher_ckpt.exists():
         raise FileNotFoundError(f"fine-tuned teacher not found at {teacher_ckpt}: run the 'finetune-teacher' "
@@ -59,9 +60,9 @@ def task_teacher_and_student(args, task, general_ckpt: Path, teacher_dir: Path, 
         raise ConfigError(f"the teacher at {teacher_ckpt} has a {teacher.config.num_labels}-output head; task "
                           f"{task.name} needs {labels_of(task)}: fine-tune the teacher on this task first")
     if scratch:   # no general distillation: BERT's seeded init, with the projections to the teacher
-        student = new_student(args, teacher.config, log, num_labels=labels_of(task))
+        student = new_student(config, teacher.config, log, num_labels=labels_of(task))
     else:
-        student = load_model(general_ckpt, num_labels=labels_of(task), seed=args.seed, log=log)
+        student = load_model(general_ckpt, num_labels=labels_of(task), seed=config.seed, log=log)
     student.config = with_labels(student.config, task)
     if not student.config.fit_size:
         raise ConfigError(f"{general_ckpt} has no fit_dense projections: it is not a general-distillation student")

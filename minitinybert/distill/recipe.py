@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
 from pathlib import Path
 
 from ..engine.config import BertConfig, ConfigError, preset
+from .config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,22 @@ AUGMENT_COPIES = 4
 AUGMENT_FROM_PASSES = 3.0
 
 
-def _task_default(args, task, name: str):
+def _task_default(config: RunConfig, task, name: str):
     """--<name> as given on the command line, else the task's default (TASK_DEFAULTS, else SST-2's)."""
-    given = getattr(args, name)
+    given = getattr(config, name)
     if given is not None:
         return given
     return getattr(TASK_DEFAULTS.get(task.name, TASK_DEFAULTS["sst2"]), name)
 
 
-def stage_steps(args, task, stage: str) -> int:
+def stage_steps(config: RunConfig, task, stage: str) -> int:
     """The optimizer steps of a task stage: "teacher", "intermediate" or "prediction"."""
-    return _task_default(args, task, f"{stage}_steps")
+    return _task_default(config, task, f"{stage}_steps")
 
 
-def task_teacher_lr(args, task) -> float:
+def task_teacher_lr(config: RunConfig, task) -> float:
     """The teacher fine-tuning's peak learning rate."""
-    return _task_default(args, task, "teacher_lr")
+    return _task_default(config, task, "teacher_lr")
 
 
 def default_help(name: str, what: str) -> str:
@@ -56,8 +56,8 @@ def default_help(name: str, what: str) -> str:
     return f"{what} (default by task: {by_task}; other tasks and own data as sst2)"
 
 
-def task_max_length(args, task) -> int:
-    return args.max_length or (64 if task.pair_column is None else 128)
+def task_max_length(config: RunConfig, task) -> int:
+    return config.max_length or (64 if task.pair_column is None else 128)
 
 
 
@@ -94,8 +94,8 @@ class LossWeights:
     hard: float = 0.0          # mix of the gold-label loss in prediction distillation
 
 
-def loss_weights(args) -> LossWeights:
-    return LossWeights(args.w_embedding, args.w_hidden, args.w_attention, args.w_prediction, args.w_hard)
+def loss_weights(config: RunConfig) -> LossWeights:
+    return LossWeights(config.w_embedding, config.w_hidden, config.w_attention, config.w_prediction, config.w_hard)
 
 
 # --- the student -----------------------------------------------------------------------------------
@@ -110,11 +110,11 @@ def with_labels(config: BertConfig, task) -> BertConfig:
     return config.replace(num_labels=labels_of(task), id2label=labels)
 
 
-def student_config(args, teacher_config: BertConfig) -> BertConfig:
+def student_config(config: RunConfig, teacher_config: BertConfig) -> BertConfig:
     """The student's configuration (--student), with TinyBERT's projections to the teacher's width."""
-    base = BertConfig.from_json(args.student) if str(args.student).endswith(".json") else preset(args.student)
+    base = BertConfig.from_json(config.student) if str(config.student).endswith(".json") else preset(config.student)
     return base.replace(vocab_size=teacher_config.vocab_size, fit_size=teacher_config.hidden_size,
-                        fit_shared=args.shared_projection, do_lower_case=teacher_config.do_lower_case)
+                        fit_shared=config.shared_projection, do_lower_case=teacher_config.do_lower_case)
 
 
 def check_pair(teacher, student, w: LossWeights):
@@ -133,5 +133,5 @@ STAGE_DIRS = {"teacher": "teacher", "general": "general", "intermediate": "task-
               "prediction": "task-prediction"}
 
 
-def stage_dir(args, stage: str) -> Path:
-    return Path(args.out) / STAGE_DIRS[stage]
+def stage_dir(config: RunConfig, stage: str) -> Path:
+    return Path(config.out) / STAGE_DIRS[stage]

@@ -19,12 +19,13 @@ from ..data.tokenizer import Tokenizer
 from ..engine.teacher import resolve_teacher
 from ..engine.weights import load_model
 from ..training.world import get_world
+from .config import RunConfig
 from .recipe import AUGMENT_COPIES, AUGMENT_FROM_PASSES, stage_steps
 
 DEFAULT_TASK = "sst2"
 
 
-def default_out(config) -> str:
+def default_out(config: RunConfig) -> str:
     """runs/<task>, or runs/<name> for local data and --dataset; runs/embedding for `embed`."""
     if config.command == "embed":
         return str(Path("runs") / "embedding")
@@ -35,7 +36,7 @@ def default_out(config) -> str:
     return str(Path("runs") / (config.task or DEFAULT_TASK).lower().replace("-", ""))
 
 
-def task_loader(config, log=print, every_rank: bool = True):
+def task_loader(config: RunConfig, log=print, every_rank: bool = True):
     """(task, load(split, limit=None) -> Examples), from the first of
       --train-file/--dev-file   local csv/tsv/jsonl files (read through `datasets`);
       --dataset ID              any dataset through datasets.load_dataset (a hub id, a folder in the
@@ -74,7 +75,7 @@ def task_loader(config, log=print, every_rank: bool = True):
     return task, lambda split, limit=None: load_split(task, split, config.data, limit=limit, log=log)
 
 
-def hub_source(config) -> HubSource:
+def hub_source(config: RunConfig) -> HubSource:
     """Where --dataset (or, without it, GLUE on the hub) holds the task's splits and columns."""
     if config.task or not config.dataset:       # GLUE, or a copy of it in the hub's layout
         glue = glue_source(config.task or DEFAULT_TASK, config.dataset)
@@ -89,7 +90,7 @@ def hub_source(config) -> HubSource:
                      config.text_column, config.pair_column, config.label_column or "label")
 
 
-def _hub_loader(config, log, every_rank: bool = True):
+def _hub_loader(config: RunConfig, log, every_rank: bool = True):
     source = hub_source(config)
     data = HubData(source, log)
 
@@ -111,7 +112,7 @@ def _hub_loader(config, log, every_rank: bool = True):
     return task, load
 
 
-def is_own_task(config) -> bool:
+def is_own_task(config: RunConfig) -> bool:
     """Local data that is a task of its own, not a GLUE task's (whose labels and metrics --task lends)."""
     return bool(config.train_file or config.dataset) and bool(config.labels or config.regression or not config.task)
 
@@ -121,7 +122,7 @@ def load_dev_sets(task, load) -> dict:
     return {split: load(split) for split in task.dev_splits}
 
 
-def common_setup(config, log=print):
+def common_setup(config: RunConfig, log=print):
     task, load = task_loader(config, log)
     with get_world().root_first():      # one download, then the others find it
         teacher_dir = resolve_teacher(config.teacher)
@@ -132,27 +133,27 @@ def common_setup(config, log=print):
 # --- token ids, the corpus, augmentation -------------------------------------------------------------
 
 
-def token_cache_dir(config) -> Path | None:
+def token_cache_dir(config: RunConfig) -> Path | None:
     """Where token ids are kept (tokens.py): --token-cache, else the default; None for "off"."""
     if config.token_cache == "off":
         return None
     return Path(config.token_cache) if config.token_cache else default_cache_dir()
 
 
-def task_tokens(config, examples, tokenizer, max_length: int, log=None):
+def task_tokens(config: RunConfig, examples, tokenizer, max_length: int, log=None):
     """The examples' token ids from the token cache (tokenized into it the first time); under MPI,
     rank 0 writes the file and the other ranks read it."""
     with get_world().root_first():
         return token_table(examples, tokenizer, max_length, token_cache_dir(config), log)
 
 
-def augment_cache_dir(config) -> Path:
+def augment_cache_dir(config: RunConfig) -> Path:
     """Where the augmented texts and the teacher's logits on them are cached: --augment-cache, shared by
     runs that name it (their keys keep different teachers and data apart), else <out>/augment-cache."""
     return Path(config.augment_cache) if config.augment_cache else Path(config.out) / "augment-cache"
 
 
-def corpus_dir(config) -> Path:
+def corpus_dir(config: RunConfig) -> Path:
     if not (config.corpus or config.data or os.environ.get(DATA_ENV)):
         raise ValueError(f"the general stage needs a corpus: pass --corpus (a directory, or a .txt, .jsonl or "
                          f".parquet file), or --data DIR (or set {DATA_ENV}) holding corpus/")
@@ -166,7 +167,7 @@ CANDIDATE_SOURCES = {"mlm": (MlmCandidates, "the teacher's MLM head"),
                      "context": (ContextCandidates, "whole words nearest the teacher's in-context word states"),
                      "embedding": (EmbeddingCandidates, "nearest neighbours in the teacher's input embeddings")}
 
-def augment_copies(config, task, n_train: int, log) -> int:
+def augment_copies(config: RunConfig, task, n_train: int, log) -> int:
     """--n-aug, else AUGMENT_COPIES when the task stage passes over the training set at least
     AUGMENT_FROM_PASSES times, else 0."""
     if config.n_aug is not None:
@@ -180,7 +181,7 @@ def augment_copies(config, task, n_train: int, log) -> int:
     return copies
 
 
-def augmented_train_set(config, task, teacher_dir, tokenizer, load_examples, log):
+def augmented_train_set(config: RunConfig, task, teacher_dir, tokenizer, load_examples, log):
     """The training examples (the first --augment-limit, if given) and up to n augmented copies of each
     text (augment_copies; cached; duplicates dropped; pair tasks: both texts)."""
     train_set = load_examples("train", limit=config.augment_limit)

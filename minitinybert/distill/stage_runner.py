@@ -8,12 +8,13 @@ from ..engine.model import Bert
 from ..training.loop import LoopConfig, train
 from ..training.parallel import DataParallel
 from ..training.world import get_world
+from .config import RunConfig
 from .recipe import stage_dir
 from .sources import token_cache_dir
 from .steps import make_evaluator
 
 
-def stage_evaluator(config, model, dev, tokenizer, max_length: int, log=None):
+def stage_evaluator(config: RunConfig, model, dev, tokenizer, max_length: int, log=None):
     """The training stages' evaluator, on the --workers threads (the summary's stays on one, as its
     speed figures always were)."""
     with get_world().root_first():      # the dev sets' token ids, as task_tokens
@@ -21,7 +22,7 @@ def stage_evaluator(config, model, dev, tokenizer, max_length: int, log=None):
                               workers=config.workers)
 
 
-def train_stage(config, stage: str, model: Bert, steps: int, lr: float, batches, step, evaluate=None,
+def train_stage(config: RunConfig, stage: str, model: Bert, steps: int, lr: float, batches, step, evaluate=None,
                 vocab_from=None, log=print, runner: DataParallel | None = None, directory: Path | None = None):
     """`steps` optimizer steps in the shared loop (training/loop.py), checkpoints in the stage's directory.
     `step(batch, rng, grads=, share=)` runs on shards of each batch in --workers threads of each

@@ -24,6 +24,7 @@ from ..engine.model import Bert
 from ..engine.weights import checkpoint_file, load_model
 from ..training.world import get_world
 from . import general
+from .config import RunConfig
 from .general import general_student_dir, is_scratch, run_general
 from .logits_cache import teacher_logits
 from .models import task_teacher_and_student, teacher_from_another_task
@@ -37,13 +38,13 @@ from .steps import finetune_step, intermediate_step, make_evaluator, prediction_
 GENERAL_SOURCE = "general-student.json"     # which general student a task run started from
 
 
-def _needs_teacher_logits(config, w: LossWeights, task) -> bool:
+def _needs_teacher_logits(config: RunConfig, w: LossWeights, task) -> bool:
     """Whether the prediction stage uses the teacher's logits (not for --w-prediction 0, nor for a
     regression task with --regression-target gold): if not, the teacher's pass is skipped."""
     return bool(w.prediction) and not (labels_of(task) == 1 and config.regression_target == "gold")
 
 
-def run_finetune_teacher(config, log=print) -> Path | None:
+def run_finetune_teacher(config: RunConfig, log=print) -> Path | None:
     """The teacher gets a task head and is fine-tuned on the task; the best checkpoint by dev metric."""
     task, teacher_dir, tokenizer, load_examples = common_setup(config, log)
     if config.teacher_init:
@@ -68,7 +69,7 @@ def run_finetune_teacher(config, log=print) -> Path | None:
     return best
 
 
-def run_task(config, log=print, general_ckpt: Path | None = None) -> Path | None:
+def run_task(config: RunConfig, log=print, general_ckpt: Path | None = None) -> Path | None:
     """Task distillation from the general student: (1) the intermediate-layer losses on the augmented
     training set, (2) prediction-layer distillation to the fine-tuned teacher's logits; the best
     checkpoint by dev metric."""
@@ -140,7 +141,7 @@ def _computed_logits(rows: np.ndarray) -> np.ndarray:
     return rows
 
 
-def summarize(config, log=print) -> dict:
+def summarize(config: RunConfig, log=print) -> dict:
     """Teacher vs student: dev metric, ratio, size, and forward speed on the dev set, measured here."""
     task, load_examples = task_loader(config, log, every_rank=False)    # rank 0 alone summarizes
     teacher_best, student_best = stage_dir(config, "teacher") / "best", stage_dir(config, "prediction") / "best"
@@ -175,7 +176,7 @@ def summarize(config, log=print) -> dict:
     return report
 
 
-def run_all(config, log=print) -> dict | None:
+def run_all(config: RunConfig, log=print) -> dict | None:
     """Each stage in turn; a stage that stops early (Ctrl-C, --stop-after) ends the pipeline, and
     `all --resume` picks it up where it stopped, reusing the stages already complete. The general
     stage is skipped for --general-student, and reuses a general student of the same recipe."""
@@ -203,7 +204,7 @@ def _paused(log) -> None:
     log("pipeline paused: run the same command with --resume to continue")
 
 
-def _write_general_source(config, general_ckpt: Path) -> None:
+def _write_general_source(config: RunConfig, general_ckpt: Path) -> None:
     """Records, beside the task distillation, which general student it started from."""
     record = general.read_record(general_ckpt) or {}
     source = {"path": str(Path(general_ckpt).resolve()),
@@ -214,7 +215,7 @@ def _write_general_source(config, general_ckpt: Path) -> None:
         write_atomic(path, json.dumps(source, indent=1) + "\n")
 
 
-def _logged_mapping(config, teacher: Bert, student: Bert, stage: str, log) -> list[int]:
+def _logged_mapping(config: RunConfig, teacher: Bert, student: Bert, stage: str, log) -> list[int]:
     mapping = layer_mapping(student.config.num_hidden_layers, teacher.config.num_hidden_layers, config.mapping)
     log(f"[{stage}] mapping {describe_mapping(mapping)}")
     return mapping

@@ -27,7 +27,6 @@ from .files import fsync_dir, write_atomic, write_file
 from .model import Bert
 from .params import WeightsError, assign_tensors
 
-
 IGNORED = re.compile(r"^(embeddings\.position_ids|cls\.seq_relationship\..*|cls\.predictions\.decoder\.(weight|bias))$")
 
 
@@ -165,7 +164,7 @@ def safetensors_pieces(tensors: dict[str, np.ndarray], metadata: dict | None = N
     same tensors and metadata always give the same bytes."""
     metadata = {"format": "pt", **(metadata or {})}
     if any(t.dtype != np.float32 for t in tensors.values()):
-        from safetensors.numpy import save      # dtype orders of its own: let it write
+        from safetensors.numpy import save  # dtype orders of its own: let it write
         return [save(tensors, metadata=metadata)]
     header, arrays, offset = {"__metadata__": dict(sorted(metadata.items()))}, [], 0
     for name in sorted(tensors):

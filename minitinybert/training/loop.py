@@ -31,10 +31,10 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ..engine.files import write_atomic
-from ..engine.progress import progress_bar
 from ..engine.optim import AdamW, clip_grad_norm, linear_schedule
-from .plots import plot_log
+from ..engine.progress import progress_bar
 from ..engine.weights import load_model, read_safetensors, recover_checkpoint, save_checkpoint
+from .plots import plot_log
 from .world import World, get_world
 
 

@@ -26,9 +26,9 @@ from dataclasses import fields, is_dataclass, replace
 import numba
 import numpy as np
 
-from ..engine.process import single_threaded_blas
-from ..engine.params import ParamSet
 from ..data.shards import Rows, shard_rows
+from ..engine.params import ParamSet
+from ..engine.process import single_threaded_blas
 from .loop import StepResult
 from .world import World
 

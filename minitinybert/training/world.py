@@ -207,6 +207,7 @@ def _share_cores(world: MpiWorld) -> None:
     if "OMP_NUM_THREADS" in os.environ or "NUMBA_NUM_THREADS" in os.environ:
         return
     import numba
+
     from ..engine.process import blas_thread_control
     local = world.comm.Split_type(world.MPI.COMM_TYPE_SHARED).Get_size()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
