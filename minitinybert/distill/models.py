@@ -37,10 +37,10 @@ def teacher_from_another_task(init_dir, teacher_dir: Path, tokenizer: Tokenizer,
 def new_student(config: RunConfig, teacher_config: BertConfig, log=print, num_labels: int = 0) -> Bert:
     """A student from scratch (BERT's seeded init, --general-student scratch), with TinyBERT's
     projections to the teacher's width."""
-    config = student_config(config, teacher_config).replace(num_labels=num_labels)
-    student = Bert(config, seed=config.seed)
-    log(f"student {config.student} from scratch: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"{student.num_parameters / 1e6:.1f}M parameters (with projections)")
+    student_cfg = student_config(config, teacher_config).replace(num_labels=num_labels)
+    student = Bert(student_cfg, seed=config.seed)
+    log(f"student {config.student} from scratch: {student_cfg.num_hidden_layers} layers, hidden "
+        f"{student_cfg.hidden_size}, {student.num_parameters / 1e6:.1f}M parameters (with projections)")
     return student
 
 
