@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import pearson, spearman
+from .task_files import is_number
 from .tasks import DataError
 
 FIRST = ("sentence1", "text1", "text_a", "s1")
@@ -35,14 +36,6 @@ class SimilarityPairs:
 
     def __len__(self) -> int:
         return len(self.texts)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def read_similarity_file(path, limit: int | None = None) -> SimilarityPairs:
@@ -68,14 +61,14 @@ def read_similarity_file(path, limit: int | None = None) -> SimilarityPairs:
         if len(rows[0]) < 3:
             raise DataError(f"{path}: line 1 has {len(rows[0])} fields; a similarity file has two texts and a score")
         columns = (0, 1, 2)
-        if not _is_number(rows[0][2]):
+        if not is_number(rows[0][2]):
             rows = rows[1:]
     texts, pairs, scores = [], [], []
     need = max(columns) + 1
     for number, row in enumerate(rows[:limit] if limit else rows, 2):
         if len(row) < need:
             raise DataError(f"{path}: a line has {len(row)} fields, expected at least {need}: {row[:3]}")
-        if not _is_number(row[columns[2]]):
+        if not is_number(row[columns[2]]):
             raise DataError(f"{path}: score {row[columns[2]]!r} is not a number")
         texts.append(row[columns[0]])
         pairs.append(row[columns[1]])

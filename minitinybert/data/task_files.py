@@ -218,7 +218,7 @@ def labels_in_values(values: Sequence, where, label_column: str) -> tuple[str, .
         if not name:
             raise DataError(f"{where}: row {i + 1}: column {label_column!r} holds {value!r}, not a label")
         names.add(name)
-    scores = [n for n in names if _is_number(n) and not _is_integer(n)]
+    scores = [n for n in names if is_number(n) and not _is_integer(n)]
     if scores:
         raise DataError(f"{where}: column {label_column!r} holds scores such as {scores[0]}: pass --regression "
                         f"for a regression task, or --labels to name the classes")
@@ -228,7 +228,7 @@ def labels_in_values(values: Sequence, where, label_column: str) -> tuple[str, .
     return tuple(sorted(names, key=lambda n: (0, int(n), "") if _is_integer(n) else (1, 0, n)))
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
         return True

@@ -37,7 +37,7 @@ from ..data.corpus import CorpusBatcher
 from ..data.sts import read_similarity_file, similarity_scores
 from ..data.task_files import DATA_ENV, data_root
 from ..data.tokenizer import Tokenizer
-from ..engine import loss_kernels, losses
+from ..engine import losses
 from ..engine.config import ConfigError
 from ..engine.files import write_atomic
 from ..engine.model import Bert
@@ -48,11 +48,11 @@ from ..engine.weights import load_model, save_checkpoint
 from ..training.loop import LoopConfig, StepResult, train
 from ..training.parallel import DataParallel
 from ..training.world import get_world
-from . import subclone
 from .config import RunConfig
-from .general import SUBCLONE_SAMPLES, checkpoint_of, describe, general_plan, read_record
+from .general import checkpoint_of, describe, general_plan, read_record, subclone_start
 from .recipe import layer_mapping
 from .sources import corpus_dir
+from .steps import layer_losses, weighted_layer_loss
 
 OBJECTIVES = ("cosine", "mse")
 
@@ -129,29 +129,8 @@ def embedding_step(teacher: Bert, student: Bert, batch, rng, mapping: list[int],
     if dproj is not None:
         extra.append((names[0], dproj[0]))
         extra.append((names[1], dproj[1]))
-    terms = {"loss_sentence": loss}
-    total = w.sentence * loss
-    for m, g in enumerate(mapping):              # TinyBERT's layer losses, as intermediate_step
-        weight = w.embedding if m == 0 else w.hidden
-        if weight == 0:
-            continue
-        prefix = "fit_dense" if cfg.fit_shared else f"fit_denses.{m}"
-        value, c = losses.projected_mse_forward(s_out.hidden_states[m], P[prefix + ".weight"], P[prefix + ".bias"],
-                                                t_out.hidden_states[g])
-        dh, dW, db = losses.projected_mse_backward(c, P[prefix + ".weight"], weight * share)
-        dhidden[m] = dhidden[m] + dh if m in dhidden else dh
-        extra += [(prefix + ".weight", dW), (prefix + ".bias", db)]
-        key = "loss_embedding" if m == 0 else "loss_hidden"
-        terms[key] = terms.get(key, 0.0) + value
-        total += weight * value
-    if w.attention:
-        terms["loss_attention"] = 0.0
-        for m in range(1, len(mapping)):
-            value, c = loss_kernels.attention_mse_forward(s_out.attention_scores[m - 1],
-                                                          t_out.attention_scores[mapping[m] - 1], overwrite=True)
-            dscores[m - 1] = loss_kernels.attention_mse_backward(c, w.attention * share)
-            terms["loss_attention"] += value
-        total += w.attention * terms["loss_attention"]
+    terms = {"loss_sentence": loss, **layer_losses(t_out, s_out, student, mapping, w, share, dhidden, dscores, extra)}
+    total = w.sentence * loss + weighted_layer_loss(terms, w)
     grads = student.backward(s_out, dhidden=dhidden, dscores=dscores, grads=grads)
     for name, g in extra:                        # after backward, which zeroes the buffer
         grads[name][...] += g
@@ -198,14 +177,7 @@ def starting_student(config: RunConfig, teacher: Bert, teacher_dir: Path, log) -
         raise ConfigError(f"no general student in {path} and the student cannot be cut from the teacher "
                           f"({plan.init_reason}): run `python -m minitinybert.distill general` first")
     student = Bert(plan.student_config, seed=config.seed)
-    samples = CorpusBatcher(corpus_dir(config), plan.tokenizer, seq_len=config.general_seq_len, batch_size=8,
-                            seed=config.seed, streaming=config.corpus_streaming, column=config.corpus_column,
-                            segments=config.general_segments)
-    try:
-        batches = [next(samples) for _ in range(SUBCLONE_SAMPLES)]
-    finally:
-        samples.close()
-    student.params.data[...] = subclone.subclone_weights(teacher, plan.student_config, plan.mapping, batches)
+    student.params.data[...] = subclone_start(config, plan, teacher)
     how = f"the teacher's weights cut to {config.student} (subclone.py; no general student in {plan.directory})"
     return student, plan.mapping, how
 

@@ -176,7 +176,7 @@ def _run_general(config: RunConfig, plan, log) -> Path | None:
         f"run directory {plan.directory}")
     continuing = config.resume and world.root_call((plan.directory / "last").exists)    # its state replaces these
     if plan.init == "subclone" and not continuing:
-        student.params.data[...] = world.root_call(_subclone, config, plan, teacher)
+        student.params.data[...] = world.root_call(subclone_start, config, plan, teacher)
         kept = ", ".join(str(t + 1) for t in subclone.kept_layers(plan.student_config.num_hidden_layers, plan.mapping))
         log(f"[general] student initialised from the teacher's weights (subclone.py; {plan.init_reason}): "
             f"teacher layers {kept}, its most used dimensions")
@@ -210,7 +210,7 @@ def _run_general(config: RunConfig, plan, log) -> Path | None:
 
 SUBCLONE_SAMPLES = 2      # batches of the general corpus the teacher's hidden dimensions are ranked on
 
-def _subclone(config: RunConfig, plan, teacher: Bert) -> np.ndarray:
+def subclone_start(config: RunConfig, plan, teacher: Bert) -> np.ndarray:
     """The student's weights taken from the teacher's (subclone.py), ranked on batches of its own
     corpus reader (the training batches are not consumed)."""
     samples = CorpusBatcher(corpus_dir(config), plan.tokenizer, seq_len=config.general_seq_len, batch_size=8,

@@ -24,16 +24,15 @@ def _projection_names(cfg: BertConfig, m: int) -> tuple[str, str]:
     return prefix + ".weight", prefix + ".bias"
 
 
-def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[int], w: LossWeights,
-                      use_kernels: bool = True, grads=None, share: float = 1.0) -> StepResult:
-    """Embedding, hidden-state and attention losses; leaves the gradients in `grads` (default
-    student.grads), scaled by `share` (this batch's fraction of a larger one: see parallel.py)."""
-    t_out = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask)
-    s_out = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng,
-                            keep_cache=True)
+def layer_losses(t_out, s_out, student: Bert, mapping: list[int], w, share: float, dhidden: dict, dscores: dict,
+                 extra: list, use_kernels: bool = True) -> dict:
+    """TinyBERT's embedding, hidden-state and attention losses between two forward passes' outputs (w:
+    anything with embedding, hidden and attention weights). Their gradients, scaled by `share`, are added
+    to `dhidden` (by hidden state) and `dscores` (by layer), the projections' to `extra` as (name,
+    gradient) pairs to add after the student's backward; returns the unweighted loss terms."""
     cfg, P = student.config, student.params
     attn = loss_kernels if use_kernels else losses
-    dhidden, dscores, proj_grads, terms = {}, {}, [], {}
+    terms = {}
     for m, g in enumerate(mapping):
         weight = w.embedding if m == 0 else w.hidden
         if weight == 0:
@@ -42,8 +41,8 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
         loss, cache = losses.projected_mse_forward(s_out.hidden_states[m], P[wname], P[bname],
                                                    t_out.hidden_states[g])
         dh, dW, db = losses.projected_mse_backward(cache, P[wname], weight * share)
-        dhidden[m] = dh
-        proj_grads.append((wname, dW, bname, db))
+        dhidden[m] = dhidden[m] + dh if m in dhidden else dh
+        extra += [(wname, dW), (bname, db)]
         key = "loss_embedding" if m == 0 else "loss_hidden"
         terms[key] = terms.get(key, 0.0) + loss
     if w.attention:
@@ -54,14 +53,28 @@ def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[in
                                                      t_out.attention_scores[mapping[m] - 1], overwrite=True)
             dscores[m - 1] = attn.attention_mse_backward(cache, w.attention * share)
             terms["loss_attention"] += loss
+    return terms
+
+
+def weighted_layer_loss(terms: dict, w) -> float:
+    return (w.embedding * terms.get("loss_embedding", 0.0) + w.hidden * terms.get("loss_hidden", 0.0)
+            + w.attention * terms.get("loss_attention", 0.0))
+
+
+def intermediate_step(teacher: Bert, student: Bert, batch, rng, mapping: list[int], w: LossWeights,
+                      use_kernels: bool = True, grads=None, share: float = 1.0) -> StepResult:
+    """Embedding, hidden-state and attention losses; leaves the gradients in `grads` (default
+    student.grads), scaled by `share` (this batch's fraction of a larger one: see parallel.py)."""
+    t_out = teacher.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask)
+    s_out = student.forward(batch.input_ids, batch.token_type_ids, batch.attention_mask, rng=rng,
+                            keep_cache=True)
+    dhidden, dscores, extra = {}, {}, []
+    terms = layer_losses(t_out, s_out, student, mapping, w, share, dhidden, dscores, extra, use_kernels)
     grads = student.backward(s_out, dhidden=dhidden, dscores=dscores, grads=grads)
-    for wname, dW, bname, db in proj_grads:       # after backward, which zeroes the buffer
-        grads[wname][...] += dW
-        grads[bname][...] += db
-    total = (w.embedding * terms.get("loss_embedding", 0.0) + w.hidden * terms.get("loss_hidden", 0.0)
-             + w.attention * terms.get("loss_attention", 0.0))
+    for name, g in extra:                        # after backward, which zeroes the buffer
+        grads[name][...] += g
     B, T = batch.input_ids.shape
-    return StepResult({"loss": total, **terms}, B, int(batch.attention_mask.sum()), B * T)
+    return StepResult({"loss": weighted_layer_loss(terms, w), **terms}, B, int(batch.attention_mask.sum()), B * T)
 
 
 def prediction_step(student: Bert, batch, labels, t_logits, rng, w: LossWeights,
