@@ -84,6 +84,39 @@ def test_corpus_batcher_resume_exact(tmp_path, tok, segments):
         assert np.array_equal(next(resumed).input_ids, expected[23].input_ids)
 
 
+def test_unpacked_rows_are_one_line_each_and_resume(tmp_path, tok):
+    """pack=False (distill embed's rows): every row is one line of the corpus, cut at the sequence, never
+    two lines together; the packed control holds rows of several lines; resume is exact."""
+    corpus = _numbered_corpus(tmp_path / "c")
+    lines = {" ".join(tok.tokenize(x)) for x in (corpus / "docs.txt").read_text().split("\n") if x.strip()}
+    make = lambda pack=False: CorpusBatcher(corpus, tok, seq_len=6, batch_size=4, seed=3, segments=1,  # noqa: E731
+                                            pack=pack)
+    expected = _batches(make(), 30)
+
+    def rows(batches):
+        for batch in batches:
+            for ids, mask in zip(batch.input_ids, batch.attention_mask):
+                yield tok.convert_ids_to_tokens([int(i) for i in ids[1:int(mask.sum()) - 1]])
+
+    cut = [" ".join(r) for r in rows(expected)]
+    assert all(sum(t in PAIR_WORDS for t in r.split()) == 1 for r in cut)          # one line a row
+    assert all(any(line.startswith(r) for line in lines) for r in cut)              # a whole line, or its start
+    assert any(r not in lines for r in cut) and any(r in lines for r in cut)        # long lines are cut
+    packed = [" ".join(r) for r in rows(_batches(make(pack=True), 30))]
+    assert any(sum(t in PAIR_WORDS for t in r.split()) > 1 for r in packed)         # the control packs lines
+    first = make()
+    _batches(first, 11)
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = make()
+    resumed.load_state_dict(state)
+    for a, b in zip(expected[11:], _batches(resumed, 8)):
+        np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    with pytest.raises(DataError, match="one-line rows, this batcher packed rows"):
+        make(pack=True).load_state_dict(state)
+    with pytest.raises(DataError, match="unpacked rows .* take segments=1"):
+        CorpusBatcher(corpus, tok, segments=2, pack=False)
+
+
 # --- sentence pairs ----------------------------------------------------------------------------------
 
 PAIR_WORDS = "apple river castle window garden pencil rocket violin forest candle".split()

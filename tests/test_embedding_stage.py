@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from minitinybert.data.sts import read_similarity_file, similarity_scores
+from minitinybert.data.task_files import load_split
 from minitinybert.data.tokenizer import Batch
 from minitinybert.distill import main as distill_main
 from minitinybert.distill.embedding import EmbeddingWeights, embedding_step, read_embedding_config
@@ -85,6 +86,27 @@ def test_stage_lowers_its_loss_and_writes_the_summary(world, tmp_path):
     sentence, projection = read_embedding_config(out / "final")
     assert sentence == SentenceConfig("mean", True, None) and projection == "fit_denses.2"
     assert load_model(out / "final").config.fit_size == TEACHER.hidden_size
+
+
+def test_stage_reads_the_corpus_and_the_tasks_training_sentences(world, tmp_path, capsys):
+    """--embed-texts auto: the corpus plus SST-2's training sentences (the tiny world's one task), without
+    their labels; none: the corpus alone; a task whose file is missing: a clear error."""
+    out = tmp_path / "auto"
+    assert main(args(world, out, "--embed-steps", "2")) == 0
+    assert json.loads((out / "summary.json").read_text())["texts"] == ["sst2"]
+    train = load_split("sst2", "train", world / "data")
+    written = [x for x in (out / "task-sentences.txt").read_text().split("\n\n") if x.strip()]
+    assert sorted(x.strip() for x in written) == sorted(set(" ".join(t.split()) for t in train.texts))
+    assert not any("\t" in x for x in written)                      # texts only, never a label column
+    assert sorted(p.name for p in (out / "corpus").iterdir()) == ["task-sentences.txt", "tiny.txt"]
+    alone = tmp_path / "alone"
+    assert main(args(world, alone, "--embed-steps", "2", "--embed-texts", "none")) == 0
+    assert json.loads((alone / "summary.json").read_text())["texts"] == [] and not (alone / "corpus").exists()
+    a, b = (load_model(d / "final").params.data for d in (out, alone))
+    assert not np.array_equal(a, b)                                  # the sentences changed what it learnt
+    capsys.readouterr()
+    assert main(args(world, tmp_path / "missing", "--embed-steps", "2", "--embed-texts", "sst2,rte")) == 2
+    assert "RTE train file not found" in capsys.readouterr().err
 
 
 def test_stage_resumes_exactly(world, tmp_path):

@@ -23,6 +23,8 @@ official code does: a row's shape does not depend on which rows share its batch.
                         a pair too long loses tokens of its longer segment, at its outer end (the
                         start of A, the end of B), so the text around the middle [SEP] stays whole.
   segments=1            `[CLS] sentences [SEP]`, token type 0 throughout.
+  segments=1, pack=False  `[CLS] line [SEP]`: every line its own row, cut at seq_len, never packed with
+                        the next: the unit a sentence-embedding model embeds (distill embed's rows).
 There is no next-sentence loss in TinyBERT: the pairs are there so that the student learns the
 teacher's second segment type, the [SEP] between segments and the attention across them.
 
@@ -263,6 +265,13 @@ class ShardStream:
                       [[int(t) for t in s] for s in state["pending"]])
 
 
+class LineStream(ShardStream):
+    """One line a sequence, cut at the sequence's room (its tail dropped, as an embedding model cuts its input)."""
+
+    def _add_line(self, ids: list[int]) -> None:
+        self._pending.append(ids[:self.room])
+
+
 class PairStream(ShardStream):
     """Sentence pairs (A, B) of token ids ([CLS] and the [SEP]s not included) from one shard's documents,
     BERT's way (see the module's docstring). Its random draws come from a generator whose state is part
@@ -365,9 +374,11 @@ class CorpusBatcher:
 
     def __init__(self, corpus: str | Path, tokenizer: Tokenizer, seq_len: int = 128, batch_size: int = 32,
                  seed: int = 0, shards: Shards | None = None, streaming: bool = False, column: str = "text",
-                 segments: int = 2):
+                 segments: int = 2, pack: bool = True):
         if segments not in (1, 2):
             raise DataError(f"segments must be 1 ([CLS] text [SEP]) or 2 ([CLS] A [SEP] B [SEP]), got {segments!r}")
+        if not pack and segments != 1:
+            raise DataError("unpacked rows (one line a row) take segments=1")
         least = {1: (3, "[CLS], one token, [SEP]"), 2: (5, "[CLS], a token, [SEP], a token, [SEP]")}[segments]
         if seq_len < least[0]:
             raise DataError(f"seq_len must be >= {least[0]} ({least[1]}), got {seq_len}")
@@ -380,12 +391,13 @@ class CorpusBatcher:
         self.corpus_dir = Path(corpus)
         self.files, kind = corpus_files(corpus)
         self.tokenizer, self.seq_len, self.batch_size, self.seed = tokenizer, int(seq_len), int(batch_size), int(seed)
-        self.segments = segments
+        self.segments, self.pack = segments, bool(pack)
         self.streaming = streaming or kind != "text"
         self.kind, self.column = kind, column
         self.source = StreamedFiles(self.files, kind, self.seed, column) if self.streaming else \
             IndexedText(self.files, self.seed)
-        self._streams = [ShardStream(self.source, s, self.shards.total, tokenizer, self.seq_len) if segments == 1
+        single = ShardStream if self.pack else LineStream
+        self._streams = [single(self.source, s, self.shards.total, tokenizer, self.seq_len) if segments == 1
                          else PairStream(self.source, s, self.shards.total, tokenizer, self.seq_len, self.seed)
                          for s in self.shards.indices]
         self._rows = [shard_rows(self.batch_size, self.shards.total)[s] for s in self.shards.indices]
@@ -435,7 +447,8 @@ class CorpusBatcher:
         return {"files": [p.name for p in self.files], "sizes": [p.stat().st_size for p in self.files],
                 "streaming": self.streaming, "column": self.column if self.streaming else None,
                 "seq_len": self.seq_len, "segments": self.segments, "batch_size": self.batch_size, "seed": self.seed,
-                "vocab": self.tokenizer.fingerprint()[:16], "shards": self.shards.total}
+                "vocab": self.tokenizer.fingerprint()[:16], "shards": self.shards.total,
+                **({} if self.pack else {"pack": False})}   # packed states are as before unpacked rows existed
 
     def state_dict(self) -> dict:
         return {"version": 2, **self._identity(), "batches": self._served,
@@ -445,6 +458,9 @@ class CorpusBatcher:
         if not isinstance(state, dict) or state.get("version") != 2:
             raise DataError("not a CorpusBatcher state (missing or unknown version)")
         state = {"segments": 1, **state}    # written before pairs existed
+        if state.get("pack", True) != self.pack:
+            raise DataError(f"corpus state has {'packed' if state.get('pack', True) else 'one-line'} rows, this batcher "
+                            f"{'packed' if self.pack else 'one-line'} rows")
         for key, value in self._identity().items():
             if state.get(key) != value:
                 raise DataError(f"corpus state does not match this batcher: {key} is {state.get(key)!r} in the "

@@ -203,7 +203,14 @@ def _embedding_options(g) -> None:
     g.add_argument("--embed-steps", type=int, default=RunConfig.embed_steps)
     g.add_argument("--embed-lr", type=float, default=RunConfig.embed_lr)
     g.add_argument("--embed-seq-len", type=int, default=RunConfig.embed_seq_len,
-                   help="corpus sequences of this many tokens, one segment (default 64)")
+                   help="rows of this many tokens, one segment (default 32: 82%% of the default texts fit whole)")
+    g.add_argument("--embed-rows", choices=embedding.ROWS, default=RunConfig.embed_rows,
+                   help="lines: every line of the corpus its own row, as a sentence is embedded (default); "
+                        "packed: lines packed into sequences, as the general stage reads the corpus")
+    g.add_argument("--embed-texts", default=RunConfig.embed_texts,
+                   help="GLUE tasks (comma-separated, e.g. sst2,stsb) whose training sentences, without their "
+                        "labels, join the corpus, a sentence a row; auto (default): every GLUE task whose "
+                        "train file is in the data directory; none: the corpus alone")
     g.add_argument("--w-sentence", type=float, default=RunConfig.w_sentence,
                    help="weight of the sentence-embedding loss (default 1)")
     g.add_argument("--embed-layers", type=float, default=RunConfig.embed_layers,

@@ -85,7 +85,9 @@ class RunConfig:
     embed_objective: str = "cosine"        # cosine or mse
     embed_steps: int = 1200
     embed_lr: float = 3e-4
-    embed_seq_len: int = 64
+    embed_seq_len: int = 32
+    embed_rows: str = "lines"              # lines (a line a row) or packed (lines packed into sequences)
+    embed_texts: str = "auto"              # GLUE tasks whose training sentences join the corpus; auto, none
     w_sentence: float = 1.0
     embed_layers: float = 0.0
     sts_file: str | None = None

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.corpus import CorpusBatcher
+from ..data.corpus import CorpusBatcher, corpus_files
 from ..data.sts import read_similarity_file, similarity_scores
-from ..data.task_files import DATA_ENV, data_root
+from ..data.task_files import DATA_ENV, data_root, load_split
+from ..data.tasks import TASKS, get_task
 from ..data.tokenizer import Tokenizer
 from ..engine import losses
 from ..engine.config import ConfigError
@@ -55,6 +56,8 @@ from .sources import corpus_dir
 from .steps import layer_losses, weighted_layer_loss
 
 OBJECTIVES = ("cosine", "mse")
+ROWS = ("lines", "packed")
+TEXTS_FILE = "task-sentences.txt"      # in <out>/: the --embed-texts sentences, a sentence a document
 
 
 # --- the sentence embedding of a model ---------------------------------------------------------------
@@ -95,6 +98,66 @@ def embed_texts(model: Bert, tokenizer: Tokenizer, texts: list[str], sentence: S
             out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
         out[rows] = vectors
     return out
+
+
+# --- the stage's corpus ------------------------------------------------------------------------------
+
+def text_tasks(config: RunConfig) -> list[str]:
+    """The GLUE tasks of --embed-texts: "auto" is every task whose train file is in the data directory."""
+    setting = str(_option(config, "embed_texts")).strip().lower()
+    if setting in ("", "none"):
+        return []
+    if setting == "auto":
+        if not (config.data or os.environ.get(DATA_ENV)):
+            return []
+        root = data_root(config.data)
+        return [name for name, spec in TASKS.items() if (root / spec.train_file).is_file()]
+    names = [get_task(name.strip()).name for name in setting.split(",") if name.strip()]
+    return list(dict.fromkeys(names))
+
+
+def task_sentences(tasks: list[str], data: str | None) -> list[str]:
+    """The training sentences of `tasks` (both sides of a pair), each once, in reading order; never labels."""
+    sentences = {}
+    for name in tasks:
+        examples = load_split(name, "train", data)
+        for text in examples.texts + (examples.pairs or []):
+            text = " ".join(text.split())
+            if text:
+                sentences.setdefault(text, None)
+    return list(sentences)
+
+
+def embedding_corpus(config: RunConfig, out: Path) -> tuple[Path, list[str]]:
+    """(the corpus the stage reads, the tasks whose sentences it holds). With --embed-texts, <out>/corpus/:
+    links to the general corpus's .txt files and to <out>/task-sentences.txt (a sentence a document, so
+    that the documents' shuffle mixes them with the corpus's). Run by the root process alone."""
+    general = corpus_dir(config)
+    tasks = text_tasks(config)
+    if not tasks:
+        return general, []
+    files, kind = corpus_files(general)
+    if kind != "text":
+        raise ConfigError(f"--embed-texts adds sentences to a .txt corpus, and {general} is {kind}: "
+                          f"pass --embed-texts none, or a .txt corpus")
+    sentences = task_sentences(tasks, config.data)
+    texts = out / TEXTS_FILE
+    body = "\n\n".join(sentences) + "\n"
+    if not texts.is_file() or texts.read_text(encoding="utf-8") != body:
+        write_atomic(texts, body)
+    folder = out / "corpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    links = {path.name: path.resolve() for path in files}
+    if TEXTS_FILE in links:
+        raise ConfigError(f"the general corpus already holds a file named {TEXTS_FILE}: rename it")
+    links[TEXTS_FILE] = texts.resolve()
+    for old in folder.iterdir():
+        if old.name not in links or not old.is_symlink() or old.resolve() != links[old.name]:
+            old.unlink()
+    for name, target in links.items():
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(target)
+    return folder, tasks
 
 
 # --- one step ----------------------------------------------------------------------------------------
@@ -216,10 +279,18 @@ def run_embedding(config: RunConfig, log=print) -> Path | None:
     log(f"[embedding] student from {'its last checkpoint (--resume)' if continuing else how}; objective: {objective} "
         f"x {w.sentence:g}" + (f" + layer losses x {layers:g}" if layers else " alone")
         + (f"; its embedding through {names[0].rsplit('.', 1)[0]} to width {width_t}" if names else ""))
+    rows = _option(config, "embed_rows")
+    if rows not in ROWS:
+        raise ConfigError(f"--embed-rows must be one of {', '.join(ROWS)}, got {rows!r}")
+    source, tasks = world.root_call(embedding_corpus, config, out)
+    log(f"[embedding] corpus {corpus_dir(config)}" + (f" + the training sentences of {', '.join(tasks)} "
+        f"({out / TEXTS_FILE})" if tasks else "") + f"; {'a line' if rows == 'lines' else 'packed lines'} a row "
+        f"of {_option(config, 'embed_seq_len')} tokens")
     runner = DataParallel(student, config.workers, world)
-    corpus = CorpusBatcher(corpus_dir(config), tokenizer, seq_len=int(_option(config, "embed_seq_len")),
+    corpus = CorpusBatcher(source, tokenizer, seq_len=int(_option(config, "embed_seq_len")),
                            batch_size=config.batch_size, seed=config.seed, shards=runner.shards,
-                           streaming=config.corpus_streaming, column=config.corpus_column, segments=1)
+                           streaming=config.corpus_streaming, column=config.corpus_column, segments=1,
+                           pack=rows == "packed")
     sts = sts_file(config)
     limit = _option(config, "eval_limit")
     pairs = world.root_call(read_similarity_file, sts, limit) if sts else None
@@ -247,11 +318,11 @@ def run_embedding(config: RunConfig, log=print) -> Path | None:
     if not world.is_root:
         return final
     record = {**student_sentence.to_dict(), "projection": prefix, "objective": objective, "steps": state.step,
-              "teacher": str(teacher_dir), "start": how}
+              "teacher": str(teacher_dir), "start": how, "texts": tasks, "rows": rows}
     save_checkpoint(student, final, vocab_from=teacher_dir,
                     extra_files={EMBEDDING_FILE: json.dumps(record, indent=1) + "\n"})
     summary = {"stage": "embedding", "final": str(final), "objective": objective, "steps": state.step,
-               "start": how, "minutes_in_steps": _minutes(out / "log.jsonl"),
+               "start": how, "texts": tasks, "rows": rows, "seq_len": _option(config, "embed_seq_len"), "minutes_in_steps": _minutes(out / "log.jsonl"),
                "wall_minutes_this_run": round((time.time() - started) / 60, 2)}
     if pairs is not None:
         t0 = time.perf_counter()
