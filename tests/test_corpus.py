@@ -102,6 +102,9 @@ def test_unpacked_rows_are_one_line_each_and_resume(tmp_path, tok):
     assert all(sum(t in PAIR_WORDS for t in r.split()) == 1 for r in cut)          # one line a row
     assert all(any(line.startswith(r) for line in lines) for r in cut)              # a whole line, or its start
     assert any(r not in lines for r in cut) and any(r in lines for r in cut)        # long lines are cut
+    assert make().num_documents == len([x for x in (corpus / "docs.txt").read_text().split("\n") if x.strip()])
+    source = [next(t for t in r.split() if t in PAIR_WORDS) for r in cut]     # lines shuffled one by one:
+    assert sum(a == b for a, b in zip(source, source[1:])) < len(source) / 3   # neighbours mostly of two documents
     packed = [" ".join(r) for r in rows(_batches(make(pack=True), 30))]
     assert any(sum(t in PAIR_WORDS for t in r.split()) > 1 for r in packed)         # the control packs lines
     first = make()

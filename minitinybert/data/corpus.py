@@ -24,7 +24,8 @@ official code does: a row's shape does not depend on which rows share its batch.
                         start of A, the end of B), so the text around the middle [SEP] stays whole.
   segments=1            `[CLS] sentences [SEP]`, token type 0 throughout.
   segments=1, pack=False  `[CLS] line [SEP]`: every line its own row, cut at seq_len, never packed with
-                        the next: the unit a sentence-embedding model embeds (distill embed's rows).
+                        the next: the unit a sentence-embedding model embeds (distill embed's rows). An
+                        indexed corpus then shuffles lines, not documents (a streamed one reads them in order).
 There is no next-sentence loss in TinyBERT: the pairs are there so that the student learns the
 teacher's second segment type, the [SEP] between segments and the attention across them.
 
@@ -79,10 +80,12 @@ def _lines(text: bytes | str) -> list[str]:
 
 class IndexedText:
     """.txt files indexed by document byte ranges; every epoch a new order of all documents, from
-    (seed, epoch). A position is {"epoch", "doc"}: the doc-th document of the shard's share of that order."""
+    (seed, epoch). A position is {"epoch", "doc"}: the doc-th document of the shard's share of that order.
+    by_line: every non-blank line is a document of its own (one-line rows: sentences shuffled one by one,
+    not a review's 30 lines in 30 consecutive rows)."""
 
-    def __init__(self, files: list[Path], seed: int):
-        self.files, self.seed = files, seed
+    def __init__(self, files: list[Path], seed: int, by_line: bool = False):
+        self.files, self.seed, self.by_line = files, seed, by_line
         self.docs = self._index()   # (n, 3) int64: file index, start byte, end byte
         if len(self.docs) == 0:
             raise DataError(f"corpus {files[0].parent} holds no text (only blank lines)")
@@ -95,13 +98,15 @@ class IndexedText:
             with open(path, "rb") as f:
                 for line in f:
                     blank = not line.strip()
-                    if blank and start is not None:
+                    if self.by_line and not blank:
+                        docs.append((file_index, offset, offset + len(line)))
+                    elif blank and start is not None:
                         docs.append((file_index, start, offset))
                         start = None
                     elif not blank and start is None:
                         start = offset
                     offset += len(line)
-            if start is not None:
+            if start is not None and not self.by_line:
                 docs.append((file_index, start, offset))
         return np.array(docs, dtype=np.int64).reshape(-1, 3)
 
@@ -395,7 +400,7 @@ class CorpusBatcher:
         self.streaming = streaming or kind != "text"
         self.kind, self.column = kind, column
         self.source = StreamedFiles(self.files, kind, self.seed, column) if self.streaming else \
-            IndexedText(self.files, self.seed)
+            IndexedText(self.files, self.seed, by_line=not self.pack)
         single = ShardStream if self.pack else LineStream
         self._streams = [single(self.source, s, self.shards.total, tokenizer, self.seq_len) if segments == 1
                          else PairStream(self.source, s, self.shards.total, tokenizer, self.seq_len, self.seed)
