@@ -14,10 +14,10 @@ kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off, "numba" waits for it. Forw
 ~CHUNK_TOKENS tokens in reused buffers. threads=None leaves BLAS's threads as the environment sets them; threads=N gives
 BLAS N threads for one sub-batch, and shares a larger batch's sub-batches among N threads over single-threaded BLAS.
 
-File format "minitinybert-runtime/1" (in full in the README, "Runtime model file"): safetensors with Hugging Face
-BERT tensor names and "__metadata__" format, config (JSON), labels, vocab, do_lower_case, max_length, dtype; F32, F16
-(F64, BF16 converted at load), or I8 2-D weights with an F32 "<name>_scale" per row: w = q * scale. Back-to-back
-query, key, value weights are used as one (3C, C).
+File format "minitinybert-runtime/1" (in full in docs/formats.md): safetensors with Hugging Face BERT tensor names and
+"__metadata__" format, config (JSON), labels, vocab, do_lower_case, max_length, dtype; F32, F16 (F64, BF16 converted
+at load), or I8 2-D weights with an F32 "<name>_scale" per row: w = q * scale; embedding tables also U8 (V, ceil(C/2)),
+4-bit q in [-7, 7] two a byte, low nibble first. Back-to-back query, key, value weights are used as one (3C, C).
 
 Numerics: float32, as the training engine (post-LN, exact erf GELU, -10000 key mask, tanh pooler); predict(),
 logits(), embed(pooling="cls") run the last layer for the [CLS] positions only. float32 weights are used from the
@@ -676,19 +676,19 @@ def workspace():
     return ws
 
 
-def _embedding_rows(table, ids):
-    """Float32 rows (a new array) of an embedding: (array as stored, int8 scales or None, (file
-    descriptor, offset) to read the rows with pread rather than from the map, or None)."""
+def _embedding_rows(table, ids, width):
+    """Float32 rows (a new array), `width` wide, of an embedding: (array as stored, float, int8 or uint8 of 4-bit pairs;
+    row scales or None; (file descriptor, offset) to read the rows with pread rather than from the map, or None)."""
     array, scale, source = table
     if source is None:
         rows = array[ids]
     else:
         unique, inverse = np.unique(ids, return_inverse=True)
-        size = array.strides[0]
-        raw = b"".join(os.pread(source[0], size, source[1] + int(i) * size) for i in unique)
+        raw = b"".join(os.pread(source[0], array.strides[0], source[1] + int(i) * array.strides[0]) for i in unique)
         rows = np.frombuffer(raw, array.dtype).reshape(-1, array.shape[1])[inverse.reshape(ids.shape)]
-    rows = rows.astype(_F32, copy=False)
-    return rows if scale is None else rows * scale[ids][..., None]
+    if rows.dtype == np.uint8:     # 4-bit: nibbles, low first, sign-extended; an odd width's last one is padding
+        rows = ((np.stack((rows & 15, rows >> 4), -1).view(np.int8) ^ 8) - 8).reshape(*ids.shape, -1)[..., :width]
+    return rows.astype(_F32, copy=False) if scale is None else rows * scale[ids][..., None]
 
 
 class RuntimeModel:
@@ -765,17 +765,19 @@ class RuntimeModel:
         cfg, path, self._denses = self.config, self.path, []   # denses: linear layers
         C, F = cfg["hidden_size"], cfg["intermediate_size"]
 
-        def get(name, shape, int8=False):
-            """(array as stored, float or int8; int8's per-row scales or None)."""
+        def get(name, shape, bits=0):
+            """(array as stored, float or I8 (bits 8, 4) or U8 4-bit pairs (bits 4); I8's/U8's row scales or None)."""
             _need(name in tensors, f"{path}: missing tensor {name!r}")
             dtype, array, _ = tensors[name]
-            _need(array.shape == shape, f"{path}: tensor {name!r} has shape {array.shape}, the config says {shape}")
-            if dtype == "I8" and int8:
+            shape = (shape[0], (shape[1] + 1) // 2) if (packed := bits == 4 and dtype == "U8") else shape  # 2 a byte
+            _need(array.shape == shape, f"{path}: tensor {name!r} has shape {array.shape}, the config says {shape}"
+                  + (" (U8: two 4-bit values a byte)" if packed else ""))
+            if dtype == "I8" and bits or packed:
                 scale = vec(name + "_scale", shape[0])
                 _need(np.all(np.isfinite(scale)), f"{path}: tensor {name + '_scale'!r} holds NaN or infinite values")
                 return array, scale
             _need(dtype in ("F32", "F16", "F64", "BF16"), f"{path}: tensor {name!r} has dtype {dtype}, expected "
-                  f"F32, F16" + (" or I8" if int8 else " (int8 is for 2-D weights only)"))
+                  f"F32, F16" + {8: " or I8", 4: ", I8 or U8"}.get(bits, " (int8 is for 2-D weights only)"))
             return (array.astype(np.uint32) << 16).view(_F32) if dtype == "BF16" else array, None
 
         def vec(name, n):                  # biases, norms, scales: tiny, copied (one type for the kernels)
@@ -784,12 +786,11 @@ class RuntimeModel:
         def dense(prefix, out_f, in_f, parts=("",)):
             """A linear layer; query, key and value parts as one product (in place if back to back)."""
             names = [f"{prefix}{x}weight" for x in parts]
-            got = [get(n, (out_f, in_f), int8=True) for n in names]
-            weights = [w if s is not None else w.astype(_F32, copy=False) for w, s in got]
-            scales = [s for _, s in got]
-            if any(s is None for s in scales):     # float (or mixed) parts: float32
-                weights = [w if s is None else w * s[:, None] for w, s in zip(weights, scales)]
-                scales = None
+            got = [get(n, (out_f, in_f), bits=8) for n in names]
+            if any(s is None for _, s in got):     # float (or mixed) parts: float32
+                weights, scales = [w.astype(_F32, copy=False) if s is None else w * s[:, None] for w, s in got], None
+            else:
+                weights, scales = [w for w, _ in got], [s for _, s in got]
             offsets = [tensors[n][2] for n in names]
             if len(names) > 1 and all(w is tensors[n][1] for w, n in zip(weights, names)) and None not in offsets \
                     and all(o == offsets[0] + i * weights[0].nbytes for i, o in enumerate(offsets)):
@@ -801,9 +802,9 @@ class RuntimeModel:
             return self._denses.append(SimpleNamespace(weight=weight, bias=bias, packed=None,
                                                        scale=scales and np.concatenate(scales))) or self._denses[-1]
 
-        # embedding tables stay as stored (float16, int8): only the rows used are converted, the word table's
+        # embedding tables stay as stored (float16, int8, 4-bit): only the rows used are converted, the word table's
         tables = (("word", "vocab_size"), ("position", "max_position_embeddings"), ("token_type", "type_vocab_size"))
-        self._embeddings = [get(f"embeddings.{n}_embeddings.weight", (cfg[s], C), True) + (None,) for n, s in tables]
+        self._embeddings = [get(f"embeddings.{n}_embeddings.weight", (cfg[s], C), bits=4) + (None,) for n, s in tables]
         if hasattr(os, "pread") and (offset := tensors["embeddings.word_embeddings.weight"][2]) is not None:
             self._file = open(path, "rb")   # read with pread: random rows from the map would fault in whole pages
             self._embeddings[0] = (*self._embeddings[0][:2], (self._file.fileno(), offset))
@@ -931,9 +932,8 @@ class RuntimeModel:
         """(last hidden states feature-major (C, B*T), column b*T + t, or None; [CLS] states (C, B)).
         all_positions=False runs the last layer for the [CLS] queries only."""
         (B, T), C = ids.shape, self.config["hidden_size"]
-        emb = sum(_embedding_rows(table, i) for table, i in zip(self._embeddings, (ids, np.arange(T), types)))
-        x = ws("hidden0", (C, B * T))
-        np.copyto(x, emb.reshape(B * T, C).T)
+        emb = sum(_embedding_rows(table, i, C) for table, i in zip(self._embeddings, (ids, np.arange(T), types)))
+        np.copyto(x := ws("hidden0", (C, B * T)), emb.reshape(B * T, C).T)
         _np_add_layernorm(x, None, None, *self._emb_ln, self.config["layer_norm_eps"])
         mask_bias = None if np.all(mask != 0) else (mask == 0).astype(_F32) * _F32(MASK_VALUE)
         for i, layer in enumerate(self._layers):
