@@ -464,8 +464,9 @@ class CorpusBatcher:
             raise DataError("not a CorpusBatcher state (missing or unknown version)")
         state = {"segments": 1, **state}    # written before pairs existed
         if state.get("pack", True) != self.pack:
-            raise DataError(f"corpus state has {'packed' if state.get('pack', True) else 'one-line'} rows, this batcher "
-                            f"{'packed' if self.pack else 'one-line'} rows")
+            kinds = {True: "packed", False: "one-line"}
+            raise DataError(f"corpus state has {kinds[state.get('pack', True)]} rows, this batcher "
+                            f"{kinds[self.pack]} rows")
         for key, value in self._identity().items():
             if state.get(key) != value:
                 raise DataError(f"corpus state does not match this batcher: {key} is {state.get(key)!r} in the "

@@ -1,4 +1,4 @@
-"""The embedding stage: a student whose sentence embedding is the teacher's, distilled on the general corpus.
+"""The embedding stage: a student whose sentence embedding is the teacher's, distilled one sentence a row.
 
     python -m minitinybert.distill embed [general's options] [--embed-steps N] [--embed-objective cosine|mse]
     mpiexec -n K python -m minitinybert.distill embed ...       # data-parallel, as the other stages
@@ -16,9 +16,11 @@ weighted by --w-embedding/--w-hidden/--w-attention) times --embed-layers.
 
 The student starts from the general student (--general-student, else the one `general`/`all` made
 for these settings in runs/general/), else from the teacher's weights cut to the student's size
-(subclone.py) when there is none. Sequences: the corpus packed into --embed-seq-len tokens, one
-segment. The run resumes exactly (--resume) and runs under mpiexec like the general stage (the
-training loop, parallel.py). At the end, zero-shot STS-B dev Spearman of cosine for teacher and
+(subclone.py) when there is none. Rows: one sentence each (--embed-rows lines; or packed), cut at
+--embed-seq-len tokens, one segment, from the general corpus's lines and the training sentences of the
+GLUE tasks --embed-texts names (auto: those in the data directory but STS-B; texts only). The run
+resumes exactly (--resume) and runs under mpiexec like the general stage (the training loop,
+parallel.py). At the end, zero-shot STS-B dev Spearman of cosine for teacher and
 student (--sts-file, default <data>/glue/STS-B/dev.tsv) is printed and written to <out>/summary.json;
 the student is in <out>/final with `embedding.json` (pooling, normalisation, maximum length, which
 projection), which export.py carries into the runtime file and the sentence-transformers folder.
@@ -133,7 +135,8 @@ def task_sentences(tasks: list[str], data: str | None) -> list[str]:
 def embedding_corpus(config: RunConfig, out: Path) -> tuple[Path, list[str]]:
     """(the corpus the stage reads, the tasks whose sentences it holds). With --embed-texts, <out>/corpus/:
     links to the general corpus's .txt files and to <out>/task-sentences.txt (a sentence a document, so
-    that the documents' shuffle mixes them with the corpus's). Run by the root process alone."""
+    that packed rows never join two of them). Written again only when the sentences changed, so that a
+    resumed run finds the same files. Run by the root process alone."""
     general = corpus_dir(config)
     tasks = text_tasks(config)
     if not tasks:
@@ -160,6 +163,22 @@ def embedding_corpus(config: RunConfig, out: Path) -> tuple[Path, list[str]]:
         if not (folder / name).is_symlink():
             (folder / name).symlink_to(target)
     return folder, tasks
+
+
+def stage_batches(config: RunConfig, out: Path, tokenizer: Tokenizer, runner: DataParallel, world, log):
+    """(the stage's CorpusBatcher over this process's shards, the tasks whose sentences it reads, its rows)."""
+    rows = _option(config, "embed_rows")
+    if rows not in ROWS:
+        raise ConfigError(f"--embed-rows must be one of {', '.join(ROWS)}, got {rows!r}")
+    source, tasks = world.root_call(embedding_corpus, config, out)
+    seq_len = int(_option(config, "embed_seq_len"))
+    log(f"[embedding] corpus {corpus_dir(config)}" + (f" + the training sentences of {', '.join(tasks)} "
+        f"({out / TEXTS_FILE})" if tasks else "") + f"; {'a line' if rows == 'lines' else 'packed lines'} a row "
+        f"of {seq_len} tokens")
+    corpus = CorpusBatcher(source, tokenizer, seq_len=seq_len, batch_size=config.batch_size, seed=config.seed,
+                           shards=runner.shards, streaming=config.corpus_streaming, column=config.corpus_column,
+                           segments=1, pack=rows == "packed")
+    return corpus, tasks, rows
 
 
 # --- one step ----------------------------------------------------------------------------------------
@@ -281,18 +300,8 @@ def run_embedding(config: RunConfig, log=print) -> Path | None:
     log(f"[embedding] student from {'its last checkpoint (--resume)' if continuing else how}; objective: {objective} "
         f"x {w.sentence:g}" + (f" + layer losses x {layers:g}" if layers else " alone")
         + (f"; its embedding through {names[0].rsplit('.', 1)[0]} to width {width_t}" if names else ""))
-    rows = _option(config, "embed_rows")
-    if rows not in ROWS:
-        raise ConfigError(f"--embed-rows must be one of {', '.join(ROWS)}, got {rows!r}")
-    source, tasks = world.root_call(embedding_corpus, config, out)
-    log(f"[embedding] corpus {corpus_dir(config)}" + (f" + the training sentences of {', '.join(tasks)} "
-        f"({out / TEXTS_FILE})" if tasks else "") + f"; {'a line' if rows == 'lines' else 'packed lines'} a row "
-        f"of {_option(config, 'embed_seq_len')} tokens")
     runner = DataParallel(student, config.workers, world)
-    corpus = CorpusBatcher(source, tokenizer, seq_len=int(_option(config, "embed_seq_len")),
-                           batch_size=config.batch_size, seed=config.seed, shards=runner.shards,
-                           streaming=config.corpus_streaming, column=config.corpus_column, segments=1,
-                           pack=rows == "packed")
+    corpus, tasks, rows = stage_batches(config, out, tokenizer, runner, world, log)
     sts = sts_file(config)
     limit = _option(config, "eval_limit")
     pairs = world.root_call(read_similarity_file, sts, limit) if sts else None
@@ -324,7 +333,8 @@ def run_embedding(config: RunConfig, log=print) -> Path | None:
     save_checkpoint(student, final, vocab_from=teacher_dir,
                     extra_files={EMBEDDING_FILE: json.dumps(record, indent=1) + "\n"})
     summary = {"stage": "embedding", "final": str(final), "objective": objective, "steps": state.step,
-               "start": how, "texts": tasks, "rows": rows, "seq_len": _option(config, "embed_seq_len"), "minutes_in_steps": _minutes(out / "log.jsonl"),
+               "start": how, "texts": tasks, "rows": rows, "seq_len": _option(config, "embed_seq_len"),
+               "minutes_in_steps": _minutes(out / "log.jsonl"),
                "wall_minutes_this_run": round((time.time() - started) / 60, 2)}
     if pairs is not None:
         t0 = time.perf_counter()
