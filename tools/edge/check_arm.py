@@ -2,8 +2,9 @@
 BLAS) for arm64 and armhf, and python3-numba (0.56) for arm64, run under qemu-user-static, give
 the labels, scores, token ids and embeddings that x86-64 gives, on the NumPy path and on arm64
 also on the Numba kernels' path (kernels="numba": the fast path proven on the boards it is for),
-for a float32 file, an int8 file and an int8 file with a pruned vocabulary (export --vocab)
-(tinybert4 shape, real vocabulary). armhf has no Numba path: see NUMBA_ARCHES.
+for a float32 file, an int8 file, an int8 file with a pruned vocabulary (export --vocab) and the
+same with its word-embedding table at 4 bits (export --embedding-bits 4) (tinybert4 shape, real
+vocabulary). armhf has no Numba path: see NUMBA_ARCHES.
 
     apt-get update && apt-get install -y mmdebstrap qemu-user-static     # once; needs root
     python -m tools.edge.check_arm [--arch arm64,armhf] [--kernels numpy,numba] [--blas openblas]
@@ -84,7 +85,8 @@ def make_models(directory: Path) -> dict:
     """float32 and int8 (quantized embeddings too) files of a random tinybert4 with 3 labels, its
     head sharpened and centred on TEXTS so that the labels vary and the scores differ clearly; and
     the int8 file with only the word pieces of the other TEXTS than the accented letters' line (a
-    renumbered vocabulary: that line loses its pieces, so its words run re-split or as [UNK])."""
+    renumbered vocabulary: that line loses its pieces, so its words run re-split or as [UNK]), also with
+    that table at 4 bits (the nibbles unpacked by the board's NumPy)."""
     from minitinybert import runtime
     from minitinybert.engine.config import preset
     from minitinybert.export import export_model, kept_piece_ids, piece_counts
@@ -103,6 +105,8 @@ def make_models(directory: Path) -> dict:
     keep = kept_piece_ids(tokens, piece_counts(tokens, True, TEXTS[:-2]))
     models["int8-vocab"] = export_model(model, directory / "int8-vocab.safetensors", tokens, True, "int8",
                                         quantize_embeddings=True, max_length=64, keep_ids=keep)
+    models["int8-vocab-4bit"] = export_model(model, directory / "int8-vocab-4bit.safetensors", tokens, True, "int8",
+                                             quantize_embeddings=True, max_length=64, keep_ids=keep, embedding_bits=4)
     return models
 
 
