@@ -69,12 +69,13 @@ class ExportError(ValueError):
 
 # --- building the tensors -----------------------------------------------------------------------
 
-def quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per row: (q int8, scale float32) with weight ~= q * scale[:, None]."""
+def quantize_rows(weight: np.ndarray, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per row: (q int8 in [-levels, levels], scale float32) with weight ~= q * scale[:, None],
+    scale = max|row| / levels (0 for a row of zeros, whose q are 0). levels 127: int8; 7: 4 bits."""
     w = np.asarray(weight, dtype=np.float32)
-    scale = np.abs(w).max(axis=1) / 127.0
+    scale = np.abs(w).max(axis=1) / float(levels)
     safe = np.where(scale > 0, scale, 1.0)
-    q = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w / safe[:, None]), -levels, levels).astype(np.int8)
     return q, scale.astype(np.float32)
 
 
@@ -83,12 +84,9 @@ def quantize_rows_int4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     weight ~= q * scale[:, None], scale = max|row| / 7 (0 for a row of zeros, whose q are 0, as in
     quantize_rows); byte j holds q[2j] in its low nibble and q[2j + 1] in its high one, two's complement
     (an odd C's last high nibble is 0, padding)."""
-    w = np.asarray(weight, dtype=np.float32)
-    scale = np.abs(w).max(axis=1) / 7.0
-    safe = np.where(scale > 0, scale, 1.0)
-    q = np.clip(np.rint(w / safe[:, None]), -7, 7).astype(np.int8)
-    nibbles = np.pad(q, ((0, 0), (0, w.shape[1] % 2))).view(np.uint8) & 15
-    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), scale.astype(np.float32)
+    q, scale = quantize_rows(weight, levels=7)
+    nibbles = np.pad(q, ((0, 0), (0, q.shape[1] % 2))).view(np.uint8) & 15
+    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), scale
 
 
 def _is_linear_weight(name: str) -> bool:

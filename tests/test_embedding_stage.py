@@ -16,7 +16,8 @@ from minitinybert.data.sts import read_similarity_file, similarity_scores
 from minitinybert.data.task_files import load_split
 from minitinybert.data.tokenizer import Batch
 from minitinybert.distill import main as distill_main
-from minitinybert.distill.embedding import EmbeddingWeights, embedding_step, read_embedding_config
+from minitinybert.distill.config import RunConfig
+from minitinybert.distill.embedding import EmbeddingWeights, embedding_step, read_embedding_config, text_tasks
 from minitinybert.engine.model import Bert
 from minitinybert.engine.pooling import SentenceConfig
 from minitinybert.engine.weights import load_model
@@ -107,6 +108,17 @@ def test_stage_reads_the_corpus_and_the_tasks_training_sentences(world, tmp_path
     capsys.readouterr()
     assert main(args(world, tmp_path / "missing", "--embed-steps", "2", "--embed-texts", "sst2,rte")) == 2
     assert "RTE train file not found" in capsys.readouterr().err
+
+
+def test_auto_texts_leave_out_the_task_the_stage_is_scored_on(world):
+    """auto: every GLUE task in the data directory but the one whose file is the similarity file; names
+    given are taken as they are (the scored task too)."""
+    data, other = world / "data", world / "sts.tsv"
+    assert text_tasks(RunConfig(data=str(data), sts_file=str(other))) == ["sst2"]              # the control
+    assert text_tasks(RunConfig(data=str(data), sts_file=str(data / "glue/SST-2/dev.tsv"))) == []
+    assert text_tasks(RunConfig(data=str(data), sts_file=str(data / "glue/SST-2/dev.tsv"), embed_texts="sst2")) \
+        == ["sst2"]
+    assert text_tasks(RunConfig(data=str(data), sts_file=str(other), embed_texts="none")) == []
 
 
 def test_stage_resumes_exactly(world, tmp_path):

@@ -210,7 +210,8 @@ def _embedding_options(g) -> None:
     g.add_argument("--embed-texts", default=RunConfig.embed_texts,
                    help="GLUE tasks (comma-separated, e.g. sst2,stsb) whose training sentences, without their "
                         "labels, join the corpus, a sentence a row; auto (default): every GLUE task whose "
-                        "train file is in the data directory but STS-B, the benchmark; none: the corpus alone")
+                        "train file is in the data directory but the one --sts-file belongs to (STS-B); "
+                        "none: the corpus alone")
     g.add_argument("--w-sentence", type=float, default=RunConfig.w_sentence,
                    help="weight of the sentence-embedding loss (default 1)")
     g.add_argument("--embed-layers", type=float, default=RunConfig.embed_layers,

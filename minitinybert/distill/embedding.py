@@ -18,7 +18,7 @@ The student starts from the general student (--general-student, else the one `ge
 for these settings in runs/general/), else from the teacher's weights cut to the student's size
 (subclone.py) when there is none. Rows: one sentence each (--embed-rows lines; or packed), cut at
 --embed-seq-len tokens, one segment, from the general corpus's lines and the training sentences of the
-GLUE tasks --embed-texts names (auto: those in the data directory but STS-B; texts only). The run
+GLUE tasks --embed-texts names (auto: those in the data directory but the scored one; texts only). The run
 resumes exactly (--resume) and runs under mpiexec like the general stage (the training loop,
 parallel.py). At the end, zero-shot STS-B dev Spearman of cosine for teacher and
 student (--sts-file, default <data>/glue/STS-B/dev.tsv) is printed and written to <out>/summary.json;
@@ -105,17 +105,21 @@ def embed_texts(model: Bert, tokenizer: Tokenizer, texts: list[str], sentence: S
 # --- the stage's corpus ------------------------------------------------------------------------------
 
 def text_tasks(config: RunConfig) -> list[str]:
-    """The GLUE tasks of --embed-texts: "auto" is every task whose train file is in the data directory but
-    STS-B, the benchmark the stage reports (name it to add it: its training sentences do not raise the score,
-    measured in docs/embeddings.md)."""
+    """The GLUE tasks of --embed-texts: "auto" is every task whose train file is in the data directory but the
+    one the stage is scored on (a task whose file is --sts-file: STS-B by default), so that the zero-shot
+    score is on text of no split the student read; names add any task, that one too."""
     setting = str(_option(config, "embed_texts")).strip().lower()
     if setting in ("", "none"):
         return []
     if setting == "auto":
         if not (config.data or os.environ.get(DATA_ENV)):
             return []
-        root = data_root(config.data)
-        return [name for name, spec in TASKS.items() if name != "stsb" and (root / spec.train_file).is_file()]
+        root, scored = data_root(config.data), sts_file(config)
+
+        def is_scored(spec) -> bool:
+            files = [spec.train_file, spec.dev_file, *(f for _, f in spec.more_dev_files)]
+            return scored is not None and any(f and (root / f).resolve() == scored.resolve() for f in files)
+        return [name for name, spec in TASKS.items() if (root / spec.train_file).is_file() and not is_scored(spec)]
     names = [get_task(name.strip()).name for name in setting.split(",") if name.strip()]
     return list(dict.fromkeys(names))
 
