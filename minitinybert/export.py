@@ -1,7 +1,8 @@
 """Export a checkpoint to the edge runtime's single-file format (see minitinybert/runtime.py).
 
     python -m minitinybert.export CHECKPOINT --out DIR [--dtypes float32,float16,int8]
-                                  [--quantize-embeddings [--embedding-bits 4]] [--max-length 128]
+                                  [--quantize-embeddings [--embedding-bits 4 [--embedding-group 16]]]
+                                  [--max-length 128]
                                   [--task sst2 --data DIR]
                                   [--vocab FILE|DIR ...] [--vocab-size N]
 
@@ -15,8 +16,10 @@ as symmetric per-output-channel int8 (scale = max|w| / 127), the classifier and 
 in float32; with quantize_embeddings the three embedding tables too (one scale per row), which is
 what makes a small-vocabulary-bound model like tinybert4 shrink (its word embeddings are 2/3 of it).
 With embedding_bits=4 the word-embedding table (only: positions and token types stay int8) is stored
-at 4 bits, symmetric per row (scale = max|row| / 7, values in [-7, 7]), two values a byte (low nibble
-first) in a U8 tensor of shape (V, ceil(C / 2)), beside its F32 "_scale" tensor: half the table.
+at 4 bits, values in [-7, 7], two a byte (low nibble first) in a U8 tensor of shape (V, ceil(C / 2)),
+beside its "_scale" tensor: symmetric per group of embedding_group (16) values of a row, float16 (V, G)
+scales (scale = max|group| / 7), or with embedding_group 0 per row, float32 (V,): half the table or less.
+On SST-2's pruned student (docs/cli.md) per-row scales lost 0.7 point more than groups of 16.
 
 --vocab keeps only the word pieces that the given texts tokenize to, plus the special tokens (ids
 renumbered in the old order, the word-embedding rows taken along): a smaller file, the same runtime.
@@ -54,12 +57,14 @@ from .engine.files import atomic_path
 from .engine.pooling import SentenceConfig, read_model_sentence_config
 from .engine.process import tune_process
 from .engine.weights import WeightsError, load_model
+from .quantize import quantize_rows, quantize_rows_int4
 from .runtime import FORMAT, RuntimeModelError
 
 DTYPES = ("float32", "float16", "int8")
 _SAFETENSORS_DTYPE = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int8): "I8",
                       np.dtype(np.uint8): "U8"}
 EMBEDDING_BITS = (8, 4)
+EMBEDDING_GROUP = 16    # values per scale of a 4-bit table: SST-2's pruned student kept float32's accuracy, per row not
 WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 
 
@@ -69,32 +74,15 @@ class ExportError(ValueError):
 
 # --- building the tensors -----------------------------------------------------------------------
 
-def quantize_rows(weight: np.ndarray, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per row: (q int8 in [-levels, levels], scale float32) with weight ~= q * scale[:, None],
-    scale = max|row| / levels (0 for a row of zeros, whose q are 0). levels 127: int8; 7: 4 bits."""
-    w = np.asarray(weight, dtype=np.float32)
-    scale = np.abs(w).max(axis=1) / float(levels)
-    safe = np.where(scale > 0, scale, 1.0)
-    q = np.clip(np.rint(w / safe[:, None]), -levels, levels).astype(np.int8)
-    return q, scale.astype(np.float32)
-
-
-def quantize_rows_int4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric 4-bit per row, packed: (uint8 (R, ceil(C / 2)), scale float32 (R,)). q in [-7, 7] with
-    weight ~= q * scale[:, None], scale = max|row| / 7 (0 for a row of zeros, whose q are 0, as in
-    quantize_rows); byte j holds q[2j] in its low nibble and q[2j + 1] in its high one, two's complement
-    (an odd C's last high nibble is 0, padding)."""
-    q, scale = quantize_rows(weight, levels=7)
-    nibbles = np.pad(q, ((0, 0), (0, q.shape[1] % 2))).view(np.uint8) & 15
-    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), scale
-
-
 def _is_linear_weight(name: str) -> bool:
     return name.endswith(".weight") and (name.startswith("encoder.") and not name.endswith("LayerNorm.weight")
                                          or name in ("pooler.dense.weight", "embedding_projection.weight"))
 
 
-def check_embedding_bits(dtype: str, quantize_embeddings: bool, embedding_bits: int) -> None:
+def check_embedding_bits(dtype: str, quantize_embeddings: bool, embedding_bits: int,
+                         embedding_group: int = 0) -> None:
+    if type(embedding_group) is not int or embedding_group < 0:
+        raise ExportError(f"embedding group must be 0 (a scale a row) or a number of values, got {embedding_group!r}")
     if embedding_bits not in EMBEDDING_BITS:
         raise ExportError(f"embedding bits must be 8 or 4, got {embedding_bits!r}")
     if embedding_bits == 4 and (dtype != "int8" or not quantize_embeddings):
@@ -103,12 +91,13 @@ def check_embedding_bits(dtype: str, quantize_embeddings: bool, embedding_bits: 
 
 
 def runtime_tensors(state: dict[str, np.ndarray], dtype: str = "float32", quantize_embeddings: bool = False,
-                    embedding_bits: int = 8) -> list[tuple[str, np.ndarray]]:
+                    embedding_bits: int = 8, embedding_group: int = EMBEDDING_GROUP) -> list[tuple[str, np.ndarray]]:
     """(name, array) in file order for a state dict in unprefixed HF names. embedding_bits=4 (int8 with
-    quantize_embeddings only): the word-embedding table at 4 bits (quantize_rows_int4)."""
+    quantize_embeddings only): the word-embedding table at 4 bits, a scale per embedding_group values of a row
+    (0: per row; quantize_rows_int4)."""
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    check_embedding_bits(dtype, quantize_embeddings, embedding_bits)
+    check_embedding_bits(dtype, quantize_embeddings, embedding_bits, embedding_group)
     out = []
     for name, value in state.items():
         if not name.startswith(("embeddings.", "encoder.", "pooler.", "classifier.", "embedding_projection.")):
@@ -117,7 +106,7 @@ def runtime_tensors(state: dict[str, np.ndarray], dtype: str = "float32", quanti
         is_embedding = name.startswith("embeddings.") and name.endswith("_embeddings.weight")
         if dtype == "int8" and (_is_linear_weight(name) or (is_embedding and quantize_embeddings)):
             four_bits = name == WORD_EMBEDDINGS and embedding_bits == 4
-            q, scale = quantize_rows_int4(value) if four_bits else quantize_rows(value)
+            q, scale = quantize_rows_int4(value, embedding_group) if four_bits else quantize_rows(value)
             out += [(name, q), (name + "_scale", scale)]
         elif dtype == "float16" and value.ndim == 2 and not name.startswith("classifier."):
             out.append((name, value.astype(np.float16)))
@@ -195,14 +184,16 @@ def runtime_metadata(config, tokens: list[str], do_lower_case: bool, max_length:
 
 def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True, dtype: str = "float32",
                  quantize_embeddings: bool = False, max_length: int = 128, keep_ids=None, sentence=None,
-                 projection: str | None = None, embedding_bits: int = 8) -> Path:
+                 projection: str | None = None, embedding_bits: int = 8,
+                 embedding_group: int = EMBEDDING_GROUP) -> Path:
     """Write a `Bert` (with its vocabulary) as a runtime file. max_length is the default truncation
     length stored in the file (at most the model's max_position_embeddings: larger values are capped).
     keep_ids (ascending old ids, see kept_piece_ids): write only these word pieces. sentence (a
     pooling.SentenceConfig): the sentence embedding's pooling and normalisation, into the metadata, and
     projection, the name prefix of the linear map after pooling (an embedding student's last fit_dense),
     written as embedding_projection.* (as the encoder's linear weights: int8 in an int8 file) for the
-    runtime's embed(). embedding_bits=4: the word-embedding table at 4 bits (see runtime_tensors)."""
+    runtime's embed(). embedding_bits=4: the word-embedding table at 4 bits, a scale per embedding_group values
+    (see runtime_tensors)."""
     cfg = model.config
     if type(max_length) is int and max_length > cfg.max_position_embeddings:
         max_length = cfg.max_position_embeddings
@@ -221,7 +212,8 @@ def export_model(model, out_path, tokens: list[str], do_lower_case: bool = True,
                         normalize="true" if sentence.normalize else "false")
     if projection:        # the linear map after pooling: stored as the encoder's linear weights are
         state = {**state, **{f"embedding_projection.{x}": state[f"{projection}.{x}"] for x in ("weight", "bias")}}
-    write_safetensors(out_path, runtime_tensors(state, dtype, quantize_embeddings, embedding_bits), metadata)
+    write_safetensors(out_path, runtime_tensors(state, dtype, quantize_embeddings, embedding_bits,
+                                                      embedding_group), metadata)
     return Path(out_path)
 
 
@@ -233,7 +225,8 @@ def checkpoint_vocab(checkpoint_dir, vocab_size: int) -> tuple[list[str], bool]:
 
 
 def export_runtime(checkpoint_dir, out_path, dtype: str = "float32", quantize_embeddings: bool = False,
-                   max_length: int | None = None, keep_ids=None, embedding_bits: int = 8) -> Path:
+                   max_length: int | None = None, keep_ids=None, embedding_bits: int = 8,
+                   embedding_group: int = EMBEDDING_GROUP) -> Path:
     """Checkpoint directory (config.json, model.safetensors, vocab.txt) -> runtime file at out_path.
     A sentence-embedding model's pipeline (its sentence-transformers files, or the embedding.json of
     distill's embedding stage) goes into the file: pooling, normalisation, projection, and its
@@ -241,7 +234,7 @@ def export_runtime(checkpoint_dir, out_path, dtype: str = "float32", quantize_em
     directory = Path(checkpoint_dir)
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    check_embedding_bits(dtype, quantize_embeddings, embedding_bits)      # before the (slow) load
+    check_embedding_bits(dtype, quantize_embeddings, embedding_bits, embedding_group)   # before the (slow) load
     model = load_model(directory)
     tokens, lower = checkpoint_vocab(directory, model.config.vocab_size)
     lower = model.config.do_lower_case if lower is None else lower
@@ -249,7 +242,7 @@ def export_runtime(checkpoint_dir, out_path, dtype: str = "float32", quantize_em
     if max_length is None:
         max_length = (sentence and sentence.max_seq_length) or 128
     return export_model(model, out_path, tokens, lower, dtype, quantize_embeddings, max_length, keep_ids,
-                        sentence, projection, embedding_bits)
+                        sentence, projection, embedding_bits, embedding_group)
 
 
 def write_st_folder(checkpoint_dir, out_dir) -> Path:
@@ -486,7 +479,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quantize-embeddings", action="store_true", help="int8: quantize the embedding tables too")
     parser.add_argument("--embedding-bits", type=int, choices=EMBEDDING_BITS, default=8,
                         help="with int8 and --quantize-embeddings: 4 stores the word-embedding table at 4 bits (two "
-                             "values a byte, a scale per row): half its size; positions and token types stay int8")
+                             "values a byte, a scale per --embedding-group values); positions and token types stay int8")
+    parser.add_argument("--embedding-group", type=int, default=EMBEDDING_GROUP, metavar="N",
+                        help=f"with --embedding-bits 4: a float16 scale per N values of a row (default {EMBEDDING_GROUP}"
+                             f"; 0: a float32 scale per row, smaller but less exact)")
     parser.add_argument("--max-length", type=int, default=None, help="default truncation length stored in the file "
                         "(default: a sentence-embedding model's max_seq_length, else 128)")
     parser.add_argument("--st-folder", metavar="DIR", help="also write a sentence-transformers folder of the checkpoint "
@@ -504,7 +500,9 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="with --vocab: keep the most frequent pieces only, N in all (special tokens included); "
                              "a piece costs hidden_size + 4 bytes in an int8 file with --quantize-embeddings "
-                             "(316 for tinybert4), ceil(hidden_size / 2) + 4 with --embedding-bits 4 (160), "
+                             "(316 for tinybert4); with --embedding-bits 4, ceil(hidden_size / 2) + "
+                             "2 ceil(hidden_size / G) for groups of G (196 at 16), ceil(hidden_size / 2) + 4 per row "
+                             "(160); "
                              "4 x hidden_size in float32")
     args = parser.parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -515,6 +513,10 @@ def main(argv=None) -> int:
     if args.embedding_bits == 4 and not (args.quantize_embeddings and "int8" in dtypes):
         print("error: --embedding-bits 4 needs --quantize-embeddings and int8 among --dtypes (it applies to the int8 "
               "file's word-embedding table)", file=sys.stderr)
+        return 2
+    if args.embedding_group < 0:
+        print(f"error: --embedding-group must be 0 (a scale a row) or a positive number of values, got "
+              f"{args.embedding_group}", file=sys.stderr)
         return 2
     if args.vocab_size is not None and not args.vocab:
         print("error: --vocab-size needs --vocab (the texts whose pieces to count)", file=sys.stderr)
@@ -537,7 +539,8 @@ def main(argv=None) -> int:
             path = out_dir / f"runtime-{dtype}.safetensors"
             t0 = time.perf_counter()
             bits = args.embedding_bits if dtype == "int8" else 8
-            export_runtime(args.checkpoint, path, dtype, args.quantize_embeddings, args.max_length, keep, bits)
+            export_runtime(args.checkpoint, path, dtype, args.quantize_embeddings, args.max_length, keep, bits,
+                           args.embedding_group)
             row = {"dtype": dtype, "path": str(path), "size": path.stat().st_size}
             print(f"wrote {path} ({row['size'] / 1e6:.2f} MB, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
             if args.task:
@@ -546,7 +549,7 @@ def main(argv=None) -> int:
                 full = out_dir / f".full-vocab-{dtype}.safetensors"
                 try:
                     export_runtime(args.checkpoint, full, dtype, args.quantize_embeddings, args.max_length,
-                                   embedding_bits=bits)
+                                   embedding_bits=bits, embedding_group=args.embedding_group)
                     row["full_size"] = full.stat().st_size
                     if args.task:
                         row["full_metric"] = dev_metric(full, args.task, args.data, args.batch_size, args.limit)

@@ -17,7 +17,8 @@ BLAS N threads for one sub-batch, and shares a larger batch's sub-batches among 
 File format "minitinybert-runtime/1" (in full in docs/formats.md): safetensors with Hugging Face BERT tensor names and
 "__metadata__" format, config (JSON), labels, vocab, do_lower_case, max_length, dtype; F32, F16 (F64, BF16 converted
 at load), or I8 2-D weights with an F32 "<name>_scale" per row: w = q * scale; embedding tables also U8 (V, ceil(C/2)),
-4-bit q in [-7, 7] two a byte, low nibble first. Back-to-back query, key, value weights are used as one (3C, C).
+4-bit q in [-7, 7] two a byte, low nibble first, scales per row or (V, G) per ceil(C/G) values. Back-to-back query,
+key, value weights are used as one (3C, C).
 
 Numerics: float32, as the training engine (post-LN, exact erf GELU, -10000 key mask, tanh pooler); predict(),
 logits(), embed(pooling="cls") run the last layer for the [CLS] positions only. float32 weights are used from the
@@ -235,8 +236,7 @@ def _char_class(ranges: str) -> str:
 
 class _Patterns:
     """Compiled once, on first use (compiling the character classes takes a few milliseconds)."""
-    _lock = threading.Lock()
-    ready = False
+    _lock, ready = threading.Lock(), False
 
     @classmethod
     def get(cls):
@@ -282,12 +282,10 @@ class WordPieceTokenizer:
         self.unk_id, self.cls_id, self.sep_id = (self.vocab[t] for t in ("[UNK]", "[CLS]", "[SEP]"))
         self.pad_id = self.vocab.get("[PAD]", 0)
         self.specials = [t for t in SPECIAL_TOKENS if t in self.vocab]
-        self._special_re = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.specials, key=len,
-                                                                                    reverse=True)) + ")")
+        self._special_re = re.compile("(" + "|".join(map(re.escape, sorted(self.specials, key=len)[::-1])) + ")")
         self._max_piece = max([len(t) - 2 if t.startswith("##") else len(t) for t in tokens] + [1])
         self._cache = {}
-        if backend not in ("auto", "python"):
-            raise ValueError(f"backend must be 'auto' or 'python', got {backend!r}")
+        _need(backend in ("auto", "python"), f"backend must be 'auto' or 'python', got {backend!r}")
         self.backend = "python"
 
     # --- one text -> word-piece ids ------------------------------------------------------------
@@ -384,14 +382,11 @@ class WordPieceTokenizer:
         n1, n2 = len(a), len(b)
         truncated = n1 + n2 > budget
         if truncated:                                      # tokenizers' longest_first, exactly
-            swap = n1 > n2
-            if swap:
-                n1, n2 = n2, n1
-            n2 = n1 if n1 > budget else max(n1, budget - n1)
-            if n1 + n2 > budget:
-                n1, n2 = budget // 2, budget // 2 + budget % 2
-            if swap:
-                n1, n2 = n2, n1
+            short, long = sorted((n1, n2))
+            long = short if short > budget else max(short, budget - short)
+            if short + long > budget:
+                short, long = budget // 2, budget // 2 + budget % 2
+            n1, n2 = (short, long) if n1 <= n2 else (long, short)
             a, b = a[:n1], b[:n2]
         ids = [cls_] + a + [sep] + b + [sep]
         return ids, [0] * (len(a) + 2) + [1] * (len(b) + 1), truncated
@@ -412,14 +407,11 @@ def _split_inputs(inputs):
     is_pair = [not isinstance(x, str) for x in inputs]
     if not any(is_pair):
         return inputs, None
-    texts, pairs = [], []
     for index, item in enumerate(inputs):
         if isinstance(item, str) or not isinstance(item, (tuple, list)) or len(item) != 2:
             raise RuntimeModelError(f"inputs mix single texts and pairs, or input {index} is not a (text, "
                                     f"pair) tuple: {item!r:.80}")
-        texts.append(_check_text(item[0]))
-        pairs.append(_check_text(item[1]))
-    return texts, pairs
+    return [_check_text(a) for a, _ in inputs], [_check_text(b) for _, b in inputs]
 
 
 # === numerical kernels: NumPy, and Numba twins used when available (same results to float rounding) ===
@@ -688,7 +680,9 @@ def _embedding_rows(table, ids, width):
         rows = np.frombuffer(raw, array.dtype).reshape(-1, array.shape[1])[inverse.reshape(ids.shape)]
     if rows.dtype == np.uint8:     # 4-bit: nibbles, low first, sign-extended; an odd width's last one is padding
         rows = ((np.stack((rows & 15, rows >> 4), -1).view(np.int8) ^ 8) - 8).reshape(*ids.shape, -1)[..., :width]
-    return rows.astype(_F32, copy=False) if scale is None else rows * scale[ids][..., None]
+    if scale is None or scale.ndim == 1:
+        return rows.astype(_F32, copy=False) if scale is None else rows * scale[ids][..., None]
+    return rows * np.repeat(scale[ids].astype(_F32), -(-width // scale.shape[1]), axis=-1)[..., :width]   # groups
 
 
 class RuntimeModel:
@@ -766,14 +760,17 @@ class RuntimeModel:
         C, F = cfg["hidden_size"], cfg["intermediate_size"]
 
         def get(name, shape, bits=0):
-            """(array as stored, float or I8 (bits 8, 4) or U8 4-bit pairs (bits 4); I8's/U8's row scales or None)."""
+            """(array as stored: float, I8 (bits 8, 4) or U8 4-bit pairs (bits 4); scales (R,) or U8's (R, G); None)"""
             _need(name in tensors, f"{path}: missing tensor {name!r}")
-            dtype, array, _ = tensors[name]
-            shape = (shape[0], (shape[1] + 1) // 2) if (packed := bits == 4 and dtype == "U8") else shape  # 2 a byte
+            (dtype, array, _), (R, width) = tensors[name], shape + (0,) * (2 - len(shape))
+            shape = (R, (width + 1) // 2) if (packed := bits == 4 and dtype == "U8") else shape  # 2 a byte
             _need(array.shape == shape, f"{path}: tensor {name!r} has shape {array.shape}, the config says {shape}"
                   + (" (U8: two 4-bit values a byte)" if packed else ""))
             if dtype == "I8" and bits or packed:
-                scale = vec(name + "_scale", shape[0])
+                if packed and (G := tensors.get(name + "_scale", (0, np.empty(0)))[1].shape[1:]):   # group scales
+                    _need(G[0] > 0 and -(-width // -(-width // G[0])) == G[0], f"{path}: tensor {name + '_scale'!r}:"
+                          f" {G[0]} groups do not split rows of {width} (G groups of ceil({width} / G) values)")
+                scale = get(name + "_scale", (R, G[0]))[0] if packed and G else vec(name + "_scale", R)
                 _need(np.all(np.isfinite(scale)), f"{path}: tensor {name + '_scale'!r} holds NaN or infinite values")
                 return array, scale
             _need(dtype in ("F32", "F16", "F64", "BF16"), f"{path}: tensor {name!r} has dtype {dtype}, expected "

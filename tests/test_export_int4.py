@@ -1,5 +1,6 @@
-"""export --embedding-bits 4: the word-embedding table at 4 bits (per-row symmetric scale, two values a
-byte, low nibble first) and the runtime that reads it. The runtime's rows are the formula's rows exactly
+"""export --embedding-bits 4: the word-embedding table at 4 bits (symmetric, a float16 scale per group of
+--embedding-group values of a row, or a float32 scale per row with 0; two values a byte, low nibble first)
+and the runtime that reads it. The runtime's rows are the formula's rows exactly
 (checked through whole forward passes against a float32 file holding the rows the test computes, beside
 controls built from wrong unpackings); the file is smaller by half the table; odd widths carry a padding
 nibble; bad options and damaged tables are refused with clear messages."""
@@ -17,8 +18,8 @@ from minitinybert import export, runtime
 from minitinybert.engine.config import BertConfig
 from minitinybert.engine.model import Bert
 from minitinybert.engine.weights import save_checkpoint
-from minitinybert.export import (ExportError, export_model, export_runtime, main, quantize_rows_int4,
-                                 write_safetensors)
+from minitinybert.export import ExportError, export_model, export_runtime, main, write_safetensors
+from minitinybert.quantize import quantize_groups, quantize_rows_int4
 from minitinybert.runtime import RuntimeModelError
 
 WORD = "embeddings.word_embeddings.weight"
@@ -38,19 +39,28 @@ def small_model(hidden=32, heads=4, seed=0, initializer_range=0.02):
     return model
 
 
-def reference_rows(table, swap=False, unsigned=False):
+def reference_rows(table, swap=False, unsigned=False, group=0):
     """The 4-bit rows by the documented formula, computed here: scale = max|row| / 7 (float32), q =
-    round(row / scale) in [-7, 7] (q = 0 for a row of zeros), row ~= q * scale. swap / unsigned: what a
-    wrong unpacking would give (nibbles in the other order; no sign extension, so -1 reads as 15)."""
+    round(row / scale) in [-7, 7] (q = 0 for a row of zeros), row ~= q * scale; with group N, the same per
+    group: G = ceil(C / N) groups of ceil(C / G) values, scale = max|group| / 7 rounded to float16. swap /
+    unsigned: what a wrong unpacking would give (nibbles in the other order; no sign extension, so -1 reads
+    as 15)."""
     w = np.asarray(table, np.float32)
-    scale = np.abs(w).max(axis=1) / np.float32(7)
-    q = np.clip(np.rint(w / np.where(scale > 0, scale, np.float32(1))[:, None]), -7, 7).astype(np.int8)
+    if group:
+        count = -(-w.shape[1] // group)
+        size = -(-w.shape[1] // count)
+        starts = np.arange(w.shape[1]) // size                       # each value's group
+        peak = np.stack([np.abs(w[:, starts == g]).max(axis=1) for g in range(count)], axis=1)
+        scale = (peak / np.float32(7)).astype(np.float16).astype(np.float32)[:, starts]
+    else:
+        scale = (np.abs(w).max(axis=1) / np.float32(7))[:, None]
+    q = np.clip(np.rint(w / np.where(scale > 0, scale, np.float32(1))), -7, 7).astype(np.int8)
     if swap:
         q = np.pad(q, ((0, 0), (0, q.shape[1] % 2))).reshape(len(q), -1, 2)[:, :, ::-1].reshape(len(q), -1)
         q = q[:, :w.shape[1]]
     if unsigned:
         q = np.where(q < 0, q + 16, q)
-    return q.astype(np.float32) * scale[:, None]
+    return q.astype(np.float32) * scale
 
 
 def tensors_of(path):
@@ -87,7 +97,7 @@ def test_packing_is_the_formula_low_nibble_first(width):
     rng = np.random.default_rng(width)
     w = rng.normal(size=(6, width)).astype(np.float32) * rng.uniform(0.01, 5, size=(6, 1)).astype(np.float32)
     w[2] = 0.0                                                      # a row of zeros: scale 0, q 0
-    packed, scale = quantize_rows_int4(w)
+    packed, scale = quantize_rows_int4(w, group=0)
     assert packed.dtype == np.uint8 and packed.shape == (6, (width + 1) // 2) and scale.dtype == np.float32
     assert scale[2] == 0 and not packed[2].any()
     np.testing.assert_array_equal(scale, np.abs(w).max(axis=1) / np.float32(7))
@@ -103,26 +113,59 @@ def test_packing_is_the_formula_low_nibble_first(width):
         assert not np.array_equal(q * scale[:, None], reference_rows(w, swap=True))
 
 
+@pytest.mark.parametrize("width,group,count,size", [(312, 16, 20, 16), (312, 32, 10, 32), (33, 16, 3, 11),
+                                                    (33, 10, 4, 9), (7, 16, 1, 7), (5, 1, 5, 1)])
+def test_groups_are_the_formula(width, group, count, size):
+    """G = ceil(C / group) groups of ceil(C / G) values (none empty), a float16 scale each, max|group| / 7
+    rounded, q made from the rounded scale: every value within half its group's scale. A group of zeros has
+    scale 0 and q 0. The control: per-row scales of the same rows are coarser."""
+    rng = np.random.default_rng(width * group)
+    w = rng.normal(size=(5, width)).astype(np.float32) * rng.uniform(0.01, 3, size=(5, width)).astype(np.float32)
+    w[1, :size] = 0.0                                               # a group of zeros
+    q, scale = quantize_groups(w, 7, group)
+    assert q.dtype == np.int8 and q.shape == w.shape and scale.dtype == np.float16 and scale.shape == (5, count)
+    assert (count - 1) * size < width <= count * size
+    owner = np.arange(width) // size
+    full = scale.astype(np.float32)[:, owner]
+    assert scale[1, 0] == 0 and not q[1, :size].any()
+    for g in range(count):
+        peak = np.abs(w[:, owner == g]).max(axis=1)
+        np.testing.assert_array_equal(scale[:, g], (peak / np.float32(7)).astype(np.float16))
+    assert np.abs(q).max() <= 7
+    assert np.all(np.abs(q * full - w) <= full * 0.5 * (1 + 1e-3) + 1e-7)
+    np.testing.assert_array_equal(q * full, reference_rows(w, group=group))
+    packed, packed_scale = quantize_rows_int4(w, group=group)
+    assert packed.shape == (5, (width + 1) // 2) and np.array_equal(packed_scale, scale)
+    if count > 1:                                                    # the control: one scale a row is coarser
+        assert np.abs(reference_rows(w) - w).mean() > np.abs(q * full - w).mean()
+
+
 # --- the runtime reads the formula's rows, exactly --------------------------------------------------
 
-@pytest.mark.parametrize("hidden,heads", [(32, 4), (33, 3)])     # 33: the last byte's high nibble is padding
-def test_runtime_rows_are_the_formulas_exactly(tmp_path, hidden, heads):
+@pytest.mark.parametrize("hidden,heads,group", [(32, 4, 0), (33, 3, 0), (32, 4, 16), (33, 3, 16), (33, 3, 10)])
+def test_runtime_rows_are_the_formulas_exactly(tmp_path, hidden, heads, group):
     """A 4-bit file computes exactly what the same file with the word table as float32 rows (q * scale,
     computed here) computes: the runtime's gathered rows are those rows, every one of them (all ids are
-    run). Files from wrong unpackings (nibbles swapped, no sign extension) differ: the check can fail."""
+    run). Files from wrong unpackings (nibbles swapped, no sign extension) or with the other scales (per
+    row for groups, groups for per row) differ: the check can fail. 33: the last byte's high nibble is
+    padding; groups of 10 on 33 values: 4 groups of 9, the last of 6."""
     model = small_model(hidden, heads)
-    four = export_model(model, tmp_path / "four.st", VOCAB, True, "int8", True, embedding_bits=4)
+    four = export_model(model, tmp_path / "four.st", VOCAB, True, "int8", True, embedding_bits=4,
+                        embedding_group=group)
     _, tensors, _ = runtime.read_safetensors(four)
     assert tensors[WORD][0] == "U8" and tensors[WORD][1].shape == (len(VOCAB), (hidden + 1) // 2)
-    assert tensors[WORD + "_scale"][0] == "F32"
+    scale_dtype, scale, _ = tensors[WORD + "_scale"]
+    assert (scale_dtype, scale.shape) == (("F16", (len(VOCAB), -(-hidden // group))) if group
+                                          else ("F32", (len(VOCAB),)))
     assert all(tensors[f"embeddings.{n}_embeddings.weight"][0] == "I8" for n in ("position", "token_type"))
     table = model.state_dict()[WORD]
     hidden_4, logits_4 = run(four)
-    hidden_ref, logits_ref = run(with_word_table(four, tmp_path / "ref.st", reference_rows(table)))
+    hidden_ref, logits_ref = run(with_word_table(four, tmp_path / "ref.st", reference_rows(table, group=group)))
     np.testing.assert_array_equal(hidden_4, hidden_ref)
     np.testing.assert_array_equal(logits_4, logits_ref)
-    for wrong in (dict(swap=True), dict(unsigned=True)):
-        hidden_bad, _ = run(with_word_table(four, tmp_path / "bad.st", reference_rows(table, **wrong)))
+    for wrong in (dict(swap=True), dict(unsigned=True), dict(group=0 if group else 16)):
+        hidden_bad, _ = run(with_word_table(four, tmp_path / "bad.st", reference_rows(table, group=group, **wrong)
+                                            if "group" not in wrong else reference_rows(table, **wrong)))
         assert not np.array_equal(hidden_4, hidden_bad), wrong
 
 
@@ -146,12 +189,16 @@ def test_logits_are_close_to_the_int8_embedding_files(tmp_path):
 
 # --- size ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("hidden,heads", [(32, 4), (33, 3)])
-def test_file_is_smaller_by_half_the_word_table(tmp_path, hidden, heads):
+@pytest.mark.parametrize("hidden,heads,group", [(32, 4, 0), (33, 3, 0), (32, 4, 16), (33, 3, 16)])
+def test_file_is_smaller_by_half_the_word_table(tmp_path, hidden, heads, group):
+    """Half the table's bytes go; with groups, float16 scales (2 bytes a group) replace the float32 row scale."""
     model = small_model(hidden, heads)
     eight = export_model(model, tmp_path / "eight.st", VOCAB, True, "int8", True).stat().st_size
-    four = export_model(model, tmp_path / "four.st", VOCAB, True, "int8", True, embedding_bits=4).stat().st_size
+    four = export_model(model, tmp_path / "four.st", VOCAB, True, "int8", True, embedding_bits=4,
+                        embedding_group=group).stat().st_size
     saved = len(VOCAB) * (hidden - (hidden + 1) // 2)                # the table's bytes, less its packed bytes
+    if group:
+        saved -= len(VOCAB) * (2 * -(-hidden // group) - 4)
     assert abs((eight - four) - saved) <= 16                        # (the headers differ by a few digits)
 
 
@@ -217,6 +264,23 @@ def test_command_writes_a_4bit_int8_file_and_prints_its_size_ratio_and_metric(ch
     assert (checkpoint / "small" / "runtime-int8.safetensors").stat().st_size < path.stat().st_size
 
 
+def test_command_takes_the_group_size(checkpoint, capsys):
+    """--embedding-group 16 (the default): float16 scales per 16 values; 0: a float32 scale per row; a negative
+    count exits 2 with a message and writes nothing."""
+    base = [str(checkpoint / "ckpt"), "--dtypes", "int8", "--quantize-embeddings", "--embedding-bits", "4"]
+    for extra, expected in (([], ("F16", (len(VOCAB), 2))), (["--embedding-group", "0"], ("F32", (len(VOCAB),))),
+                            (["--embedding-group", "8"], ("F16", (len(VOCAB), 4)))):
+        out = checkpoint / f"out{len(extra)}{extra[-1] if extra else ''}"
+        assert main(base + ["--out", str(out)] + extra) == 0
+        dtype, scale, _ = runtime.read_safetensors(out / "runtime-int8.safetensors")[1][WORD + "_scale"]
+        assert (dtype, scale.shape) == expected, extra
+    assert main(base + ["--out", str(checkpoint / "bad"), "--embedding-group", "-1"]) == 2
+    assert "--embedding-group must be 0" in capsys.readouterr().err and not (checkpoint / "bad").exists()
+    with pytest.raises(ExportError, match="embedding group must be"):
+        export_model(small_model(), checkpoint / "m.st", VOCAB, True, "int8", True, embedding_bits=4,
+                     embedding_group=-2)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--dtypes", "int8"], "needs --quantize-embeddings"),                       # no --quantize-embeddings
     (["--dtypes", "float32,float16", "--quantize-embeddings"], "int8 among --dtypes"),
@@ -244,9 +308,10 @@ def test_api_refuses_4_bits_without_quantized_int8_embeddings(tmp_path):
 
 # --- damaged files --------------------------------------------------------------------------------
 
-@pytest.fixture
-def four_bit_file(tmp_path):
-    return export_model(small_model(33, 3), tmp_path / "four.st", VOCAB, True, "int8", True, embedding_bits=4)
+@pytest.fixture(params=[16, 0], ids=["groups", "rows"])
+def four_bit_file(tmp_path, request):
+    return export_model(small_model(33, 3), tmp_path / "four.st", VOCAB, True, "int8", True, embedding_bits=4,
+                        embedding_group=request.param)
 
 
 def refused(path, match):
@@ -275,6 +340,15 @@ def test_damaged_packed_tables_are_refused_with_clear_messages(tmp_path, four_bi
     nan = scale.copy()
     nan[3] = np.nan
     refused(rewrite(four_bit_file, tmp_path / "nan.st", replace(WORD + "_scale", nan)), "NaN")
+    if scale.ndim == 2:            # group scales: 3 groups of 11 here; a count that does not split 33 is refused
+        for count in (0, 10, 34):  # 10: groups of ceil(33 / 10) = 4 make 9, not 10
+            refused(rewrite(four_bit_file, tmp_path / "groups.st", replace(WORD + "_scale", np.ones((V, count),
+                    scale.dtype))), f"{count} groups do not split rows of 33")
+        for count in (1, 2, 4, 9, 33):                                   # the control: these split it
+            assert runtime.load(rewrite(four_bit_file, tmp_path / "groups.st", replace(WORD + "_scale", np.ones(
+                (V, count), scale.dtype))))
+        refused(rewrite(four_bit_file, tmp_path / "3d.st", replace(WORD + "_scale", scale[:, :, None].copy())),
+                "_scale' has shape")
     layer = "encoder.layer.0.intermediate.dense.weight"                   # 4 bits are for embedding tables only
     refused(rewrite(four_bit_file, tmp_path / "linear.st", replace(layer, tensors[layer].view(np.uint8))),
             "dtype U8, expected F32, F16 or I8")

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from minitinybert import runtime
 from minitinybert.engine.config import BertConfig
-from minitinybert.export import export_model, export_runtime, quantize_rows
+from minitinybert.export import export_model, export_runtime
+from minitinybert.quantize import quantize_rows
 from minitinybert.engine.model import Bert
 from minitinybert.engine.weights import save_checkpoint
 

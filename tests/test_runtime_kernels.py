@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from minitinybert import runtime
 from minitinybert.engine.config import BertConfig
 from minitinybert.engine.model import Bert
-from minitinybert.export import export_model, quantize_rows
+from minitinybert.export import export_model
+from minitinybert.quantize import quantize_rows
 
 NUMBA = runtime.kernel_set("numba")
 NUMPY = runtime.kernel_set("numpy")
