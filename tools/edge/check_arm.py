@@ -3,8 +3,8 @@ BLAS) for arm64 and armhf, and python3-numba (0.56) for arm64, run under qemu-us
 the labels, scores, token ids and embeddings that x86-64 gives, on the NumPy path and on arm64
 also on the Numba kernels' path (kernels="numba": the fast path proven on the boards it is for),
 for a float32 file, an int8 file, an int8 file with a pruned vocabulary (export --vocab) and the
-same with its word-embedding table at 4 bits (export --embedding-bits 4) (tinybert4 shape, real
-vocabulary). armhf has no Numba path: see NUMBA_ARCHES.
+same with its word-embedding table at 4 bits (export --embedding-bits 4: float16 scales per 16
+values) (tinybert4 shape, real vocabulary). armhf has no Numba path: see NUMBA_ARCHES.
 
     apt-get update && apt-get install -y mmdebstrap qemu-user-static     # once; needs root
     python -m tools.edge.check_arm [--arch arm64,armhf] [--kernels numpy,numba] [--blas openblas]
