@@ -12,7 +12,8 @@ Optional, same results to float rounding: Numba (GELU, layer norm, softmax, a bl
 packed at load), imported in a thread at the first forward pass (~2 s, ~110 MB of LLVM; NumPy answers meanwhile);
 kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off, "numba" waits for it. Forward passes run on sub-batches of
 ~CHUNK_TOKENS tokens in reused buffers. threads=None leaves BLAS's threads as the environment sets them; threads=N gives
-BLAS N threads for one sub-batch, and shares a larger batch's sub-batches among N threads over single-threaded BLAS.
+one sub-batch N threads (Numba's, in bands of rows, up to KERNEL_MAX_TOKENS tokens; else BLAS's), and shares a larger
+batch's sub-batches among N threads of ours over single-threaded BLAS.
 
 File format "minitinybert-runtime/1" (in full in docs/formats.md): safetensors with Hugging Face BERT tensor names and
 "__metadata__" format, config (JSON), labels, vocab, do_lower_case, max_length, dtype; F32, F16 (F64, BF16 converted
@@ -35,7 +36,7 @@ import re
 import sys
 import threading
 import unicodedata
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 
 import numpy as np
 
@@ -226,12 +227,8 @@ _NO_DECOMPOSE = "\U00011938"
 
 
 def _char_class(ranges: str) -> str:
-    parts = []
-    for item in ranges.split():
-        lo, _, hi = item.partition("-")
-        lo_c, hi_c = chr(int(lo, 16)), chr(int(hi or lo, 16))
-        parts.append(re.escape(lo_c) if lo_c == hi_c else f"{re.escape(lo_c)}-{re.escape(hi_c)}")
-    return "".join(parts)
+    pairs = [(chr(int(lo, 16)), chr(int(hi or lo, 16))) for lo, _, hi in (r.partition("-") for r in ranges.split())]
+    return "".join(re.escape(a) if a == b else f"{re.escape(a)}-{re.escape(b)}" for a, b in pairs)
 
 
 class _Patterns:
@@ -240,17 +237,16 @@ class _Patterns:
 
     @classmethod
     def get(cls):
-        if not cls.ready:
-            with cls._lock:
-                if not cls.ready:
-                    punct = _char_class(_PUNCT_RANGES)
-                    cls.drop = re.compile("[\x00\ufffd" + _char_class(_OTHER_RANGES) + "]")
-                    cls.space = re.compile("[" + _char_class(_SPACE_RANGES) + "]")
-                    cls.cjk = re.compile("[" + _char_class(_CJK_RANGES) + "]")
-                    cls.mn = re.compile("[" + _char_class(_MN_RANGES) + "]")
-                    cls.word = re.compile(f"[{punct}]|[^ {punct}]+")
-                    cls.ascii_clean = {**dict.fromkeys(range(32)), 9: " ", 10: " ", 13: " ", 127: None}
-                    cls.ready = True
+        with cls._lock:
+            if not cls.ready:
+                punct = _char_class(_PUNCT_RANGES)
+                cls.drop = re.compile("[\x00\ufffd" + _char_class(_OTHER_RANGES) + "]")
+                cls.space = re.compile("[" + _char_class(_SPACE_RANGES) + "]")
+                cls.cjk = re.compile("[" + _char_class(_CJK_RANGES) + "]")
+                cls.mn = re.compile("[" + _char_class(_MN_RANGES) + "]")
+                cls.word = re.compile(f"[{punct}]|[^ {punct}]+")
+                cls.ascii_clean = {**dict.fromkeys(range(32)), 9: " ", 10: " ", 13: " ", 127: None}
+                cls.ready = True
         return cls
 
 
@@ -352,7 +348,6 @@ class WordPieceTokenizer:
 
     def token_ids(self, texts) -> list:
         """Word-piece ids of each text, without special tokens and without truncation."""
-        # lone surrogates (bytes decoded with surrogateescape) are not characters: dropped first
         return [self._python_ids(t if t.isascii() else self._SURROGATES.sub("", t)) for t in map(_check_text, texts)]
 
     def tokenize(self, text: str) -> list:
@@ -400,12 +395,9 @@ def _check_text(text) -> str:
 
 def _split_inputs(inputs):
     """texts, pairs (None for single texts) from a list of strings or of (a, b) tuples."""
-    if isinstance(inputs, (str, tuple)):
-        inputs = [inputs]
-    inputs = list(inputs)
+    inputs = [inputs] if isinstance(inputs, (str, tuple)) else list(inputs)
     _need(inputs, "no inputs: give at least one text")
-    is_pair = [not isinstance(x, str) for x in inputs]
-    if not any(is_pair):
+    if all(isinstance(x, str) for x in inputs):
         return inputs, None
     for index, item in enumerate(inputs):
         if isinstance(item, str) or not isinstance(item, (tuple, list)) or len(item) != 2:
@@ -575,22 +567,32 @@ def _nb_block_product(w, xt, scale, out):
                     out[o + r, n + k] = b[k] * scale[o + r]
 
 
+def _nb_block_bands(w, xt, scale, out, parts):
+    """_nb_block_product on `parts` bands of rows (multiples of 4), compiled with prange: a band per Numba thread."""
+    step = (-(-out.shape[0] // parts) + 3) // 4 * 4
+    for p in _prange(parts):                      # (range in Python; numba.prange in the compiled kernel)
+        r0, r1 = min(p * step, out.shape[0]), min((p + 1) * step, out.shape[0])
+        _block_product(w[r0:r1], xt, scale[r0:r1], out[r0:r1])
+
+
+_prange, _block_product = range, _nb_block_product
+
+
 class _Kernels:
-    """The steps of a layer besides BLAS's products: NumPy by default, Numba twins when enabled (block_product: the
-    products of up to KERNEL_MAX_TOKENS tokens, on float32 or int8 weights packed at load)."""
+    """The steps of a layer besides BLAS's products: NumPy by default, Numba twins when enabled (block_product: products
+    of up to KERNEL_MAX_TOKENS tokens on weights packed at load; block_bands: the same on N threads, or None)."""
     numba, lock = [], threading.Lock()          # Numba's kernels, loaded once per process (or [None]: it cannot)
 
     @staticmethod
     def block_input(x, ws):
-        """x (I, N) as the block kernel reads it, (N, I up to a multiple of 16) zero-padded; None past KERNEL_MAX_TOKENS
-        (BLAS wins there: measured)."""
+        """x (I, N) as the block kernels read it, (N, I padded to 16) zeros past I; None past KERNEL_MAX_TOKENS."""
         if x.shape[1] <= KERNEL_MAX_TOKENS:
             xt = ws("block_x", (x.shape[1], -(-x.shape[0] // 16) * 16))
             xt[:, x.shape[0]:] = 0.0
             return np.copyto(xt[:, :x.shape[0]], x.T) or xt
 
     def __init__(self):
-        self.name, self.int8_input, self.int8_matmul = "numpy", (lambda x, ws: None), _np_int8_matmul
+        self.name, self.block_bands, self.int8_matmul, self.int8_input = "numpy", None, _np_int8_matmul, lambda *_: None
         self.bias_gelu, self.add_layernorm, self.softmax = _np_bias_gelu, _np_add_layernorm, _np_softmax
 
     def use_numba(self) -> bool:
@@ -603,21 +605,24 @@ class _Kernels:
                     fns = (fast(_nb_bias_gelu), numba.njit(cache=cache, nogil=True, error_model="numpy")(
                         _nb_add_layernorm), fast(_nb_softmax), fast(_nb_block_product))
                     x, v, o = np.ones((2, 16), _F32), np.ones(2, _F32), np.empty((2, 2), _F32)   # compile (or load)
-                    fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12), fns[3](x, x, v, o)
+                    fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12)
                     fns[2](np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
-                    _Kernels.numba.append(fns[3](x.astype(np.int8), x, v, o) or fns)
+                    bands = numba.njit(cache=cache, nogil=True, parallel=True)(FunctionType(   # block kernel in bands
+                        _nb_block_bands.__code__, {**globals(), "_prange": numba.prange, "_block_product": fns[3]}))
+                    for w in (x, x.astype(np.int8)):
+                        fns[3](w, x, v, o), bands(w, x, v, o, 2)   # bands on Numba's threads, not on its workqueue
+                    _Kernels.pid, threadsafe = os.getpid(), numba.threading_layer() != "workqueue"   # (two callers
+                    _Kernels.numba.append(fns + (bands if threadsafe else None,))   # abort it) nor after a fork
                     break
                 except Exception:  # noqa: BLE001
                     continue
             if (_Kernels.numba or _Kernels.numba.append(None) or _Kernels.numba)[0] is None:
                 return False
-        gelu, addln, softmax, self.block_product = _Kernels.numba[0]
+        gelu, addln, softmax, self.block_product, self.block_bands = _Kernels.numba[0]
         no_mask = np.zeros((1, 0), _F32)
         self.name, self.add_layernorm, self.int8_input = "numba", addln, self.block_input
         self.bias_gelu, self.softmax = (lambda h, bias, ws: gelu(h, bias)), (lambda s, mask_bias, scale: softmax(
             s, no_mask if mask_bias is None else mask_bias, mask_bias is not None, scale))
-        self.int8_matmul = lambda q, s, x, out, ws, xt: _np_int8_matmul(q, s, x, out, ws) if xt is None \
-            else self.block_product(q, xt, s, out)
         return True
 
 
@@ -696,7 +701,7 @@ class RuntimeModel:
         self.tokenizer = WordPieceTokenizer(tokens, self.do_lower_case, backend=tokenizer_backend)
         self._build(tensors)
         self._kernel_choice, self._kernels, self._loader, self.threads = kernels, None, None, threads
-        self._workspaces, self._executor = [workspace() for _ in range(threads or 1)], None
+        self._workspaces, self._executor, self._parts = [workspace() for _ in range(threads or 1)], None, 1
 
     # --- metadata and tensors -------------------------------------------------------------------
 
@@ -733,8 +738,7 @@ class RuntimeModel:
              f"problem_type {cfg.get('problem_type')!r} does not fit num_labels {n}")
         need(isinstance(labels, list) and all(isinstance(x, str) for x in labels),
              "metadata labels must be a JSON list of strings")
-        # default names only for a head the file can hold (a row takes >= 2 bytes): a hostile
-        # header must not make us build a million strings before the tensor checks
+        # default names only for a head the file can hold (a row takes >= 2 bytes): not a million strings for a lie
         need(labels or n < 2 or 2 * n <= (len(self._mm) if self._mm is not None else 0),
              f"config num_labels {n}: the file is too small for a classifier of that many rows")
         labels = (labels or [f"LABEL_{i}" for i in range(n)]) if n >= 2 else []
@@ -842,8 +846,7 @@ class RuntimeModel:
                     d.packed = np.pad(d.weight, ((0, 0), (0, -d.weight.shape[1] % 16)))
                     d.packed_scale = np.ones(d.weight.shape[0], _F32) if d.scale is None else d.scale
                 self._kernels = kernels
-            _need(kernels.name == "numba" or self._kernel_choice == "auto", "Numba kernels were asked for but Numba "
-                  "cannot be imported")
+            _need(kernels.name == "numba" or self._kernel_choice == "auto", "kernels='numba', but Numba cannot load")
 
     # --- forward -------------------------------------------------------------------------------
 
@@ -858,8 +861,7 @@ class RuntimeModel:
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         _need(types.shape == ids.shape == mask.shape, f"token_type_ids {types.shape} and attention_mask "
               f"{mask.shape} must have input_ids' shape {ids.shape}")
-        _need(T <= cfg["max_position_embeddings"], f"{T} tokens exceed max_position_embeddings "
-              f"{cfg['max_position_embeddings']}")
+        _need(T <= (P := cfg["max_position_embeddings"]), f"{T} tokens exceed max_position_embeddings {P}")
         _need(0 <= ids.min() and ids.max() < cfg["vocab_size"], f"token ids must lie in [0, {cfg['vocab_size']})")
         _need(0 <= types.min() and types.max() < cfg["type_vocab_size"],
               f"token type ids must lie in [0, {cfg['type_vocab_size']})")
@@ -886,9 +888,10 @@ class RuntimeModel:
             if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
                 rows = min(rows, -(-B // threads))
             chunks = [(b, min(b + rows, B)) for b in range(0, B, rows)]
-            if self.threads:                      # one sub-batch: BLAS's threads split its products (1.2-1.7x ours
-                set_blas_threads(threads if len(chunks) == 1 and not self._loader else 1)   # at batch 1; not while
-                #                                 Numba loads in a thread of ours); several: ours share them
+            self._parts = threads if len(chunks) == 1 and T <= KERNEL_MAX_TOKENS and self._kernels.block_bands \
+                and os.getpid() == _Kernels.pid else 1    # one sub-batch of few tokens: Numba's threads, in bands
+            if self.threads:     # else BLAS's split one sub-batch (not while Numba loads in our thread); ours, several
+                set_blas_threads(threads if len(chunks) == 1 and not self._loader and self._parts == 1 else 1)
             if threads == 1 or len(chunks) == 1:
                 for chunk in chunks:
                     run(chunk, self._workspaces[0])
@@ -897,8 +900,7 @@ class RuntimeModel:
         return out
 
     def _share(self, fn, count):
-        """fn(i, ws) for i < count over the model's threads (own workspaces), each taking the next i
-        when done, the caller too: a helper the OS has not scheduled yet never holds it up for long."""
+        """fn(i, ws) for i < count, each of the model's threads (own workspaces; the caller too) taking the next i."""
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
             self._executor = ThreadPoolExecutor(len(self._workspaces) - 1, thread_name_prefix="minitinybert-runtime")
@@ -918,7 +920,8 @@ class RuntimeModel:
         r0, r1, n = *(rows or (0, dense.weight.shape[0])), x.shape[1]
         if dense.packed is not None and (dense.scale is not None or 1 < n <= F32_KERNEL_MAX_TOKENS or n > 1 and (
                 self.threads or 1) > 1) and (xt := self._kernels.int8_input(x, ws)) is not None:
-            self._kernels.block_product(dense.packed[r0:r1], xt, dense.packed_scale[r0:r1], out)
+            args, K = (dense.packed[r0:r1], xt, dense.packed_scale[r0:r1], out), self._kernels
+            K.block_bands(*args, self._parts) if self._parts > 1 else K.block_product(*args)
         elif dense.scale is None:
             np.matmul(dense.weight[r0:r1], x, out=out)
         else:

@@ -39,10 +39,12 @@ def packed(w):
 @needs_numba
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 41), st.integers(1, 70), st.integers(1, runtime.KERNEL_MAX_TOKENS), st.booleans(),
-       st.booleans(), st.integers(0, 2 ** 32 - 1))
-def test_block_product_equals_numpy(out_f, in_f, tokens, int8, pack, seed):
+       st.booleans(), st.integers(0, 2 ** 32 - 1), st.integers(1, 6))
+def test_block_product_equals_numpy(out_f, in_f, tokens, int8, pack, seed, parts):
     """block_product(w, xt, scale, out) = scale[:, None] * (w @ x), float32 rounding apart, for float32 and int8 w,
-    packed (inputs padded to 16) or as stored, for any row count, input size and token count up to the limit."""
+    packed (inputs padded to 16) or as stored, for any row count, input size and token count up to the limit;
+    block_bands(..., parts) is block_product on bands of rows over Numba's threads: the same bits, every row
+    written (the output starts as NaN), more bands than blocks of 4 rows included."""
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(out_f, in_f)).astype(np.float32) * rng.uniform(0.01, 10)
     scale = rng.uniform(0.5, 2.0, out_f).astype(np.float32)
@@ -56,9 +58,13 @@ def test_block_product_equals_numpy(out_f, in_f, tokens, int8, pack, seed):
     out = np.full((out_f, tokens), np.nan, np.float32)
     NUMBA.block_product(packed(w) if pack else w, xt, scale, out)
     assert np.all(np.abs(out - expected) <= 1e-5 * bound + 1e-30)
+    if NUMBA.block_bands is not None:
+        banded = np.full_like(out, np.nan)
+        NUMBA.block_bands(packed(w) if pack else w, xt, scale, banded, parts)
+        np.testing.assert_array_equal(banded, out)
     if int8:                                   # the NumPy twin a board without Numba runs
         twin = np.full_like(out, np.nan)
-        NUMPY.int8_matmul(w, scale, x, twin, ws, NUMPY.int8_input(x, ws))
+        NUMPY.int8_matmul(w, scale, x, twin, ws)
         assert np.all(np.abs(out - twin) <= 2e-5 * bound + 1e-30)
 
 
@@ -78,12 +84,13 @@ def export(tmp_path, dtype, hidden=36, heads=3, ffn=50):
 
 
 @needs_numba
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
-def test_models_with_packed_weights_equal_numpy(tmp_path, dtype):
-    """Whole forward passes, batch 1 and 3, 1 to 40 tokens (the block kernel up to KERNEL_MAX_TOKENS, BLAS past it),
-    the last layer for [CLS] only or every position: Numba's kernels on packed weights give NumPy's outputs."""
+@pytest.mark.parametrize("dtype,threads", [("float32", None), ("int8", None), ("float32", 2), ("int8", 2)])
+def test_models_with_packed_weights_equal_numpy(tmp_path, dtype, threads):
+    """Whole forward passes, batch 1 and 3, 1 to 40 tokens (the block kernel up to KERNEL_MAX_TOKENS, BLAS past it;
+    with threads=2 a single sub-batch's products in bands on Numba's threads), the last layer for [CLS] only or
+    every position: Numba's kernels on packed weights give NumPy's outputs."""
     path = export(tmp_path, dtype)
-    fast, slow = runtime.load(path, kernels="numba"), runtime.load(path, kernels="numpy")
+    fast, slow = runtime.load(path, kernels="numba", threads=threads), runtime.load(path, kernels="numpy")
     assert (fast.kernels, slow.kernels) == ("numba", "numpy")
     rng = np.random.default_rng(0)
     for batch, tokens in [(1, t) for t in (1, 2, 3, 4, 5, 7, 8, 16, 31, 32, 33, 40)] + [(3, 1), (3, 5), (3, 11)]:
@@ -92,8 +99,38 @@ def test_models_with_packed_weights_equal_numpy(tmp_path, dtype):
         mask[-1, tokens // 2 + 1:] = 0
         for hidden in (False, True):
             a, b = (m.forward(ids, attention_mask=mask, hidden=hidden) for m in (fast, slow))
+            one_piece = batch == 1 or batch * tokens < runtime.SHARD_MIN_TOKENS      # one sub-batch: not shared
+            banded = threads == 2 and one_piece and tokens <= runtime.KERNEL_MAX_TOKENS and NUMBA.block_bands
+            assert fast._parts == (2 if banded else 1), (batch, tokens)
             for key in ("logits", "pooled") + (("hidden",) if hidden else ()):
                 np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=2e-5, err_msg=f"{batch}x{tokens} {key}")
+
+
+@needs_numba
+@pytest.mark.skipif(NUMBA is None or NUMBA.block_bands is None or not hasattr(__import__("os"), "fork"),
+                    reason="no threaded block kernel, or no fork")
+def test_a_forked_process_runs_on_one_thread(tmp_path):
+    """GNU OpenMP, under Numba's threads, cannot run in a child forked after it ran: a forked child of a process
+    that ran banded passes runs its products on the block kernel alone (no bands), with the same outputs."""
+    import multiprocessing
+    path = export(tmp_path, "int8")
+    model = runtime.load(path, kernels="numba", threads=2)
+    ids = np.arange(5, 13).reshape(1, 8)
+    parent = model.forward(ids, hidden=False)["logits"]
+    assert model._parts == 2
+    _FORKED["model"] = model                       # the child inherits it (a model does not pickle)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child, parts = pool.apply_async(_forward_in_child, (ids,)).get(timeout=60)   # (it hung, with bands)
+    assert parts == 1
+    np.testing.assert_allclose(child, parent, rtol=1e-5, atol=1e-6)
+
+
+_FORKED = {}
+
+
+def _forward_in_child(ids):
+    model = _FORKED["model"]
+    return model.forward(ids, hidden=False)["logits"], model._parts
 
 
 PROBE = """
