@@ -655,8 +655,8 @@ def set_blas_threads(n: int) -> bool:
 
 # === the model ====================================================================================
 
-KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # Numba's block product serves up to this many tokens; float32 2 to
-F32_KERNEL_MAX_TOKENS = 12      # this many on one thread; BLAS wins at 1 and from 16 (on more, its threads stall)
+KERNEL_MAX_TOKENS = INT8_KERNEL_MAX_TOKENS = 32   # Numba's block kernel serves int8 weights up to this many tokens,
+F32_KERNEL_MAX_TOKENS = 12      # float32 from 2 to this many: BLAS wins at 1 and from 16, on 1 and 2 threads (measured)
 CHUNK_TOKENS = 512              # a forward pass runs on sub-batches of about this many tokens
 SHARD_MIN_TOKENS = 256          # threads=N shares batches of at least this many tokens among N threads
 
@@ -885,10 +885,10 @@ class RuntimeModel:
             self._settle()                        # Numba's kernels once loaded
             threads = self.threads or 1
             rows = max(1, CHUNK_TOKENS // T)      # sub-batches: bounded memory
-            if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS:
-                rows = min(rows, -(-B // threads))
+            rows = min(rows, -(-B // threads)) if threads > 1 and B > 1 and B * T >= SHARD_MIN_TOKENS else rows
             chunks = [(b, min(b + rows, B)) for b in range(0, B, rows)]
-            self._parts = threads if len(chunks) == 1 and T <= KERNEL_MAX_TOKENS and self._kernels.block_bands \
+            few = KERNEL_MAX_TOKENS if self._denses[0].scale is not None else F32_KERNEL_MAX_TOKENS  # the kernel's
+            self._parts = threads if len(chunks) == 1 and T <= few and self._kernels.block_bands \
                 and os.getpid() == _Kernels.pid else 1    # one sub-batch of few tokens: Numba's threads, in bands
             if self.threads:     # else BLAS's split one sub-batch (not while Numba loads in our thread); ours, several
                 set_blas_threads(threads if len(chunks) == 1 and not self._loader and self._parts == 1 else 1)
@@ -915,11 +915,11 @@ class RuntimeModel:
         [helper.result() for helper in helpers]
 
     def _product(self, dense, x, out, ws, rows=None):
-        """out <- W[r0:r1] @ x, no bias: Numba's block kernel on the weight packed at load (float32 from 2 tokens: see
-        F32_KERNEL_MAX_TOKENS); else float32 W by BLAS, int8 (row scales) by BLAS on the weight cast in blocks."""
+        """out <- W[r0:r1] @ x, no bias: Numba's block kernel on the weight packed at load, in the pass's bands if any
+        (float32: 2 to F32_KERNEL_MAX_TOKENS tokens); else BLAS (int8, row scales: on the weight cast in blocks)."""
         r0, r1, n = *(rows or (0, dense.weight.shape[0])), x.shape[1]
-        if dense.packed is not None and (dense.scale is not None or 1 < n <= F32_KERNEL_MAX_TOKENS or n > 1 and (
-                self.threads or 1) > 1) and (xt := self._kernels.int8_input(x, ws)) is not None:
+        if dense.packed is not None and (dense.scale is not None or 1 < n <= F32_KERNEL_MAX_TOKENS) and (
+                xt := self._kernels.int8_input(x, ws)) is not None:
             args, K = (dense.packed[r0:r1], xt, dense.packed_scale[r0:r1], out), self._kernels
             K.block_bands(*args, self._parts) if self._parts > 1 else K.block_product(*args)
         elif dense.scale is None:

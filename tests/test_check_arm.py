@@ -50,6 +50,7 @@ def test_probe_numba_path_matches_numpy(model_file, tmp_path):
     ref = check_arm.probe([sys.executable], host_env(), *model_file, "numpy")
     got = check_arm.probe([sys.executable], host_env(NUMBA_CACHE_DIR=str(tmp_path)), *model_file, "numba")
     assert got["kernels"] == "numba" and got["numba"]
+    assert got["numba_threads"] in ("omp", "tbb", "workqueue")      # the threaded block kernel was built and run
     problems, worst = check_arm.compare(ref, got)
     assert problems == [] and worst < check_arm.TOLERANCE
 

@@ -1,7 +1,8 @@
 """runtime.py on ARM, kept proven: Debian bookworm's own python3 and python3-numpy (1.24, reference
 BLAS) for arm64 and armhf, and python3-numba (0.56) for arm64, run under qemu-user-static, give
 the labels, scores, token ids and embeddings that x86-64 gives, on the NumPy path and on arm64
-also on the Numba kernels' path (kernels="numba": the fast path proven on the boards it is for),
+also on the Numba kernels' path (kernels="numba", threads=2: the fast path, with the block kernel in
+bands on Numba's threads where its threading layer allows, proven on the boards it is for),
 for a float32 file, an int8 file, an int8 file with a pruned vocabulary (export --vocab) and the
 same with its word-embedding table at 4 bits (export --embedding-bits 4: float16 scales per 16
 values) (tinybert4 shape, real vocabulary). armhf has no Numba path: see NUMBA_ARCHES.
@@ -144,8 +145,8 @@ def host_has_numba() -> bool:
 
 
 def report(where: str, dtype: str, kernels: str, got: dict, problems: list, worst: float) -> None:
-    numba = f" {got['numba']}" if got.get("numba") else ""
-    print(f"{where:<7} {dtype:<11} {got['machine']:<8} NumPy {got['numpy']:<7} kernels {kernels}{numba:<8} "
+    numba = f" {got['numba']} ({got.get('numba_threads') or 'no'} threads)" if got.get("numba") else ""
+    print(f"{where:<7} {dtype:<11} {got['machine']:<8} NumPy {got['numpy']:<7} kernels {kernels}{numba:<20} "
           f"BLAS {','.join('/'.join(b.split('/')[-2:]) for b in got['blas']) or '?'}; "
           f"labels, ids: {'same' if not problems else 'DIFFERENT'}; "
           f"max |score / embedding difference| {worst:.1e}: {'pass' if not problems else 'FAIL'}", flush=True)

@@ -4,7 +4,8 @@
 
 Standard library and NumPy (and Numba for "numba") only: this is what runs inside the Debian arm64 /
 armhf roots. "numba" asks for the Numba kernels outright, so a Numba that cannot import or compile
-fails the probe instead of quietly falling back to NumPy."""
+fails the probe instead of quietly falling back to NumPy; it loads the model with threads=2, so that the
+single-text predictions run the block kernel in bands on Numba's threads."""
 import json
 import platform
 import sys
@@ -18,7 +19,9 @@ sys.modules["runtime"] = runtime
 spec.loader.exec_module(runtime)
 
 kernels = sys.argv[4] if len(sys.argv) > 4 else "numpy"
-model = runtime.load(sys.argv[2], kernels=kernels)
+# Numba's path with threads=2: a single text's products run in bands of rows on Numba's threads (where its threading
+# layer is thread-safe: "numba_threads" says which layer ran them)
+model = runtime.load(sys.argv[2], kernels=kernels, threads=2 if kernels == "numba" else None)
 texts = json.loads(open(sys.argv[3], encoding="utf-8").read())
 pairs = [(a, b) for a, b in zip(texts, texts[1:] + texts[:1])]
 batch = model.tokenize(texts)
@@ -32,6 +35,18 @@ try:
     numba_version = numba.__version__ if kernels == "numba" else None
 except ImportError:
     numba_version = None
+
+
+def threading_layer():
+    """Numba's threading layer once a parallel kernel has run, else None."""
+    try:
+        import numba
+        return numba.threading_layer()
+    except (ImportError, ValueError):
+        return None
+
+
+
 print(json.dumps({
     "machine": platform.machine(), "numpy": np.__version__, "numba": numba_version, "blas": blas,
     "dtype": model.dtype,
@@ -43,4 +58,5 @@ print(json.dumps({
     "embed_mean": model.embed(texts, pooling="mean").tolist(),
     "embed_cls": model.embed(texts, pooling="cls").tolist(),
     "kernels": model.kernels,          # settled at the first forward pass: read after them
+    "numba_threads": threading_layer() if kernels == "numba" else None,
 }))
