@@ -6,7 +6,8 @@ runtime must also run on arm64) beat the runtime's 4x4 block kernel, in particul
 Compared, on the tinybert4 shapes (weights (O, I) packed to I a multiple of 16, tokens xt (N, I padded) float32):
 
   int8 weights (row scales), float32 out = scale[o] * (w @ xt.T):
-    cur-4x4      copy of runtime._nb_block_product: each int8 weight converted to float32, 4 rows x 4 tokens, FMAs
+    cur-4x4      the runtime's block kernel (kernel_set("numba").block_product): each int8 weight converted to
+                 float32, 4 rows x 4 tokens, FMAs
     q8-RxT       activations quantized per token (s = max|x| / 127, x_q = rint(x / s), int8), int32 accumulators of
                  int32(w) * int32(x_q), R rows x T tokens, out = acc * scale[o] * s[n]; quantization timed in
     q16-4x4      the same with x_q stored as int16 (int8 values): LLVM then emits vpdpwssd (at 128 bits, see asm)
@@ -31,6 +32,8 @@ import time
 
 import numpy as np
 
+from minitinybert import runtime
+
 F32 = np.float32
 SHAPES = ((936, 312), (312, 312), (1200, 312), (312, 1200))
 TOKENS = (1, 8, 16, 32, 64)
@@ -38,28 +41,7 @@ ASM_OPS = ("vpdpbusd", "vpdpwssd", "vpmaddwd", "vpmulld", "vfmadd", "vcvtdq2ps",
            "vpmovsxwd", "vpmovzxwd")
 
 
-# --- kernels (copies: this file imports nothing private from minitinybert) --------------------------------------
-
-def cur_block_product(w, xt, scale, out):
-    """Copy of minitinybert.runtime._nb_block_product (d2a20d6)."""
-    (O, N), I, z = out.shape, w.shape[1], np.float32(0.0)
-    for o in range(0, O, 4):
-        w0, w1, w2, w3 = w[o], w[min(o + 1, O - 1)], w[min(o + 2, O - 1)], w[min(o + 3, O - 1)]
-        for n in range(0, N, 4):                  # 16 accumulators: 8 loads for 16 FMAs
-            x0, x1, x2, x3 = xt[n], xt[min(n + 1, N - 1)], xt[min(n + 2, N - 1)], xt[min(n + 3, N - 1)]
-            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = z
-            for i in range(I):
-                u0, u1, u2, u3 = np.float32(w0[i]), np.float32(w1[i]), np.float32(w2[i]), np.float32(w3[i])
-                v0, v1, v2, v3 = x0[i], x1[i], x2[i], x3[i]
-                a00, a01, a02, a03 = a00 + u0 * v0, a01 + u0 * v1, a02 + u0 * v2, a03 + u0 * v3
-                a10, a11, a12, a13 = a10 + u1 * v0, a11 + u1 * v1, a12 + u1 * v2, a13 + u1 * v3
-                a20, a21, a22, a23 = a20 + u2 * v0, a21 + u2 * v1, a22 + u2 * v2, a23 + u2 * v3
-                a30, a31, a32, a33 = a30 + u3 * v0, a31 + u3 * v1, a32 + u3 * v2, a33 + u3 * v3
-            for r, b in enumerate(((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23),
-                                   (a30, a31, a32, a33))):
-                for k in range(min(4, N - n) if o + r < O else 0):
-                    out[o + r, n + k] = b[k] * scale[o + r]
-
+# --- kernels (the runtime's block kernel through its public kernel_set; the others written here) -----------------
 
 def quantize_tokens(xt, xq, s):
     """Per token: s[n] = max|xt[n]| / 127, xq[n] = rint(xt[n] * (127 / max|xt[n]|)) (0 for an all-zero token)."""
@@ -106,15 +88,13 @@ def block_source(R, T, integer):
     return "\n".join(src)
 
 
+_WORKSPACE = runtime.workspace()
+
+
 def np_int8_matmul(q, scale, x, out):
-    """Copy of the runtime's NumPy int8 path: weight blocks of ~64K cast to float32, BLAS, row scales."""
-    step = max(1, 65536 // q.shape[1])
-    w = np.empty((step, q.shape[1]), F32)
-    for r in range(0, q.shape[0], step):
-        b = w[:len(q[r:r + step])]
-        np.copyto(b, q[r:r + step], casting="unsafe")
-        np.matmul(b, x, out=out[r:r + step])
-    out *= scale[:, None]
+    """The runtime's NumPy int8 path (kernel_set("numpy").int8_matmul): weight blocks cast to float32, BLAS, row
+    scales."""
+    runtime.kernel_set("numpy").int8_matmul(q, scale, x, out, _WORKSPACE)
 
 
 # --- building, checking, timing ---------------------------------------------------------------------------------
@@ -122,7 +102,8 @@ def np_int8_matmul(q, scale, x, out):
 def build():
     import numba
     fast = numba.njit(nogil=True, error_model="numpy", fastmath=True)
-    k = {"cur": fast(cur_block_product), "quant": fast(quantize_tokens)}
+    runtime_kernel = runtime.kernel_set("numba").block_product          # the runtime's own, compiled afresh here
+    k = {"cur": fast(runtime_kernel.py_func), "quant": fast(quantize_tokens)}   # (a disk-cached one shows no asm)
     for name, (R, T, integer) in {"q8-4x4": (4, 4, 1), "q8-2x8": (2, 8, 1), "q8-1x1": (1, 1, 1),
                                   "f32-2x8": (2, 8, 0), "f32-1x8": (1, 8, 0), "f32-1x16": (1, 16, 0)}.items():
         scope = {"np": np}
