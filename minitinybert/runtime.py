@@ -12,7 +12,7 @@ Optional, same results to float rounding: Numba (GELU, layer norm, softmax, a bl
 packed at load), imported in a thread at the first forward pass (~2 s, ~110 MB of LLVM; NumPy answers meanwhile);
 kernels="numpy" or MINITINYBERT_NUMBA=0 keeps it off, "numba" waits for it. Forward passes run on sub-batches of
 ~CHUNK_TOKENS tokens in reused buffers. threads=None leaves BLAS's threads as the environment sets them; threads=N gives
-one sub-batch N threads (Numba's, in bands of rows, up to KERNEL_MAX_TOKENS tokens; else BLAS's), and shares a larger
+one sub-batch N threads (on x86-64 Numba's, in bands of rows, for few tokens; else BLAS's), and shares a larger
 batch's sub-batches among N threads of ours over single-threaded BLAS.
 
 File format "minitinybert-runtime/1" (in full in docs/formats.md): safetensors with Hugging Face BERT tensor names and
@@ -32,6 +32,7 @@ import json
 import math
 import mmap
 import os
+import platform
 import re
 import sys
 import threading
@@ -257,8 +258,7 @@ class WordPieceTokenizer:
     NUL, U+FFFD and control/format characters and turns whitespace into spaces; CJK ideographs become words of their
     own; with do_lower_case, NFD + removal of non-spacing marks, then per-character lower-casing; split on whitespace
     and punctuation; greedy longest-match-first WordPiece with "##" continuations, words over 100 characters -> [UNK].
-    encode() adds [CLS] A [SEP] (B [SEP]) with token types 0/1 and truncates longest-first. `backend`: "auto" or
-    "python", the same (this is faster than `tokenizers`: tools/bench/runtime.py)."""
+    encode() adds [CLS] A [SEP] (B [SEP]), token types 0/1, and truncates longest-first. backend: "auto" = "python"."""
 
     # Lone surrogates (bytes decoded with surrogateescape, broken UTF-16) are not characters and
     # cannot reach Rust: both backends drop them first, as clean-up drops the other Cs characters.
@@ -608,11 +608,12 @@ class _Kernels:
                     fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12)
                     fns[2](np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
                     bands = numba.njit(cache=cache, nogil=True, parallel=True)(FunctionType(   # block kernel in bands
-                        _nb_block_bands.__code__, {**globals(), "_prange": numba.prange, "_block_product": fns[3]}))
+                        _nb_block_bands.__code__, {**globals(), "_prange": numba.prange, "_block_product": fns[3]})) \
+                        if platform.machine() in ("x86_64", "AMD64") else None   # arm64's (0.56, qemu): a segfault
                     for w in (x, x.astype(np.int8)):
-                        fns[3](w, x, v, o), bands(w, x, v, o, 2)   # bands on Numba's threads, not on its workqueue
-                    _Kernels.pid, threadsafe = os.getpid(), numba.threading_layer() != "workqueue"   # (two callers
-                    _Kernels.numba.append(fns + (bands if threadsafe else None,))   # abort it) nor after a fork
+                        fns[3](w, x, v, o), bands and bands(w, x, v, o, 2)   # bands: on Numba's threads, not
+                    _Kernels.pid, threadsafe = os.getpid(), bands and numba.threading_layer() != "workqueue"  # on its
+                    _Kernels.numba.append(fns + (bands if threadsafe else None,))   # workqueue (2 callers abort it)
                     break
                 except Exception:  # noqa: BLE001
                     continue
@@ -980,8 +981,7 @@ class RuntimeModel:
         return self.max_length if max_length is None else max_length
 
     def tokenize(self, inputs, max_length=None):
-        """Model inputs for texts or (text, pair) tuples, padded to the longest:
-        dict(input_ids, token_type_ids, attention_mask) of (B, T) int64 arrays, plus "truncated" (B,) bool."""
+        """Padded model inputs: dict(input_ids, token_type_ids, attention_mask: (B, T) int64; truncated: (B,) bool)."""
         return self._pad(self.tokenizer.encode(inputs, self._check_max_length(max_length)))
 
     def _pad(self, encoded):
