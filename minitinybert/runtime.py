@@ -605,15 +605,19 @@ class _Kernels:
                     fns = (fast(_nb_bias_gelu), numba.njit(cache=cache, nogil=True, error_model="numpy")(
                         _nb_add_layernorm), fast(_nb_softmax), fast(_nb_block_product))
                     x, v, o = np.ones((2, 16), _F32), np.ones(2, _F32), np.empty((2, 2), _F32)   # compile (or load)
-                    fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12)
+                    fns[0](x, v), fns[1](x, x.copy(), v, v, v, 1e-12), fns[3](x, x, v, o)
                     fns[2](np.ones((1, 1, 2, 2), _F32), np.zeros((1, 2), _F32), True, _F32(1.0))
-                    bands = numba.njit(cache=cache, nogil=True, parallel=True)(FunctionType(   # block kernel in bands
-                        _nb_block_bands.__code__, {**globals(), "_prange": numba.prange, "_block_product": fns[3]})) \
-                        if platform.machine() in ("x86_64", "AMD64") else None   # arm64's (0.56, qemu): a segfault
-                    for w in (x, x.astype(np.int8)):
-                        fns[3](w, x, v, o), bands and bands(w, x, v, o, 2)   # bands: on Numba's threads, not
-                    _Kernels.pid, threadsafe = os.getpid(), bands and numba.threading_layer() != "workqueue"  # on its
-                    _Kernels.numba.append(fns + (bands if threadsafe else None,))   # workqueue (2 callers abort it)
+                    fns[3](x.astype(np.int8), x, v, o)
+                    bands = None            # the block kernel in bands on Numba's threads: x86-64 only (arm64's 0.56
+                    try:                    # segfaults at any parallel kernel under qemu), not on its workqueue layer
+                        if platform.machine() in ("x86_64", "AMD64"):                   # (two callers abort it)
+                            bands = numba.njit(cache=cache, nogil=True, parallel=True)(FunctionType(
+                                _nb_block_bands.__code__, dict(globals(), _prange=numba.prange, _block_product=fns[3])))
+                            bands(x, x, v, o, 2), bands(x.astype(np.int8), x, v, o, 2)
+                            bands, _Kernels.pid = bands if numba.threading_layer() != "workqueue" else None, os.getpid()
+                    except Exception:  # noqa: BLE001    (no threading layer, say: the block kernel alone)
+                        bands = None
+                    _Kernels.numba.append(fns + (bands,))
                     break
                 except Exception:  # noqa: BLE001
                     continue
@@ -732,13 +736,10 @@ class RuntimeModel:
                                                         f"got {eps!r}")
         need(cfg["hidden_size"] % cfg["num_attention_heads"] == 0, f"hidden_size {cfg['hidden_size']} is not "
              f"divisible by num_attention_heads {cfg['num_attention_heads']}")
-        need(cfg.get("hidden_act", "gelu") in ("gelu", "gelu_python"),
-             f"hidden_act {cfg.get('hidden_act')!r} is not supported (exact erf GELU only)")
+        need((act := cfg.get("hidden_act", "gelu")) in ("gelu", "gelu_python"), f"hidden_act {act!r}: not erf GELU")
         problem = "embedding" if n == 0 else "regression" if n == 1 else "single_label_classification"
-        need(cfg.get("problem_type") in (None, "", problem),
-             f"problem_type {cfg.get('problem_type')!r} does not fit num_labels {n}")
-        need(isinstance(labels, list) and all(isinstance(x, str) for x in labels),
-             "metadata labels must be a JSON list of strings")
+        need(cfg.get("problem_type") in (None, "", problem), f"problem_type {cfg.get('problem_type')!r} for {n} labels")
+        need(isinstance(labels, list) and all(isinstance(x, str) for x in labels), "labels must be a list of strings")
         # default names only for a head the file can hold (a row takes >= 2 bytes): not a million strings for a lie
         need(labels or n < 2 or 2 * n <= (len(self._mm) if self._mm is not None else 0),
              f"config num_labels {n}: the file is too small for a classifier of that many rows")
@@ -860,12 +861,11 @@ class RuntimeModel:
         (B, T), C, K = ids.shape, cfg["hidden_size"], self.num_labels
         types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        _need(types.shape == ids.shape == mask.shape, f"token_type_ids {types.shape} and attention_mask "
-              f"{mask.shape} must have input_ids' shape {ids.shape}")
+        _need(types.shape == ids.shape == mask.shape, f"token_type_ids {types.shape}, attention_mask {mask.shape}: not "
+              f"input_ids' shape {ids.shape}")
         _need(T <= (P := cfg["max_position_embeddings"]), f"{T} tokens exceed max_position_embeddings {P}")
         _need(0 <= ids.min() and ids.max() < cfg["vocab_size"], f"token ids must lie in [0, {cfg['vocab_size']})")
-        _need(0 <= types.min() and types.max() < cfg["type_vocab_size"],
-              f"token type ids must lie in [0, {cfg['type_vocab_size']})")
+        _need(0 <= types.min() and types.max() < (V := cfg["type_vocab_size"]), f"token type ids must lie in [0, {V})")
         out = {"hidden": np.empty((B, T, C), _F32) if hidden else None, "pooled": np.empty((B, C), _F32),
                "logits": np.empty((B, K), _F32) if K else None}
         ids, types = ids.astype(np.intp, copy=False), types.astype(np.intp, copy=False)

@@ -126,6 +126,27 @@ def test_a_forked_process_runs_on_one_thread(tmp_path):
     np.testing.assert_allclose(child, parent, rtol=1e-5, atol=1e-6)
 
 
+@needs_numba
+def test_a_threading_layer_that_cannot_load_leaves_the_block_kernel(tmp_path):
+    """Numba's threading layer asked for but missing (NUMBA_THREADING_LAYER=tbb without tbb): no bands, and the rest of
+    Numba's kernels still serve (the bands kernel fails inside its own try), with the same outputs as NumPy's."""
+    pytest.importorskip("numba")
+    if __import__("importlib").util.find_spec("tbb") is not None:
+        pytest.skip("tbb is installed: the layer loads")
+    path = export(tmp_path, "int8")
+    code = ("import json, sys, numpy as np\nfrom minitinybert import runtime\n"
+            "m = runtime.load(sys.argv[1], kernels='numba', threads=2)\n"
+            "out = m.forward(np.arange(5, 13).reshape(1, 8), hidden=False)['logits']\n"
+            "print(json.dumps({'kernels': m.kernels, 'parts': m._parts, 'logits': out.tolist()}))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "NUMBA_THREADING_LAYER": "tbb"})
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["kernels"] == "numba" and got["parts"] == 1
+    ref = runtime.load(path, kernels="numpy").forward(np.arange(5, 13).reshape(1, 8), hidden=False)["logits"]
+    np.testing.assert_allclose(got["logits"], ref, rtol=1e-5, atol=1e-5)
+
+
 _FORKED = {}
 
 
