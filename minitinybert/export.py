@@ -479,10 +479,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quantize-embeddings", action="store_true", help="int8: quantize the embedding tables too")
     parser.add_argument("--embedding-bits", type=int, choices=EMBEDDING_BITS, default=8,
                         help="with int8 and --quantize-embeddings: 4 stores the word-embedding table at 4 bits (two "
-                             "values a byte, a scale per --embedding-group values); positions and token types stay int8")
+                             "values a byte, a scale per --embedding-group values); positions, token types stay int8")
     parser.add_argument("--embedding-group", type=int, default=EMBEDDING_GROUP, metavar="N",
-                        help=f"with --embedding-bits 4: a float16 scale per N values of a row (default {EMBEDDING_GROUP}"
-                             f"; 0: a float32 scale per row, smaller but less exact)")
+                        help=f"with --embedding-bits 4: a float16 scale per N values of a row (default "
+                             f"{EMBEDDING_GROUP}; 0: a float32 scale per row, smaller but less exact)")
     parser.add_argument("--max-length", type=int, default=None, help="default truncation length stored in the file "
                         "(default: a sentence-embedding model's max_seq_length, else 128)")
     parser.add_argument("--st-folder", metavar="DIR", help="also write a sentence-transformers folder of the checkpoint "
