@@ -680,7 +680,7 @@ def workspace():
 
 def _embedding_rows(table, ids, width):
     """Float32 rows (a new array), `width` wide, of an embedding: (array as stored, float, int8 or uint8 of 4-bit pairs;
-    row scales or None; (file descriptor, offset) to read the rows with pread rather than from the map, or None)."""
+    scales (R,) or (R, G) or None; (file descriptor, offset) to read the rows with pread, not from the map, or None)."""
     array, scale, source = table
     if source is None:
         rows = array[ids]
